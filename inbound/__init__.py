@@ -1,0 +1,1 @@
+"""Inbound: the port-25 listener for what comes back (unsubscribes, complaints, bounces)."""

@@ -1,0 +1,1 @@
+"""WebSoftTT Relay core: policy shared by the relay and the inbound listener."""

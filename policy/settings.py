@@ -1,0 +1,412 @@
+"""Configuration: one TOML file, loaded once into frozen dataclasses and validated at start-up.
+
+Every error names the file, the key and what is expected, so that an operator's typo is an
+exit-2 message and never a traceback or a surprise at the first message.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_NAME = "websofttt.toml"
+ENV_CONFIG = "WEBSOFTTT_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file and key."""
+
+
+Listen = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`count` messages per `period` seconds."""
+    count: int
+    period: float
+
+
+@dataclass(frozen=True)
+class Provider:
+    domain: str = "websofttt.com"
+    bounce_domain: str = "bounces.websofttt.com"
+    hostname: str = "relay.websofttt.com"
+    abuse_address: str = "4abuse@websofttt.com"
+    privacy_address: str = "4privacy@websofttt.com"
+    terms_version: str = "2026-01"
+
+    @property
+    def domains(self) -> frozenset[str]:
+        """Domains that identify the provider: mail may come From them, tenants may not forge them."""
+        return frozenset({self.domain, self.bounce_domain})
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str = ""
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path = Path("./var")
+
+
+@dataclass(frozen=True)
+class Store:
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class Submission:
+    listen: tuple[Listen, ...] = (("127.0.0.1", 8587),)
+    tls_listen: tuple[Listen, ...] = ()
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    auth_failures: int = 5                 # failed AUTHs per username or client IP ...
+    auth_failure_window: float = 600.0     # ... within this window lock both out (454 4.7.0)
+    timeout: float = 300.0                 # idle seconds before the server closes a session
+    trust_cache_ttl: float = 5.0           # seconds a worker caches tenants' trusted networks
+
+
+@dataclass(frozen=True)
+class Inbound:
+    listen: tuple[Listen, ...] = (("127.0.0.1", 8025),)
+
+
+@dataclass(frozen=True)
+class Http:
+    listen: tuple[Listen, ...] = (("127.0.0.1", 8080),)
+    public_url: str = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class Tls:
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Dkim:
+    selector: str = "s1"
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Tokens:
+    secret_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    mode: str = "mx"
+    smarthost: Listen | None = None
+    routes: dict[str, Listen] = field(default_factory=dict)
+    retry_schedule: tuple[float, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)
+    max_queue_lifetime: float = 5 * 86400
+
+
+@dataclass(frozen=True)
+class Policy:
+    complaint_rate: float = 0.003
+    complaint_window: float = 7 * 86400
+    complaint_min_volume: int = 1000
+    bounce_rate: float = 0.10
+    ack_interval: float = 86400
+    tenant_rate: Rate = Rate(10000, 3600)
+
+
+@dataclass(frozen=True)
+class Settings:
+    provider: Provider = Provider()
+    node: Node = Node()
+    paths: Paths = Paths()
+    store: Store = Store()
+    submission: Submission = Submission()
+    inbound: Inbound = Inbound()
+    http: Http = Http()
+    tls: Tls = Tls()
+    dkim: Dkim = Dkim()
+    tokens: Tokens = Tokens()
+    delivery: Delivery = Delivery()
+    policy: Policy = Policy()
+    source: str = "<defaults>"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.paths.data_dir
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "websofttt.sqlite"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool" / self.node.name
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.tls.cert_file or self.data_dir / "tls" / "cert.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.tls.key_file or self.data_dir / "tls" / "key.pem"
+
+    @property
+    def self_signed(self) -> bool:
+        """True when the certificate is the one `init` generates (no operator certificate given)."""
+        return self.tls.cert_file is None
+
+    @property
+    def dkim_key(self) -> Path:
+        return self.dkim.key_file or self.data_dir / "dkim" / f"{self.dkim.selector}.pem"
+
+
+# ---- value parsers: each takes the raw TOML value and returns the typed one or raises ValueError(expected)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+def parse_duration(value: Any) -> float:
+    """'30s', '5m', '2h', '5d', '1w' -> seconds."""
+    m = _DURATION.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError("a duration such as \"30s\", \"5m\", \"2h\" or \"5d\"")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_rate(value: Any) -> Rate:
+    """'10000/1h' or '100/60s' -> Rate; also accepts a bare period unit ('100/h')."""
+    expected = "a rate such as \"10000/1h\" (messages/period)"
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError(expected)
+    count, _, period = value.partition("/")
+    period = period.strip()
+    if period and period[0].isalpha():
+        period = "1" + period
+    try:
+        rate = Rate(int(count.strip()), parse_duration(period))
+    except ValueError:
+        raise ValueError(expected) from None
+    if rate.count < 1 or rate.period <= 0:
+        raise ValueError(expected)
+    return rate
+
+
+def parse_listen(value: Any) -> Listen:
+    """'127.0.0.1:8587', '[::1]:25', ':25' (all addresses) -> (host, port)."""
+    expected = "\"host:port\" such as \"127.0.0.1:8587\" or \"[::1]:25\""
+    if not isinstance(value, str):
+        raise ValueError(expected)
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(expected)
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(expected)
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(expected + " (IPv6 addresses in brackets)")
+    return (host or "0.0.0.0", int(port))
+
+
+def _listen_list(value: Any) -> tuple[Listen, ...]:
+    if not isinstance(value, list):
+        raise ValueError("a list of \"host:port\" strings")
+    return tuple(parse_listen(v) for v in value)
+
+
+def _domain(value: Any) -> str:
+    if not isinstance(value, str) or not _HOSTNAME.match(value.lower().rstrip(".")):
+        raise ValueError("a domain name such as \"example.com\"")
+    return value.lower().rstrip(".")
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or value.count("@") != 1 or not value.split("@")[0]:
+        raise ValueError("an address such as \"4abuse@example.com\"")
+    local, domain = value.split("@")
+    return f"{local}@{_domain(domain)}"
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError("a positive integer")
+    return value
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError("a number between 0 and 1")
+    return float(value)
+
+
+def _node_name(value: Any) -> str:
+    if not isinstance(value, str) or (value and not _NODE_NAME.match(value)):
+        raise ValueError("empty (the host name) or letters, digits, '-' and '_' (at most 63)")
+    return value
+
+
+def _workers(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 256:
+        raise ValueError("an integer from 0 (one per CPU core) to 256")
+    return value
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError("an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _store_url(value: Any) -> str:
+    if not isinstance(value, str) or (value and not value.startswith(("postgresql://", "postgres://"))):
+        raise ValueError("empty (SQLite in data_dir) or a postgresql:// URL")
+    return value
+
+
+def _mode(value: Any) -> str:
+    if value not in ("mx", "smarthost"):
+        raise ValueError("\"mx\" or \"smarthost\"")
+    return value
+
+
+def _optional_listen(value: Any) -> Listen | None:
+    return parse_listen(value) if value != "" else None
+
+
+def _routes(value: Any) -> dict[str, Listen]:
+    if not isinstance(value, dict):
+        raise ValueError("a table of domain = \"host:port\"")
+    return {_domain(k): parse_listen(v) for k, v in value.items()}
+
+
+def _schedule(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("a non-empty list of durations such as [\"1m\", \"5m\"]")
+    return tuple(parse_duration(v) for v in value)
+
+
+def _selector(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^[a-z0-9]([a-z0-9-]{0,62})$", value, re.I):
+        raise ValueError("a DKIM selector (letters, digits and '-')")
+    return value
+
+
+# section -> key -> parser; the example configuration documents the same keys
+_SCHEMA: dict[str, dict[str, Any]] = {
+    "provider": {"domain": _domain, "bounce_domain": _domain, "hostname": _domain,
+                 "abuse_address": _address, "privacy_address": _address, "terms_version": _str},
+    "node": {"name": _node_name, "workers": _workers},
+    "paths": {"data_dir": _str},
+    "store": {"url": _store_url},
+    "submission": {"listen": _listen_list, "tls_listen": _listen_list, "max_message_size": _count,
+                   "max_recipients": _count, "auth_failures": _count, "auth_failure_window": parse_duration,
+                   "timeout": parse_duration, "trust_cache_ttl": parse_duration},
+    "inbound": {"listen": _listen_list},
+    "http": {"listen": _listen_list, "public_url": _url},
+    "tls": {"cert_file": _str, "key_file": _str},
+    "dkim": {"selector": _selector, "key_file": _str},
+    "tokens": {"secret_file": _str},
+    "delivery": {"mode": _mode, "smarthost": _optional_listen, "routes": _routes,
+                 "retry_schedule": _schedule, "max_queue_lifetime": parse_duration},
+    "policy": {"complaint_rate": _fraction, "complaint_window": parse_duration,
+               "complaint_min_volume": _count, "bounce_rate": _fraction,
+               "ack_interval": parse_duration, "tenant_rate": parse_rate},
+}
+_SECTION_CLASSES = {"provider": Provider, "node": Node, "paths": Paths, "store": Store,
+                    "submission": Submission, "inbound": Inbound, "http": Http, "tls": Tls, "dkim": Dkim,
+                    "tokens": Tokens, "delivery": Delivery, "policy": Policy}
+_PATH_KEYS = {("paths", "data_dir"), ("tls", "cert_file"), ("tls", "key_file"),
+              ("dkim", "key_file"), ("tokens", "secret_file")}
+
+
+def find_config(option: str | None) -> tuple[Path | None, bool]:
+    """Which file to load: --config, then $WEBSOFTTT_CONFIG, then ./websofttt.toml if present.
+
+    Returns (path, explicit); an explicit path that does not exist is an error, an implicit one is skipped.
+    """
+    if option:
+        return Path(option), True
+    if os.environ.get(ENV_CONFIG):
+        return Path(os.environ[ENV_CONFIG]), True
+    default = Path(DEFAULT_CONFIG_NAME)
+    return (default, False) if default.exists() else (None, False)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate `path` (None: embedded defaults). Raises ConfigError naming file and key."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read configuration: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        base = path.resolve().parent
+    sections = {}
+    for section, values in raw.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}]; expected one of: {', '.join(_SCHEMA)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        sections[section] = _section(source, section, values, base)
+    settings = Settings(source=source, **{
+        name: _instance(name, sections.get(name, {}), base) for name in _SCHEMA})
+    return _finish(settings, source)
+
+
+def _section(source: str, section: str, values: dict[str, Any], base: Path) -> dict[str, Any]:
+    schema = _SCHEMA[section]
+    parsed = {}
+    for key, value in values.items():
+        if key not in schema:
+            raise ConfigError(f"{source}: unknown key [{section}] {key}; expected one of: {', '.join(schema)}")
+        try:
+            parsed[key] = schema[key](value)
+        except ValueError as e:
+            raise ConfigError(f"{source}: [{section}] {key} must be {e}, got {value!r}") from None
+    return parsed
+
+
+def _instance(section: str, values: dict[str, Any], base: Path) -> Any:
+    """Build the section's dataclass, resolving relative paths against the config file's directory."""
+    for key in list(values):
+        if (section, key) in _PATH_KEYS:
+            values[key] = (base / values[key]).resolve() if values[key] else None
+    if section == "paths" and "data_dir" not in values:
+        values["data_dir"] = (base / "var").resolve()
+    return _SECTION_CLASSES[section](**values)
+
+
+def _finish(s: Settings, source: str) -> Settings:
+    """Cross-key checks and derived defaults (node name, worker count)."""
+    if s.delivery.mode == "smarthost" and s.delivery.smarthost is None:
+        raise ConfigError(f"{source}: [delivery] smarthost must be \"host:port\" when mode = \"smarthost\"")
+    if (s.tls.cert_file is None) != (s.tls.key_file is None):
+        raise ConfigError(f"{source}: [tls] cert_file and key_file must be given together")
+    if not (s.submission.listen or s.submission.tls_listen):
+        raise ConfigError(f"{source}: [submission] listen and tls_listen are both empty")
+    name = s.node.name or re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:63] or "node"
+    workers = s.node.workers or os.cpu_count() or 1
+    return replace(s, node=Node(name=name, workers=workers))

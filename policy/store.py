@@ -1,0 +1,132 @@
+"""The shared store: tenants, credentials, suppressions, counters, events, audit, secrets.
+
+SQLite through sqlite-utils in WAL mode, one file in the data dir, shared by every worker
+process of the node. Only modules in policy/ touch it, so a PostgreSQL backend can replace it.
+Schema changes are named migrations, applied once each and recorded in `_migrations`.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlite_utils
+
+
+def utcnow() -> str:
+    """Timestamps are ISO 8601 UTC strings: sortable, readable in `--json`, unambiguous across nodes."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _initial_schema(db: sqlite_utils.Database) -> None:
+    db["tenants"].create({
+        "id": str, "status": str, "reason": str, "terms_version": str, "allowed_from": str,
+        "networks": str, "rate": str, "created": str,
+    }, pk="id", not_null={"status", "created"}, defaults={"status": "active", "allowed_from": "[]", "networks": "[]"})
+    db["credentials"].create({
+        "username": str, "tenant": str, "hash": str, "created": str, "last_used": str,
+    }, pk="username", not_null={"tenant", "hash", "created"}, foreign_keys=[("tenant", "tenants", "id")])
+    db["credentials"].create_index(["tenant"])
+    db["suppressions"].create({
+        "scope": str, "address": str, "cause": str, "source": str, "created": str, "expires": str,
+    }, pk=("address", "scope"), not_null={"cause", "created"})
+    db["counters"].create({"key": str, "started": float, "count": int}, pk="key")
+    db["events"].create({
+        "id": int, "time": str, "kind": str, "tenant": str, "queue_id": str, "recipient": str, "detail": str,
+    }, pk="id")
+    db["events"].create_index(["queue_id"])
+    db["audit"].create({
+        "id": int, "time": str, "os_user": str, "command": str, "shown": str, "reason": str,
+    }, pk="id")
+    db["secrets"].create({"name": str, "value": str, "created": str}, pk="name")
+
+
+# Named migrations, applied in order; never edit one that has shipped, add a new one.
+MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
+    ("0001_initial_schema", _initial_schema),
+]
+
+
+class Store:
+    """One connection per process (sqlite3 connections must not cross a fork or a thread)."""
+
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 10000):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+        self.db = sqlite_utils.Database(conn)
+        self.path = path
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is crash-safe in WAL mode (a power loss may lose the last commits, never corrupt);
+        # the spool, which holds acknowledged mail, uses FULL.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations under an exclusive lock, so workers starting together do not race."""
+        applied: list[str] = []
+        with self.exclusive():
+            self.db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT)")
+            done = {r[0] for r in self.db.execute("SELECT name FROM _migrations").fetchall()}
+            for name, step in MIGRATIONS:
+                if name not in done:
+                    step(self.db)
+                    self.db.execute("INSERT INTO _migrations VALUES (?, ?)", [name, utcnow()])
+                    applied.append(name)
+        return applied
+
+    def exclusive(self) -> "_Transaction":
+        """A write transaction taken up front (BEGIN IMMEDIATE): read-modify-write without races."""
+        return _Transaction(self.db.conn)
+
+    def execute(self, sql: str, params: tuple | list | dict = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, params)
+
+    def one(self, sql: str, params: tuple | list | dict = ()) -> dict | None:
+        cur = self.db.execute(sql, params)
+        row = cur.fetchone()
+        return dict(zip([c[0] for c in cur.description], row)) if row else None
+
+    def all(self, sql: str, params: tuple | list | dict = ()) -> list[dict]:
+        cur = self.db.execute(sql, params)
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- counters: one atomic upsert per hit, shared by all workers (and nodes, on PostgreSQL)
+
+    def hit(self, key: str, window: float, now: float | None = None) -> int:
+        """Count one event for `key` in a window that starts at its first event; return the count."""
+        now = time.time() if now is None else now
+        row = self.db.execute(
+            "INSERT INTO counters (key, started, count) VALUES (?, ?, 1) "
+            "ON CONFLICT(key) DO UPDATE SET "
+            "count = CASE WHEN ? - started >= ? THEN 1 ELSE count + 1 END, "
+            "started = CASE WHEN ? - started >= ? THEN excluded.started ELSE started END "
+            "RETURNING count", [key, now, now, window, now, window]).fetchone()
+        return row[0]
+
+    def count(self, key: str, window: float, now: float | None = None) -> int:
+        """Events for `key` in its current window (0 once the window has passed)."""
+        now = time.time() if now is None else now
+        row = self.db.execute("SELECT count FROM counters WHERE key = ? AND ? - started < ?",
+                              [key, now, window]).fetchone()
+        return row[0] if row else 0
+
+    def reset(self, key: str) -> None:
+        self.db.execute("DELETE FROM counters WHERE key = ?", [key])
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

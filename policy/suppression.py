@@ -1,0 +1,79 @@
+"""Suppression list: recipients a tenant (or every tenant) must not mail again, and why."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from policy.store import Store, utcnow
+
+GLOBAL = "global"
+CAUSES = ("unsubscribe", "complaint", "hard_bounce", "soft_bounce", "manual")
+
+# What the RCPT reply says about each cause: precise for the tenant, nothing about the recipient's mail.
+REASONS = {
+    "unsubscribe": "has unsubscribed from this sender",
+    "complaint": "complained about mail from this sender",
+    "hard_bounce": "previously bounced",
+    "soft_bounce": "recently bounced",
+    "manual": "is suppressed by the operator",
+}
+
+
+class SuppressionError(Exception):
+    """A suppression request that cannot be carried out."""
+
+
+@dataclass(frozen=True)
+class Suppression:
+    address: str
+    scope: str          # "global" or a tenant id
+    cause: str
+    source: str | None
+    created: str
+    expires: str | None
+
+    @property
+    def reason(self) -> str:
+        return REASONS[self.cause]
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def normalise(address: str) -> str:
+    """Addresses are compared case-insensitively: mail systems change case, recipients do not mean to."""
+    return address.strip().strip("<>").lower()
+
+
+def add(store: Store, address: str, scope: str = GLOBAL, cause: str = "manual", source: str | None = None,
+        expires: str | None = None) -> bool:
+    """Suppress `address` in `scope`; True if it was new. An existing entry keeps its first cause."""
+    if cause not in CAUSES:
+        raise SuppressionError(f"cause {cause!r} must be one of: {', '.join(CAUSES)}")
+    addr = normalise(address)
+    if "@" not in addr:
+        raise SuppressionError(f"{address!r} is not an email address")
+    cur = store.execute(
+        "INSERT INTO suppressions (address, scope, cause, source, created, expires) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(address, scope) DO NOTHING", [addr, scope, cause, source, utcnow(), expires])
+    return cur.rowcount == 1
+
+
+def remove(store: Store, address: str, scope: str = GLOBAL) -> bool:
+    return store.execute("DELETE FROM suppressions WHERE address = ? AND scope = ?",
+                         [normalise(address), scope]).rowcount == 1
+
+
+def find(store: Store, tenant: str, address: str) -> Suppression | None:
+    """The entry that stops `tenant` from mailing `address`: its own scope first, then global."""
+    row = store.one(
+        "SELECT * FROM suppressions WHERE address = ? AND scope IN (?, ?) AND (expires IS NULL OR expires > ?) "
+        "ORDER BY scope = ? DESC LIMIT 1", [normalise(address), tenant, GLOBAL, utcnow(), GLOBAL])
+    return Suppression(**row) if row else None
+
+
+def entries(store: Store, scope: str | None = None) -> list[Suppression]:
+    if scope is None:
+        rows = store.all("SELECT * FROM suppressions ORDER BY scope, address")
+    else:
+        rows = store.all("SELECT * FROM suppressions WHERE scope = ? ORDER BY address", [scope])
+    return [Suppression(**r) for r in rows]

@@ -1,0 +1,124 @@
+"""Tenants: the provider's customers, their status, accepted terms, sending domains and networks."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from policy.settings import Rate, parse_rate
+from policy.store import Store, utcnow
+
+_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class TenantError(Exception):
+    """A request about tenants that cannot be carried out (unknown id, duplicate, bad value)."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    status: str                     # "active" | "suspended"
+    reason: str | None              # why it was suspended
+    terms_version: str | None       # the terms version it accepted last (None: none yet)
+    allowed_from: tuple[str, ...]   # domains it may use in From (besides provider domains)
+    networks: tuple[str, ...]       # CIDRs from which it may submit without AUTH
+    rate: str | None                # its own message rate ("N/PERIOD"), else the policy default
+    created: str
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    def message_rate(self, default: Rate) -> Rate:
+        return parse_rate(self.rate) if self.rate else default
+
+    def as_json(self) -> dict:
+        return asdict(self) | {"allowed_from": list(self.allowed_from), "networks": list(self.networks)}
+
+
+def _from_row(row: dict) -> Tenant:
+    return Tenant(id=row["id"], status=row["status"], reason=row["reason"], terms_version=row["terms_version"],
+                  allowed_from=tuple(json.loads(row["allowed_from"])), networks=tuple(json.loads(row["networks"])),
+                  rate=row["rate"], created=row["created"])
+
+
+def check_id(tenant_id: str) -> str:
+    if not _TENANT_ID.match(tenant_id):
+        raise TenantError(f"tenant id {tenant_id!r} must be lower-case letters, digits, '-' or '_' (at most 63)")
+    return tenant_id
+
+
+def normalise_network(cidr: str) -> str:
+    try:
+        return str(ipaddress.ip_network(cidr, strict=False))
+    except ValueError:
+        raise TenantError(f"network {cidr!r} is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32") from None
+
+
+def normalise_domain(domain: str) -> str:
+    d = domain.strip().lower().rstrip(".")
+    if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$", d):
+        raise TenantError(f"domain {domain!r} is not a domain name such as example.com")
+    return d
+
+
+def add(store: Store, tenant_id: str, allowed_from: list[str], networks: list[str], rate: str | None) -> Tenant:
+    check_id(tenant_id)
+    if rate is not None:
+        try:
+            parse_rate(rate)
+        except ValueError as e:
+            raise TenantError(f"rate {rate!r} must be {e}") from None
+    row = {"id": tenant_id, "status": "active", "reason": None, "terms_version": None,
+           "allowed_from": json.dumps(sorted({normalise_domain(d) for d in allowed_from})),
+           "networks": json.dumps(sorted({normalise_network(n) for n in networks})),
+           "rate": rate, "created": utcnow()}
+    with store.exclusive():
+        if get(store, tenant_id):
+            raise TenantError(f"tenant {tenant_id!r} already exists")
+        store.db["tenants"].insert(row)
+    return _from_row(row)
+
+
+def get(store: Store, tenant_id: str) -> Tenant | None:
+    row = store.one("SELECT * FROM tenants WHERE id = ?", [tenant_id])
+    return _from_row(row) if row else None
+
+
+def require(store: Store, tenant_id: str) -> Tenant:
+    tenant = get(store, tenant_id)
+    if tenant is None:
+        raise TenantError(f"no tenant {tenant_id!r}")
+    return tenant
+
+
+def all_tenants(store: Store) -> list[Tenant]:
+    return [_from_row(r) for r in store.all("SELECT * FROM tenants ORDER BY id")]
+
+
+def _update(store: Store, tenant_id: str, **values: object) -> Tenant:
+    require(store, tenant_id)
+    store.db["tenants"].update(tenant_id, values)
+    return require(store, tenant_id)
+
+
+def suspend(store: Store, tenant_id: str, reason: str) -> Tenant:
+    if not reason.strip():
+        raise TenantError("a suspension needs a reason")
+    return _update(store, tenant_id, status="suspended", reason=reason.strip())
+
+
+def resume(store: Store, tenant_id: str) -> Tenant:
+    return _update(store, tenant_id, status="active", reason=None)
+
+
+def accept_terms(store: Store, tenant_id: str, version: str) -> Tenant:
+    return _update(store, tenant_id, terms_version=version)
+
+
+def trusted_networks(store: Store) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
+    """(network, tenant id) for every tenant bound to networks, most specific first."""
+    nets = [(ipaddress.ip_network(n), t.id) for t in all_tenants(store) for n in t.networks]
+    return sorted(nets, key=lambda item: item[0].prefixlen, reverse=True)

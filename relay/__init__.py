@@ -1,0 +1,1 @@
+"""Outbound: submission server, spool, signing, routing, delivery; cli.py wires every role."""

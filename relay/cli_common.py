@@ -1,0 +1,44 @@
+"""Helpers shared by the command modules: --config loading, JSON output, the store."""
+from __future__ import annotations
+
+import functools
+import json
+
+import click
+
+from policy.settings import Settings, find_config, load_settings
+from policy.store import Store
+
+
+def with_settings(f):
+    """Adds --config to a command and passes the loaded Settings as its first argument."""
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help="Configuration file (default: $WEBSOFTTT_CONFIG, then ./websofttt.toml, then defaults).")
+    @functools.wraps(f)
+    def wrapper(config_path, **kwargs):
+        path, _ = find_config(config_path)
+        return f(load_settings(path), **kwargs)
+    return wrapper
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")(f)
+
+
+def reason_option(f):
+    return click.option("--reason", default=None, help="Why you need to see individual records (audit-logged).")(f)
+
+
+def open_store(settings: Settings) -> Store:
+    store = Store(settings.store_path)
+    store.migrate()
+    return store
+
+
+def emit(data, as_json: bool, human) -> None:
+    """Print `data` as JSON or through `human(data)`, which returns the lines."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for line in human(data):
+            click.echo(line)

@@ -1,0 +1,217 @@
+"""Commands over records: credentials, suppressions, the queue, DKIM DNS, the audit log.
+
+Individual records (addresses, message details) are shown only with --reason, audit-logged first.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from policy import audit, credentials, suppression, tenants
+from policy.keys import dkim_dns_record, load_private_key
+from relay.cli_common import emit, json_option, open_store, reason_option, with_settings
+from relay.spool import message_detail, queue_summary
+
+# ---- credentials
+
+
+@click.group()
+def credential() -> None:
+    """SMTP credentials of tenants (passwords stored only as scrypt hashes)."""
+
+
+@credential.command("add")
+@click.argument("tenant_id")
+@click.argument("username")
+@with_settings
+def credential_add(settings, tenant_id, username) -> None:
+    """Add USERNAME for TENANT_ID; the password is read from stdin (first line) or prompted.
+
+    \b
+    Example:
+        printf '%s\\n' "$PASSWORD" | websofttt credential add acme app1
+    """
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    credentials.add(open_store(settings), tenant_id, username, password)
+    click.echo(f"added credential {username} for tenant {tenant_id}")
+
+
+@credential.command("remove")
+@click.argument("username")
+@with_settings
+def credential_remove(settings, username) -> None:
+    """Remove a credential; sessions already authenticated keep going until they end.
+
+    \b
+    Example:
+        websofttt credential remove app1
+    """
+    credentials.remove(open_store(settings), username)
+    click.echo(f"removed credential {username}")
+
+
+@credential.command("list")
+@json_option
+@with_settings
+def credential_list(settings, as_json) -> None:
+    """List usernames with their tenant (never the hashes).
+
+    \b
+    Example:
+        websofttt credential list --json
+    """
+    emit(credentials.all_credentials(open_store(settings)), as_json,
+         lambda rows: [f"{r['username']:<32} {r['tenant']:<24} created={r['created']} "
+                       f"last_used={r['last_used'] or '-'}" for r in rows])
+
+
+# ---- suppressions
+
+def _scope(tenant_id: str | None) -> str:
+    return tenant_id or suppression.GLOBAL
+
+
+@click.group("suppression")
+def suppression_group() -> None:
+    """Recipients that must not be mailed again (per tenant or global)."""
+
+
+@suppression_group.command("add")
+@click.argument("address")
+@click.option("--tenant", "tenant_id", default=None, help="Suppress for this tenant only (default: global).")
+@click.option("--cause", default="manual", type=click.Choice(suppression.CAUSES), show_default=True)
+@with_settings
+def suppression_add(settings, address, tenant_id, cause) -> None:
+    """Suppress ADDRESS.
+
+    \b
+    Example:
+        websofttt suppression add someone@example.net --tenant acme --cause unsubscribe
+    """
+    store = open_store(settings)
+    if tenant_id:
+        tenants.require(store, tenant_id)
+    added = suppression.add(store, address, _scope(tenant_id), cause, source="cli")
+    click.echo("added" if added else "already suppressed")
+
+
+@suppression_group.command("remove")
+@click.argument("address")
+@click.option("--tenant", "tenant_id", default=None, help="The tenant scope (default: global).")
+@with_settings
+def suppression_remove(settings, address, tenant_id) -> None:
+    """Remove ADDRESS from a scope.
+
+    \b
+    Example:
+        websofttt suppression remove someone@example.net --tenant acme
+    """
+    if not suppression.remove(open_store(settings), address, _scope(tenant_id)):
+        raise click.UsageError(f"{address} is not suppressed in scope {_scope(tenant_id)}")
+    click.echo("removed")
+
+
+@suppression_group.command("list")
+@click.option("--tenant", "tenant_id", default=None, help="Only this tenant's scope.")
+@reason_option
+@json_option
+@with_settings
+def suppression_list(settings, tenant_id, reason, as_json) -> None:
+    """List suppressed addresses (individual records: --reason required, audit-logged).
+
+    \b
+    Example:
+        websofttt suppression list --tenant acme --reason "ticket 4711: customer asks why mail stopped"
+    """
+    store = open_store(settings)
+    audit.record(store, "suppression list", f"scope={tenant_id or 'all'}", reason)
+    emit([e.as_json() for e in suppression.entries(store, tenant_id)], as_json,
+         lambda rows: [f"{r['address']:<40} {r['scope']:<16} {r['cause']:<12} {r['created']}" for r in rows])
+
+
+# ---- queue
+
+@click.group()
+def queue() -> None:
+    """This node's queue."""
+
+
+@queue.command("list")
+@json_option
+@with_settings
+def queue_list(settings, as_json) -> None:
+    """Queued messages: id, tenant, size and recipient counts by state (no addresses).
+
+    \b
+    Example:
+        websofttt queue list
+    """
+    emit(queue_summary(settings.spool_dir), as_json,
+         lambda rows: [f"{r['id']:<40} {r['tenant']:<20} {r['received']} {r['size']:>9} "
+                       + " ".join(f"{k}={v}" for k, v in sorted(r["states"].items())) for r in rows]
+         or ["queue is empty"])
+
+
+@queue.command("show")
+@click.argument("queue_id")
+@reason_option
+@json_option
+@with_settings
+def queue_show(settings, queue_id, reason, as_json) -> None:
+    """One message with its envelope and recipients (--reason required, audit-logged).
+
+    \b
+    Example:
+        websofttt queue show 01abc.node1 --reason "ticket 4712: delivery delay"
+    """
+    store = open_store(settings)
+    audit.record(store, "queue show", queue_id, reason)
+    detail = message_detail(settings.spool_dir, queue_id)
+    if detail is None:
+        raise click.UsageError(f"no message {queue_id} in this node's queue")
+    emit(detail, as_json, lambda d: [f"id: {d['id']}", f"tenant: {d['tenant']}", f"from: {d['mail_from']}",
+                                     f"received: {d['received']}", f"size: {d['size']}"]
+         + [f"  {r['recipient']}  {r['state']}  attempts={r['attempts']}  {r['last_reply'] or ''}"
+            for r in d["recipients"]])
+
+
+# ---- DKIM and audit
+
+@click.group()
+def dkim() -> None:
+    """DKIM keys and the DNS records to publish."""
+
+
+@dkim.command("dns")
+@with_settings
+def dkim_dns(settings) -> None:
+    """Print the DKIM TXT record (zone-file syntax).
+
+    \b
+    Example:
+        websofttt dkim dns >> websofttt.com.zone
+    """
+    click.echo(dkim_dns_record(settings.dkim.selector, settings.provider.domain, load_private_key(settings.dkim_key)))
+
+
+@click.command("audit")
+@click.argument("action", type=click.Choice(["list"]))
+@json_option
+@with_settings
+def audit_cmd(settings, action, as_json) -> None:
+    """Who viewed which individual records, when and why.
+
+    \b
+    Example:
+        websofttt audit list --json
+    """
+    emit(audit.entries(open_store(settings)), as_json,
+         lambda rows: [f"{r['time']} {r['os_user']:<12} {r['command']:<18} {r['shown']:<30} {r['reason']}"
+                       for r in rows])
+
+
+COMMANDS = [credential, suppression_group, queue, dkim, audit_cmd]

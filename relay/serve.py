@@ -1,0 +1,140 @@
+"""`websofttt serve`: the node's worker processes.
+
+One Python process cannot use a second core, so the node runs `node.workers` processes. Each binds
+every listener itself with SO_REUSEPORT (the kernel spreads connections), owns one spool shard and
+its own store connection. The parent only supervises: it restarts a worker that dies and, on
+SIGTERM or SIGINT, asks every worker to drain (finish open transactions) and exits 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+
+from policy.keys import server_ssl_context
+from policy.settings import Listen, Settings
+from policy.store import Store
+from relay.spool import Spool, shard_path
+from relay.submission import Sessions, SubmissionHandler, protocol_factory
+
+log = logging.getLogger("websofttt.serve")
+
+ROLES = ("submission",)
+DRAIN_GRACE = 30.0
+
+
+def setup_logging() -> None:
+    """One line per event on stderr (journald adds the time); aiosmtpd's own log names addresses, so it is muted."""
+    logging.basicConfig(level=logging.INFO, format="%(processName)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+
+
+class ServeError(Exception):
+    """The node cannot start (a listener cannot be bound); exit status 1."""
+
+
+def bind(address: Listen) -> socket.socket:
+    """A listening socket with SO_REUSEPORT, so every worker can bind the same address."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def listeners(settings: Settings, roles: tuple[str, ...]) -> list[tuple[Listen, bool]]:
+    """(address, implicit TLS) for every listener of the given roles."""
+    sub = settings.submission
+    if "submission" not in roles:
+        return []
+    return [(a, False) for a in sub.listen] + [(a, True) for a in sub.tls_listen]
+
+
+def serve(settings: Settings, roles: tuple[str, ...]) -> int:
+    """Supervise the workers until SIGTERM/SIGINT; return the exit status."""
+    for address, _ in listeners(settings, roles):   # fail fast, in the parent, with a clear message
+        bind(address).close()
+    store = Store(settings.store_path)
+    store.migrate()
+    store.close()
+    context = multiprocessing.get_context("fork")
+    workers: dict[int, multiprocessing.Process] = {}
+    stopping = False
+
+    def start(index: int) -> None:
+        proc = context.Process(target=run_worker, args=(settings, index, roles), name=f"worker-{index}")
+        proc.start()
+        workers[index] = proc
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in workers.values():
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for index in range(settings.node.workers):
+        start(index)
+    log.info("node %s serving %s with %d workers", settings.node.name, ",".join(roles), len(workers))
+    while workers:
+        time.sleep(0.2)
+        for index, proc in list(workers.items()):
+            if proc.is_alive():
+                continue
+            del workers[index]
+            if not stopping:
+                log.error("worker %d exited with status %s; restarting it", index, proc.exitcode)
+                time.sleep(1)
+                start(index)
+    return 0
+
+
+def run_worker(settings: Settings, index: int, roles: tuple[str, ...]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent turns ^C into SIGTERM for each worker
+    asyncio.run(worker_main(settings, index, roles))
+
+
+async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
+                      stop: asyncio.Event | None = None, started: asyncio.Future | None = None) -> None:
+    """Serve until SIGTERM or `stop` is set, then drain; `started` receives the bound ports."""
+    loop = asyncio.get_running_loop()
+    store = Store(settings.store_path)
+    spool = Spool(shard_path(settings.spool_dir, index))
+    tls = server_ssl_context(settings.tls_cert, settings.tls_key)
+    handler = SubmissionHandler(settings, store, spool)
+    sessions = Sessions()
+    servers = []
+    for address, implicit in listeners(settings, roles):
+        servers.append(await loop.create_server(
+            protocol_factory(handler, sessions, tls, implicit), sock=bind(address),
+            ssl=tls if implicit else None))
+    own_stop = stop is None
+    if own_stop:
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if started is not None:
+        started.set_result([s.sockets[0].getsockname()[1] for s in servers])
+    try:
+        await stop.wait()
+    finally:
+        for server in servers:
+            server.close()
+        await sessions.drain(DRAIN_GRACE)
+        spool.close()
+        store.close()
+        if own_stop:
+            loop.remove_signal_handler(signal.SIGTERM)

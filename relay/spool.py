@@ -1,0 +1,182 @@
+"""Durable spool: accepted messages and per-recipient state, one SQLite file per worker (shard).
+
+The submission server answers 250 only after the message is on disk: `enqueue` hands the
+message to a writer thread that commits everything that arrived while the previous commit was
+running in one transaction (group commit), with `synchronous=FULL`, so one fsync covers many
+concurrent sessions. Bodies are deleted with `secure_delete` so their bytes do not linger.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from policy.store import utcnow
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, mail_from TEXT NOT NULL, size INTEGER NOT NULL,
+    received TEXT NOT NULL, smtputf8 INTEGER NOT NULL DEFAULT 0, campaign TEXT, data BLOB);
+CREATE TABLE IF NOT EXISTS recipients (
+    queue_id TEXT NOT NULL REFERENCES messages(id), recipient TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL, last_reply TEXT, updated TEXT,
+    PRIMARY KEY (queue_id, recipient));
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt);
+"""
+
+
+class SpoolError(Exception):
+    """The message could not be made durable; `disk_full` tells the client to try later (452)."""
+
+    def __init__(self, message: str, disk_full: bool = False):
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    tenant: str
+    mail_from: str
+    recipients: tuple[str, ...]
+    data: bytes
+    smtputf8: bool = False
+    campaign: str | None = None
+
+
+def new_queue_id(node: str) -> str:
+    """Time-ordered and unique across nodes: 48-bit milliseconds + 42 random bits, base32, then the node name."""
+    raw = int(time.time() * 1000).to_bytes(6, "big") + os.urandom(5)
+    return base64.b32encode(raw).decode().rstrip("=").lower() + "." + node
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def shard_path(spool_dir: Path, shard: int) -> Path:
+    return spool_dir / f"shard-{shard}.sqlite"
+
+
+def shard_paths(spool_dir: Path) -> list[Path]:
+    return sorted(spool_dir.glob("shard-*.sqlite"))
+
+
+class Spool:
+    """One shard, owned by one worker process; `enqueue` is awaited by the submission sessions."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._writer = connect(path)
+        self._pending: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write_loop, name=f"spool-{path.stem}", daemon=True)
+        self._thread.start()
+
+    async def enqueue(self, message: Message) -> None:
+        """Return once `message` and its recipients are committed and fsync'ed; raise SpoolError if not."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._pending.put((message, loop, done))
+        await done
+
+    def close(self) -> None:
+        self._pending.put(None)
+        self._thread.join()
+        self._writer.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._pending.put(None)
+                    break
+                batch.append(item)
+            error = self._commit([m for m, _, _ in batch])
+            for _, loop, done in batch:
+                loop.call_soon_threadsafe(_settle, done, error)
+
+    def _commit(self, messages: list[Message]) -> SpoolError | None:
+        now, received = time.time(), utcnow()
+        try:
+            self._writer.execute("BEGIN")
+            self._writer.executemany(
+                "INSERT INTO messages (id, tenant, mail_from, size, received, smtputf8, campaign, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(m.id, m.tenant, m.mail_from, len(m.data), received, int(m.smtputf8), m.campaign, m.data)
+                 for m in messages])
+            self._writer.executemany(
+                "INSERT INTO recipients (queue_id, recipient, next_attempt, updated) VALUES (?, ?, ?, ?)",
+                [(m.id, r, now, received) for m in messages for r in m.recipients])
+            self._writer.execute("COMMIT")
+            return None
+        except sqlite3.Error as e:
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
+            full = isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
+            return SpoolError(str(e), disk_full=full)
+
+
+def _settle(done: asyncio.Future, error: SpoolError | None) -> None:
+    if done.cancelled():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+def queue_summary(spool_dir: Path) -> list[dict]:
+    """Every message in the node's shards: id, tenant, received, size and recipient counts by state (no addresses)."""
+    rows: list[dict] = []
+    for path in shard_paths(spool_dir):
+        conn = connect(path)
+        try:
+            for mid, tenant, received, size in conn.execute(
+                    "SELECT id, tenant, received, size FROM messages ORDER BY id"):
+                states = dict(conn.execute(
+                    "SELECT state, count(*) FROM recipients WHERE queue_id = ? GROUP BY state", [mid]).fetchall())
+                rows.append({"id": mid, "tenant": tenant, "received": received, "size": size,
+                             "recipients": sum(states.values()), "states": states})
+        finally:
+            conn.close()
+    return rows
+
+
+def message_detail(spool_dir: Path, queue_id: str) -> dict | None:
+    """One message with its envelope and per-recipient state (individual records: callers audit first)."""
+    for path in shard_paths(spool_dir):
+        conn = connect(path)
+        try:
+            row = conn.execute("SELECT id, tenant, mail_from, received, size FROM messages WHERE id = ?",
+                               [queue_id]).fetchone()
+            if row:
+                rcpts = conn.execute(
+                    "SELECT recipient, state, attempts, last_reply, updated FROM recipients WHERE queue_id = ? "
+                    "ORDER BY recipient", [queue_id]).fetchall()
+                keys = ("recipient", "state", "attempts", "last_reply", "updated")
+                return dict(zip(("id", "tenant", "mail_from", "received", "size"), row),
+                            recipients=[dict(zip(keys, r)) for r in rcpts])
+        finally:
+            conn.close()
+    return None

@@ -1,0 +1,245 @@
+"""The submission server: tenants hand us mail over SMTP (STARTTLS or implicit TLS, AUTH or trusted network).
+
+`SubmissionHandler` holds the whole policy of a transaction, one method per SMTP command; the DATA
+path reads top to bottom: header policy, trace headers, durable spool, then the 250.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import format_datetime
+
+from aiosmtpd.smtp import Envelope, Session
+from flanker.addresslib import address as flanker_address
+
+from policy import suppression, tenants
+from policy.headers import HeaderCheck, HeaderPolicy, check_headers
+from policy.ratelimit import Limits
+from policy.settings import Settings
+from policy.store import Store
+from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator
+from relay.spool import Message, Spool, SpoolError, new_queue_id
+
+log = logging.getLogger("websofttt.submission")
+
+LINE_LIMIT = 1024 * 1024   # aiosmtpd's per-line buffer; over-long header lines get the policy's 554 instead
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who is submitting in this transaction: the tenant and how it was recognised."""
+    tenant: tenants.Tenant
+    username: str | None    # None: a trusted network
+
+
+class TrustedNetworks:
+    """Tenants' CIDRs, reloaded from the store every few seconds so CLI changes reach running workers."""
+
+    def __init__(self, store: Store, ttl: float):
+        self.store, self.ttl = store, ttl
+        self._loaded = -ttl
+        self._nets: list = []
+
+    def tenant_for(self, ip: str) -> str | None:
+        now = time.monotonic()
+        if now - self._loaded > self.ttl:
+            self._nets, self._loaded = tenants.trusted_networks(self.store), now
+        addr = ipaddress.ip_address(ip)
+        return next((tenant for net, tenant in self._nets if addr in net), None)
+
+
+class SubmissionHandler:
+    def __init__(self, settings: Settings, store: Store, spool: Spool):
+        self.settings = settings
+        self.store = store
+        self.spool = spool
+        self.limits = Limits(store, settings.submission)
+        self.trusted = TrustedNetworks(store, settings.submission.trust_cache_ttl)
+        self.header_policy = HeaderPolicy(settings.provider.domains, settings.provider.hostname)
+        self.authenticator = Authenticator(store, self.limits)
+
+    # MAIL FROM: who is sending, and may they send now?
+    async def handle_MAIL(self, server, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        tenant_id, username = self._identify(session)
+        if tenant_id is None:
+            return "530 5.7.0 Authentication required"
+        tenant = tenants.get(self.store, tenant_id)
+        if tenant is None:
+            return "550 5.7.1 This account no longer exists"
+        if not tenant.active:
+            return f"550 5.7.1 Sending is suspended for tenant {tenant.id}: {tenant.reason}"
+        version = self.settings.provider.terms_version
+        if tenant.terms_version != version:
+            return (f"550 5.7.1 Tenant {tenant.id} has not accepted the terms of service version {version} "
+                    f"(websofttt tenant accept-terms {tenant.id})")
+        rate = tenant.message_rate(self.settings.policy.tenant_rate)
+        if not self.limits.message_allowed(tenant.id, rate):
+            return f"451 4.7.1 Message rate limit for tenant {tenant.id} reached, try again later"
+        session.sender = Sender(tenant, username)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Sender OK"
+
+    def _identify(self, session: Session) -> tuple[str | None, str | None]:
+        if isinstance(session.auth_data, Authenticated):
+            return session.auth_data.tenant, session.auth_data.username
+        return self.trusted.tenant_for(session.peer[0]), None
+
+    # RCPT TO: a valid address, within limits, not suppressed for this tenant.
+    async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str,
+                          options: list[str]) -> str:
+        limit = self.settings.submission.max_recipients
+        if len(envelope.rcpt_tos) >= limit:
+            return f"452 4.5.3 Too many recipients (at most {limit} per message)"
+        if flanker_address.parse(address, addr_spec_only=True) is None:
+            return f"553 5.1.3 Recipient address <{_shown(address)}> is not a valid address"
+        entry = suppression.find(self.store, session.sender.tenant.id, address)
+        if entry is not None:
+            return f"550 5.7.1 Recipient <{_shown(address)}> {entry.reason}"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Recipient OK"
+
+    # DATA: the message path, in order.
+    async def handle_DATA(self, server: "SubmissionSMTP", session: Session, envelope: Envelope) -> str:
+        sender: Sender = session.sender
+        raw: bytes = envelope.original_content
+        check = check_headers(raw, self.header_policy, frozenset(sender.tenant.allowed_from), envelope.smtp_utf8)
+        if check.reply:
+            return check.reply
+        queue_id = new_queue_id(self.settings.node.name)
+        data = self._trace_headers(server, session, sender, queue_id, check) + raw
+        message = Message(queue_id, sender.tenant.id, envelope.mail_from, tuple(envelope.rcpt_tos), data,
+                          envelope.smtp_utf8, check.campaign)
+        try:
+            await self.spool.enqueue(message)
+        except SpoolError as e:
+            log.error("spool write failed for %s: %s", queue_id, e)
+            if e.disk_full:
+                return "452 4.3.1 Insufficient system storage, try again later"
+            return "451 4.3.0 Temporary failure writing the queue, try again later"
+        log.info("queued id=%s tenant=%s rcpts=%d size=%d", queue_id, sender.tenant.id, len(message.recipients),
+                 len(data))
+        return f"250 2.0.0 queued as {queue_id}"
+
+    def _trace_headers(self, server: "SubmissionSMTP", session: Session, sender: Sender, queue_id: str,
+                       check: HeaderCheck) -> bytes:
+        """Received (naming the tenant), plus Message-ID and Date when the tenant sent none."""
+        now = format_datetime(datetime.now(timezone.utc))
+        tls = server.tls_description()
+        protocol = "ESMTP" + ("S" if tls else "") + ("A" if sender.username else "")
+        helo = _shown(session.host_name or "unknown")
+        lines = [f"Received: from {helo} ([{session.peer[0]}])\r\n"
+                 f"\tby {self.settings.provider.hostname} (WebSoftTT Relay) with {protocol} id {queue_id}\r\n"
+                 f"\t(tenant {sender.tenant.id}{'; ' + tls if tls else ''}); {now}\r\n"]
+        if not check.has_message_id:
+            lines.append(f"Message-ID: <{queue_id}@{self.settings.provider.domain}>\r\n")
+        if not check.has_date:
+            lines.append(f"Date: {now}\r\n")
+        return "".join(lines).encode("ascii")
+
+
+def _shown(text: str) -> str:
+    """Client-supplied text echoed in a reply or header: printable ASCII, bounded."""
+    return text.encode("ascii", "backslashreplace").decode()[:200].replace("\r", "").replace("\n", "")
+
+
+# aiosmtpd's own replies that a policy answer replaces (enhanced status codes, our limits named).
+def _reply_map(max_size: int) -> dict[str, str]:
+    too_big = f"552 5.3.4 Message exceeds the maximum size of {max_size} bytes"
+    return {
+        "552 Error: Too much mail data": too_big,
+        "552 Error: message size exceeds fixed maximum message size": too_big,
+        "500 Line too long (see RFC5321 4.5.3.1.6)": f"554 5.6.0 Line longer than {LINE_LIMIT} octets",
+        "553 5.1.3 Error: malformed address": "553 5.1.3 Malformed address",
+    }
+
+
+class SubmissionSMTP(AsyncAuthSMTP):
+    line_length_limit = LINE_LIMIT
+
+    def __init__(self, handler: SubmissionHandler, sessions: "Sessions", **kwargs):
+        self.sessions = sessions
+        self.replies = _reply_map(handler.settings.submission.max_message_size)
+        super().__init__(handler, authenticator=handler.authenticator, **kwargs)
+
+    async def push(self, status: str) -> None:
+        await super().push(self.replies.get(status, status))
+
+    def tls_description(self) -> str | None:
+        obj = self.transport.get_extra_info("ssl_object") if self.transport else None
+        return f"{obj.version()} {obj.cipher()[0]}" if obj else None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.sessions.opened(self)
+
+    def connection_lost(self, error) -> None:
+        self.sessions.closed(self)
+        super().connection_lost(error)
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions: safe to close on shutdown without losing a message."""
+        return self.envelope is None or self.envelope.mail_from is None
+
+
+class Sessions:
+    """The live sessions of one worker, so that shutdown can let transactions finish."""
+
+    def __init__(self) -> None:
+        self.live: set[SubmissionSMTP] = set()
+        self.draining = False
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def opened(self, smtp: SubmissionSMTP) -> None:
+        self.live.add(smtp)
+        self.empty.clear()
+        if self.draining:
+            self._close(smtp)
+
+    def closed(self, smtp: SubmissionSMTP) -> None:
+        self.live.discard(smtp)
+        if not self.live:
+            self.empty.set()
+
+    async def drain(self, grace: float) -> None:
+        """Close idle sessions now, busy ones as soon as their transaction ends, all after `grace` seconds."""
+        self.draining = True
+        deadline = time.monotonic() + grace
+        while self.live and time.monotonic() < deadline:
+            for smtp in list(self.live):
+                if smtp.idle:
+                    self._close(smtp)
+            try:
+                await asyncio.wait_for(self.empty.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
+        for smtp in list(self.live):
+            self._close(smtp)
+
+    @staticmethod
+    def _close(smtp: SubmissionSMTP) -> None:
+        if smtp.transport is not None and not smtp.transport.is_closing():
+            smtp.transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+            smtp.transport.close()
+
+
+def protocol_factory(handler: SubmissionHandler, sessions: Sessions, tls: ssl.SSLContext,
+                     implicit_tls: bool):
+    """One SMTP protocol per connection; implicit-TLS listeners offer AUTH at once and no STARTTLS."""
+    sub = handler.settings.submission
+
+    def make() -> SubmissionSMTP:
+        return SubmissionSMTP(
+            handler, sessions, hostname=handler.settings.provider.hostname, ident="WebSoftTT Relay",
+            data_size_limit=sub.max_message_size, enable_SMTPUTF8=True, decode_data=False,
+            tls_context=None if implicit_tls else tls, auth_require_tls=not implicit_tls,
+            timeout=sub.timeout)
+    return make
