@@ -72,6 +72,7 @@ class Submission:
     auth_failure_window: float = 600.0     # ... within this window lock both out (454 4.7.0)
     timeout: float = 300.0                 # idle seconds before the server closes a session
     trust_cache_ttl: float = 5.0           # seconds a worker caches tenants' trusted networks
+    shutdown_grace: float = 30.0           # on SIGTERM, how long open transactions may take to finish
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ def parse_listen(value: Any) -> Listen:
     if not isinstance(value, str):
         raise ValueError(expected)
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(expected)
     if host.startswith("["):
         if not host.endswith("]"):
@@ -240,6 +241,12 @@ def _address(value: Any) -> str:
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a string")
+    return value
+
+
+def _dir(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty directory path")
     return value
 
 
@@ -312,11 +319,12 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "provider": {"domain": _domain, "bounce_domain": _domain, "hostname": _domain,
                  "abuse_address": _address, "privacy_address": _address, "terms_version": _str},
     "node": {"name": _node_name, "workers": _workers},
-    "paths": {"data_dir": _str},
+    "paths": {"data_dir": _dir},
     "store": {"url": _store_url},
     "submission": {"listen": _listen_list, "tls_listen": _listen_list, "max_message_size": _count,
                    "max_recipients": _count, "auth_failures": _count, "auth_failure_window": parse_duration,
-                   "timeout": parse_duration, "trust_cache_ttl": parse_duration},
+                   "timeout": parse_duration, "trust_cache_ttl": parse_duration,
+                   "shutdown_grace": parse_duration},
     "inbound": {"listen": _listen_list},
     "http": {"listen": _listen_list, "public_url": _url},
     "tls": {"cert_file": _str, "key_file": _str},

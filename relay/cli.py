@@ -95,7 +95,12 @@ def serve(settings: Settings, role: str | None) -> None:
 
 @cli.group()
 def tenant() -> None:
-    """Tenants: the provider's customers."""
+    """Tenants: the provider's customers.
+
+    \b
+    Example:
+        websofttt tenant list
+    """
 
 
 def _tenant_lines(items: list[dict]) -> list[str]:

@@ -18,7 +18,12 @@ from relay.spool import message_detail, queue_summary
 
 @click.group()
 def credential() -> None:
-    """SMTP credentials of tenants (passwords stored only as scrypt hashes)."""
+    """SMTP credentials of tenants (passwords stored only as scrypt hashes).
+
+    \b
+    Example:
+        websofttt credential list
+    """
 
 
 @credential.command("add")
@@ -77,7 +82,12 @@ def _scope(tenant_id: str | None) -> str:
 
 @click.group("suppression")
 def suppression_group() -> None:
-    """Recipients that must not be mailed again (per tenant or global)."""
+    """Recipients that must not be mailed again (per tenant or global).
+
+    \b
+    Example:
+        websofttt suppression add someone@example.net
+    """
 
 
 @suppression_group.command("add")
@@ -137,7 +147,12 @@ def suppression_list(settings, tenant_id, reason, as_json) -> None:
 
 @click.group()
 def queue() -> None:
-    """This node's queue."""
+    """This node's queue.
+
+    \b
+    Example:
+        websofttt queue list
+    """
 
 
 @queue.command("list")
@@ -183,7 +198,12 @@ def queue_show(settings, queue_id, reason, as_json) -> None:
 
 @click.group()
 def dkim() -> None:
-    """DKIM keys and the DNS records to publish."""
+    """DKIM keys and the DNS records to publish.
+
+    \b
+    Example:
+        websofttt dkim dns
+    """
 
 
 @dkim.command("dns")

@@ -24,7 +24,6 @@ from relay.submission import Sessions, SubmissionHandler, protocol_factory
 log = logging.getLogger("websofttt.serve")
 
 ROLES = ("submission",)
-DRAIN_GRACE = 30.0
 
 
 def setup_logging() -> None:
@@ -133,7 +132,7 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
     finally:
         for server in servers:
             server.close()
-        await sessions.drain(DRAIN_GRACE)
+        await sessions.drain(settings.submission.shutdown_grace)
         spool.close()
         store.close()
         if own_stop:

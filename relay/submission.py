@@ -96,7 +96,7 @@ class SubmissionHandler:
         limit = self.settings.submission.max_recipients
         if len(envelope.rcpt_tos) >= limit:
             return f"452 4.5.3 Too many recipients (at most {limit} per message)"
-        if flanker_address.parse(address, addr_spec_only=True) is None:
+        if flanker_address.parse(address, addr_spec_only=True, strict=True) is None:
             return f"553 5.1.3 Recipient address <{_shown(address)}> is not a valid address"
         entry = suppression.find(self.store, session.sender.tenant.id, address)
         if entry is not None:

@@ -1,0 +1,144 @@
+"""Shared fixtures: a real submission worker on ephemeral loopback ports, real TLS, a real SQLite store."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from policy import credentials, tenants
+from policy.keys import generate_dkim_key, generate_tls_cert
+from policy.settings import Node, Paths, Settings, Submission, load_settings
+from policy.store import Store
+from relay.serve import worker_main
+
+PASSWORD = "correct horse battery"
+WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")
+
+
+def make_settings(data_dir: Path, **submission) -> Settings:
+    """Defaults with listeners on ephemeral ports and `submission` overrides."""
+    base = load_settings(None)
+    sub = dataclasses.replace(Submission(listen=(("127.0.0.1", 0),), tls_listen=(("127.0.0.1", 0),),
+                                         trust_cache_ttl=0, shutdown_grace=2), **submission)
+    return dataclasses.replace(base, paths=Paths(data_dir), submission=sub, node=Node("test", 1))
+
+
+def prepare(settings: Settings) -> None:
+    """What `websofttt init` makes: store, DKIM key, TLS certificate."""
+    Store(settings.store_path).migrate()
+    generate_dkim_key(settings.dkim_key)
+    generate_tls_cert(settings.tls_cert, settings.tls_key, settings.provider.hostname)
+
+
+class RunningRelay:
+    """One submission worker running in a thread with its own event loop."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = Store(settings.store_path)
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "submission worker did not start"
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        started = self._loop.create_future()
+        task = asyncio.create_task(worker_main(self.settings, 0, ("submission",), self._stop, started))
+        self.port, self.tls_port = await started
+        self._ready.set()
+        await task
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(40)
+        self.store.close()
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.settings.tls_cert))
+
+    def connect(self, tls: bool = True, login: tuple[str, str] | None = ("app1", PASSWORD)) -> smtplib.SMTP:
+        """A real smtplib client: STARTTLS verified against the relay's certificate, then AUTH."""
+        client = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
+        client.ehlo("client.example")
+        if tls:
+            client.starttls(context=self.client_context())
+            client.ehlo("client.example")
+        if login:
+            client.login(*login)
+        return client
+
+    def add_tenant(self, tenant_id: str = "acme", *, terms: bool = True, networks: tuple[str, ...] = (),
+                   rate: str | None = None, username: str | None = "app1") -> None:
+        tenants.add(self.store, tenant_id, ["example.com"], list(networks), rate)
+        if terms:
+            tenants.accept_terms(self.store, tenant_id, self.settings.provider.terms_version)
+        if username:
+            credentials.add(self.store, tenant_id, username, PASSWORD)
+
+    def spool_rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        import sqlite3
+        path = self.settings.spool_dir / "shard-0.sqlite"
+        with sqlite3.connect(path) as conn:
+            return conn.execute(sql, params).fetchall()
+
+
+@pytest.fixture
+def relay_factory(tmp_path):
+    running: list[RunningRelay] = []
+
+    def start(**submission) -> RunningRelay:
+        settings = make_settings(tmp_path / "var", **submission)
+        prepare(settings)
+        relay = RunningRelay(settings)
+        running.append(relay)
+        return relay
+    yield start
+    for relay in running:
+        relay.stop()
+
+
+@pytest.fixture
+def relay(relay_factory) -> RunningRelay:
+    """A running worker with tenant `acme` (From example.com, terms accepted, user app1)."""
+    r = relay_factory()
+    r.add_tenant()
+    return r
+
+
+def message(subject: str = "hello", sender: str = "App <app@example.com>", extra: str = "",
+            body: str = "Hi there.\r\n") -> bytes:
+    return (f"From: {sender}\r\nTo: you@example.net\r\nSubject: {subject}\r\n{extra}\r\n{body}").encode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def run_cli(*args: str, cwd: Path, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([WEBSOFTTT, *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
