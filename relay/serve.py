@@ -8,6 +8,7 @@ SIGTERM or SIGINT, asks every worker to drain (finish open transactions) and exi
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -61,8 +62,25 @@ def listeners(settings: Settings, roles: tuple[str, ...]) -> list[tuple[Listen, 
     return [(a, False) for a in sub.listen] + [(a, True) for a in sub.tls_listen]
 
 
+def lock_roles(settings: Settings, roles: tuple[str, ...]) -> int:
+    """One `serve` per role and data dir: a second one would silently share the ports (SO_REUSEPORT)."""
+    path = settings.data_dir / f"serve-{'-'.join(roles)}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode().strip() or "?"
+        os.close(fd)
+        raise ServeError(f"another 'websofttt serve' (pid {pid}) already runs {', '.join(roles)} "
+                         f"for {settings.data_dir}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def serve(settings: Settings, roles: tuple[str, ...]) -> int:
     """Supervise the workers until SIGTERM/SIGINT; return the exit status."""
+    lock_roles(settings, roles)
     for address, _ in listeners(settings, roles):   # fail fast, in the parent, with a clear message
         bind(address).close()
     store = Store(settings.store_path)

@@ -1,0 +1,117 @@
+"""`websofttt serve` as operators run it: worker processes, kill -9 durability, graceful SIGTERM."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import PASSWORD, WEBSOFTTT, free_port, message, run_cli, wait_for_port
+
+
+@pytest.fixture
+def node(tmp_path):
+    """An initialised node directory with tenant acme, and a function that starts `serve` in it."""
+    port = free_port()
+    (tmp_path / "websofttt.toml").write_text(
+        f'[node]\nname = "n1"\nworkers = 2\n[submission]\nlisten = ["127.0.0.1:{port}"]\nshutdown_grace = "5s"\n')
+    for args in (["init"], ["tenant", "add", "acme", "--allow-from", "example.com"],
+                 ["tenant", "accept-terms", "acme"]):
+        assert run_cli(*args, cwd=tmp_path).returncode == 0
+    assert run_cli("credential", "add", "acme", "app1", cwd=tmp_path, stdin=PASSWORD + "\n").returncode == 0
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen([WEBSOFTTT, "serve"], cwd=tmp_path, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(proc)
+        wait_for_port(port)
+        return proc
+    start.port, start.dir = port, tmp_path
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def client(node) -> smtplib.SMTP:
+    c = smtplib.SMTP("127.0.0.1", node.port, timeout=10)
+    c.starttls(context=ssl.create_default_context(cafile=str(node.dir / "var/tls/cert.pem")))
+    c.login("app1", PASSWORD)
+    return c
+
+
+def queued_ids(node) -> set[str]:
+    out = run_cli("queue", "list", "--json", cwd=node.dir)
+    assert out.returncode == 0, out.stderr
+    return {row["id"] for row in json.loads(out.stdout)}
+
+
+def send(c: smtplib.SMTP) -> str:
+    c.mail("app@example.com")
+    c.rcpt("you@example.net")
+    code, text = c.data(message())
+    assert code == 250, text
+    return text.decode().split()[-1]
+
+
+def test_kill_9_right_after_250_loses_nothing(node):
+    proc = node()
+    c = client(node)
+    acknowledged = {send(c) for _ in range(20)}
+    os.killpg(proc.pid, signal.SIGKILL)     # parent and every worker, no chance to flush anything
+    proc.wait()
+    assert acknowledged <= queued_ids(node)
+
+
+def test_workers_share_the_port_and_each_owns_a_shard(node):
+    proc = node()
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2
+    ids = {send(client(node)) for _ in range(30)}     # one connection each: the kernel spreads them
+    assert ids == queued_ids(node)
+    shards = sorted(p.name for p in (node.dir / "var/spool/n1").glob("shard-*.sqlite"))
+    assert shards == ["shard-0.sqlite", "shard-1.sqlite"]
+    assert all(i.endswith(".n1") for i in ids)
+
+
+def test_sigterm_lets_the_open_transaction_finish_then_exits_0(node):
+    proc = node()
+    c = client(node)
+    c.mail("app@example.com")
+    c.rcpt("you@example.net")
+    idle = client(node)
+    os.kill(proc.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    code, text = c.data(message())          # the transaction that was open still completes
+    assert code == 250
+    assert idle.noop()[0] == 421            # an idle session was told 421 and closed
+    assert proc.wait(15) == 0
+    assert text.decode().split()[-1] in queued_ids(node)
+    with pytest.raises(OSError):
+        smtplib.SMTP("127.0.0.1", node.port, timeout=2)
+
+
+def test_a_second_serve_on_the_same_data_dir_is_refused(node):
+    proc = node()
+    out = subprocess.run([WEBSOFTTT, "serve"], cwd=node.dir, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert f"another 'websofttt serve' (pid {proc.pid}) already runs submission" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_port_taken_by_another_program_is_a_clear_error(node):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", node.port))
+        other.listen()
+        out = subprocess.run([WEBSOFTTT, "serve"], cwd=node.dir, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{node.port}: Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr
