@@ -1,0 +1,324 @@
+"""The `websofttt` command line as an operator sees it: exit codes, printed text, JSON, rows in the store."""
+from __future__ import annotations
+
+import getpass
+import io
+import json
+import re
+import sqlite3
+import stat
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from policy.credentials import verify_password
+from relay import cli as cli_mod
+
+WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")
+TERMS = "2031-07"  # not the default, so accept-terms must use the configured version
+PASSWORD = "Correct-Horse-9-battery"
+DKIM_LINE = re.compile(r'^s1\._domainkey\.websofttt\.com\. IN TXT "v=DKIM1; k=rsa; p=[A-Za-z0-9+/=]+"'
+                       r'( "[A-Za-z0-9+/=]+")*$', re.M)
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    path = tmp_path / "websofttt.toml"
+    path.write_text(f'[paths]\ndata_dir = "var"\n\n[node]\nname = "t1"\n\n[provider]\nterms_version = "{TERMS}"\n')
+    return path
+
+
+@pytest.fixture
+def ok(config):
+    """Run a command through CliRunner with --config; it must exit 0. Returns stdout."""
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None) -> str:
+        result = runner.invoke(cli_mod.cli, [*args, "--config", str(config)], input=input)
+        assert result.exit_code == 0, (result.output, result.exception)
+        return result.stdout
+    return run
+
+
+@pytest.fixture
+def ok_json(ok):
+    return lambda *args, **kw: json.loads(ok(*args, "--json", **kw))
+
+
+@pytest.fixture
+def fails(config, monkeypatch, capsys):
+    """Run a command through relay.cli.main (the console script's entry point); it must exit 2.
+
+    Returns (stdout, stderr)."""
+    def run(*args: str, input: str = "") -> tuple[str, str]:
+        monkeypatch.setattr(sys, "argv", ["websofttt", *args, "--config", str(config)])
+        monkeypatch.setattr(sys, "stdin", io.StringIO(input))
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            cli_mod.main()
+        out, err = capsys.readouterr()
+        assert exc.value.code == 2, (out, err)
+        assert "Traceback" not in err and err.strip(), err
+        return out, err
+    return run
+
+
+@pytest.fixture
+def rows(tmp_path):
+    """Rows of the store, read with sqlite3 directly, as dicts."""
+    def query(sql: str, params: tuple = ()) -> list[dict]:
+        with closing(sqlite3.connect(tmp_path / "var" / "websofttt.sqlite")) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(r) for r in conn.execute(sql, params)]
+    return query
+
+
+@pytest.fixture
+def acme(ok):
+    ok("tenant", "add", "acme")
+    return "acme"
+
+
+def console(*args: str, cwd: Path, input: str | None = None) -> subprocess.CompletedProcess:
+    """The installed console script; no user error may ever print a traceback."""
+    proc = subprocess.run([WEBSOFTTT, *args], cwd=cwd, input=input, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+# ---- init and DNS
+
+def test_init_creates_store_keys_and_prints_dkim_record(tmp_path, config, ok):
+    proc = console("init", cwd=tmp_path)  # finds ./websofttt.toml by itself
+    assert proc.returncode == 0, proc.stderr
+    var = tmp_path / "var"
+    assert (var / "websofttt.sqlite").is_file()
+    assert stat.S_IMODE((var / "dkim" / "s1.pem").stat().st_mode) == 0o600
+    assert (var / "tls" / "cert.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    record = DKIM_LINE.search(proc.stdout)
+    assert record, proc.stdout
+    assert ok("dkim", "dns").strip() == record.group(0)
+
+
+def test_init_again_keeps_dkim_key_and_token_secret(tmp_path, ok, rows):
+    first = ok("init")
+    key = (tmp_path / "var" / "dkim" / "s1.pem").read_bytes()
+    secrets = rows("SELECT name, value FROM secrets")
+    assert len(secrets) == 1 and len(secrets[0]["value"]) >= 40
+    second = ok("init")
+    assert (tmp_path / "var" / "dkim" / "s1.pem").read_bytes() == key
+    assert rows("SELECT name, value FROM secrets") == secrets
+    assert DKIM_LINE.search(second).group(0) == DKIM_LINE.search(first).group(0)
+    assert ok("init", "--if-new") == ""
+
+
+def test_init_if_new_on_fresh_dir_initialises(tmp_path, ok):
+    assert DKIM_LINE.search(ok("init", "--if-new"))
+    assert (tmp_path / "var" / "dkim" / "s1.pem").exists()
+
+
+# ---- tenants
+
+def test_tenant_add_show_suspend_resume_accept_terms(ok, ok_json, rows):
+    t = ok_json("tenant", "add", "acme", "--allow-from", "Acme.Example", "--network", "10.1.2.3/16",
+                "--rate", "500/1h")
+    assert {k: t[k] for k in ("id", "status", "reason", "terms_version")} == {
+        "id": "acme", "status": "active", "reason": None, "terms_version": None}
+    assert (t["allowed_from"], t["networks"], t["rate"]) == (["acme.example"], ["10.1.0.0/16"], "500/1h")
+    ok("tenant", "add", "beta")
+    assert [x["id"] for x in ok_json("tenant", "list")] == ["acme", "beta"]
+
+    assert "suspended acme" in ok("tenant", "suspend", "acme", "--reason", "complaints under review")
+    shown = ok_json("tenant", "show", "acme")
+    assert (shown["status"], shown["reason"]) == ("suspended", "complaints under review")
+    assert "suspended (complaints under review)" in ok("tenant", "list")
+    assert ok_json("tenant", "show", "beta")["status"] == "active"
+
+    assert "resumed acme" in ok("tenant", "resume", "acme")
+    assert {k: ok_json("tenant", "show", "acme")[k] for k in ("status", "reason")} == {
+        "status": "active", "reason": None}
+
+    assert TERMS in ok("tenant", "accept-terms", "acme")
+    assert ok_json("tenant", "show", "acme")["terms_version"] == TERMS
+    assert rows("SELECT id, terms_version FROM tenants ORDER BY id") == [
+        {"id": "acme", "terms_version": TERMS}, {"id": "beta", "terms_version": None}]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("tenant", "add", "acme"), "already exists"),
+    (("tenant", "add", "Bad Id!"), "Bad Id!"),
+    (("tenant", "add", "new", "--network", "10.0.0.0/33"), "10.0.0.0/33"),
+    (("tenant", "add", "new", "--rate", "fast"), "rate 'fast'"),
+    (("tenant", "show", "ghost"), "ghost"),
+    (("tenant", "suspend", "acme"), "--reason"),
+    (("tenant", "suspend", "ghost", "--reason", "x"), "ghost"),
+    (("tenant", "accept-terms", "ghost"), "ghost"),
+])
+def test_tenant_user_errors_exit_2_naming_the_problem(acme, fails, rows, args, expected):
+    _, err = fails(*args)
+    assert expected in err
+    assert rows("SELECT id, status, terms_version FROM tenants") == [
+        {"id": "acme", "status": "active", "terms_version": None}]
+
+
+# ---- credentials
+
+def test_credential_add_keeps_only_a_scrypt_hash(acme, ok, ok_json, rows):
+    out = ok("credential", "add", "acme", "app1", input=f"{PASSWORD}\nsecond line is ignored\n")
+    assert "added credential app1 for tenant acme" in out and PASSWORD not in out
+    [row] = rows("SELECT username, tenant, hash FROM credentials")
+    assert (row["username"], row["tenant"]) == ("app1", "acme")
+    assert row["hash"].startswith("scrypt$") and PASSWORD not in row["hash"]
+    assert verify_password(row["hash"], PASSWORD.encode())  # exactly the first line, without newline
+
+    listed = ok("credential", "list", "--json")
+    assert PASSWORD not in listed and "scrypt" not in listed
+    [entry] = json.loads(listed)
+    assert (entry["username"], entry["tenant"]) == ("app1", "acme") and "hash" not in entry
+
+    assert "removed credential app1" in ok("credential", "remove", "app1")
+    assert rows("SELECT * FROM credentials") == []
+    assert ok_json("credential", "list") == []
+
+
+@pytest.mark.parametrize("args, password, expected", [
+    (("credential", "add", "acme", "app1"), "short", "at least 12"),
+    (("credential", "add", "ghost", "app1"), PASSWORD, "ghost"),
+    (("credential", "add", "acme", "bad user"), PASSWORD, "bad user"),
+    (("credential", "remove", "nobody"), "", "nobody"),
+])
+def test_credential_user_errors_exit_2(acme, fails, rows, args, password, expected):
+    out, err = fails(*args, input=password + "\n")
+    assert expected in err
+    if len(password) >= 4:
+        assert password not in out + err
+    assert rows("SELECT * FROM credentials") == []
+
+
+def test_credential_add_duplicate_username_exit_2(acme, ok, fails, rows):
+    ok("credential", "add", "acme", "app1", input=PASSWORD + "\n")
+    _, err = fails("credential", "add", "acme", "app1", input="Another-password-42\n")
+    assert "already exists" in err
+    assert len(rows("SELECT * FROM credentials")) == 1
+
+
+def test_console_credential_add_from_pipe_never_echoes_password(tmp_path, config, acme, rows):
+    added = console("credential", "add", "acme", "app1", "--config", str(config), cwd=tmp_path,
+                    input=PASSWORD + "\n")
+    assert added.returncode == 0 and "added credential app1" in added.stdout
+    short = console("credential", "add", "acme", "app2", "--config", str(config), cwd=tmp_path, input="tiny42\n")
+    assert short.returncode == 2 and "at least 12" in short.stderr
+    for proc, secret in ((added, PASSWORD), (short, "tiny42")):
+        assert secret not in proc.stdout + proc.stderr
+    assert [r["username"] for r in rows("SELECT username FROM credentials")] == ["app1"]
+
+
+def test_console_user_errors_exit_2_without_traceback(tmp_path, config):
+    bad = console("tenant", "add", "Bad Id!", "--config", str(config), cwd=tmp_path)
+    assert bad.returncode == 2 and "Bad Id!" in bad.stderr and bad.stdout == ""
+    missing = console("tenant", "list", "--config", str(tmp_path / "nope.toml"), cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.toml" in missing.stderr
+
+
+# ---- suppressions
+
+def test_suppression_list_without_reason_refuses_and_writes_no_audit(acme, ok, fails, rows):
+    ok("suppression", "add", "someone@example.net")
+    for args in (("suppression", "list"), ("suppression", "list", "--json"), ("suppression", "list", "--reason", " ")):
+        out, err = fails(*args)
+        assert "--reason" in err and "someone@example.net" not in out + err
+    assert rows("SELECT * FROM audit") == []
+
+
+def test_suppression_add_list_json_and_audit(acme, ok, ok_json, rows):
+    assert ok("suppression", "add", "Someone@Example.NET").strip() == "added"
+    assert ok("suppression", "add", "someone@example.net").strip() == "already suppressed"
+    assert ok("suppression", "add", "<X@Y.org>", "--tenant", "acme", "--cause", "unsubscribe").strip() == "added"
+
+    listed = ok_json("suppression", "list", "--reason", "ticket 4711")
+    assert [{k: e[k] for k in ("address", "scope", "cause", "expires")} for e in listed] == [
+        {"address": "x@y.org", "scope": "acme", "cause": "unsubscribe", "expires": None},
+        {"address": "someone@example.net", "scope": "global", "cause": "manual", "expires": None}]
+    assert all(ISO_UTC.match(e["created"]) for e in listed)
+    assert [e["address"] for e in ok_json("suppression", "list", "--tenant", "acme", "--reason", "t2")] == ["x@y.org"]
+    assert "someone@example.net" in ok("suppression", "list", "--reason", "t3")
+
+    audit = ok_json("audit", "list")
+    assert [(a["command"], a["shown"], a["reason"]) for a in audit] == [
+        ("suppression list", "scope=all", "ticket 4711"), ("suppression list", "scope=acme", "t2"),
+        ("suppression list", "scope=all", "t3")]
+    assert all(a["os_user"] == getpass.getuser() and ISO_UTC.match(a["time"]) for a in audit)
+    assert "ticket 4711" in ok("audit", "list")
+    assert len(rows("SELECT * FROM audit")) == 3
+
+
+def test_suppression_remove(acme, ok, fails, rows):
+    ok("suppression", "add", "someone@example.net")
+    _, err = fails("suppression", "remove", "someone@example.net", "--tenant", "acme")
+    assert "not suppressed" in err and "acme" in err
+    assert len(rows("SELECT * FROM suppressions")) == 1
+    assert ok("suppression", "remove", "SOMEONE@example.net").strip() == "removed"
+    assert rows("SELECT * FROM suppressions") == []
+    _, err = fails("suppression", "remove", "someone@example.net")
+    assert "not suppressed" in err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("suppression", "add", "x@y.org", "--tenant", "ghost"), "ghost"),
+    (("suppression", "add", "not-an-address"), "not-an-address"),
+    (("suppression", "add", "x@y.org", "--cause", "boredom"), "boredom"),
+])
+def test_suppression_add_user_errors(acme, fails, rows, args, expected):
+    assert expected in fails(*args)[1]
+    assert rows("SELECT * FROM suppressions") == []
+
+
+# ---- queue
+
+def test_queue_list_on_empty_node(ok, ok_json):
+    assert ok("queue", "list").strip() == "queue is empty"
+    assert ok_json("queue", "list") == []
+
+
+def test_queue_show_requires_reason_and_audits_first(fails, ok_json, rows):
+    _, err = fails("queue", "show", "01abc.t1")
+    assert "--reason" in err
+    assert rows("SELECT * FROM audit") == []
+    _, err = fails("queue", "show", "01abc.t1", "--reason", "ticket 4712")
+    assert "no message 01abc.t1" in err
+    [entry] = ok_json("audit", "list")
+    assert (entry["command"], entry["shown"], entry["reason"]) == ("queue show", "01abc.t1", "ticket 4712")
+    assert entry["os_user"] == getpass.getuser()
+
+
+# ---- help
+
+def _command_paths(group: click.Group = cli_mod.cli, prefix: tuple[str, ...] = ()):
+    yield prefix
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from _command_paths(command, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
+COMMAND_PATHS = list(_command_paths())
+
+
+def test_help_walk_covers_the_documented_commands():
+    expected = {("init",), ("serve",), ("tenant", "accept-terms"), ("credential", "add"), ("suppression", "list"),
+                ("queue", "show"), ("dkim", "dns"), ("audit",)}
+    assert expected <= set(COMMAND_PATHS)
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "websofttt")
+def test_every_help_exits_0_with_an_example(path):
+    result = CliRunner().invoke(cli_mod.cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.stdout and "Usage:" in result.stdout
