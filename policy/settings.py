@@ -110,6 +110,13 @@ class Delivery:
     routes: dict[str, Listen] = field(default_factory=dict)
     retry_schedule: tuple[float, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)
     max_queue_lifetime: float = 5 * 86400
+    sent_retention: float = 180 * 86400    # how long a token still maps to its tenant and recipient
+    concurrency: int = 100                 # outbound connections in all, per worker
+    per_destination: int = 10              # outbound connections to one host:port, per worker
+    messages_per_connection: int = 100     # then the connection is closed and a new one opened
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0         # RFC 5321 4.5.3.2: 5 minutes for greeting, MAIL, RCPT
+    data_timeout: float = 600.0            # RFC 5321 4.5.3.2: 10 minutes for the end of DATA
 
 
 @dataclass(frozen=True)
@@ -331,7 +338,10 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "dkim": {"selector": _selector, "key_file": _str},
     "tokens": {"secret_file": _str},
     "delivery": {"mode": _mode, "smarthost": _optional_listen, "routes": _routes,
-                 "retry_schedule": _schedule, "max_queue_lifetime": parse_duration},
+                 "retry_schedule": _schedule, "max_queue_lifetime": parse_duration,
+                 "sent_retention": parse_duration, "concurrency": _count, "per_destination": _count,
+                 "messages_per_connection": _count, "connect_timeout": parse_duration,
+                 "command_timeout": parse_duration, "data_timeout": parse_duration},
     "policy": {"complaint_rate": _fraction, "complaint_window": parse_duration,
                "complaint_min_volume": _count, "bounce_rate": _fraction,
                "ack_interval": parse_duration, "tenant_rate": parse_rate},

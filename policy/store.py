@@ -43,9 +43,19 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
     db["secrets"].create({"name": str, "value": str, "created": str}, pk="name")
 
 
+def _sent_copies(db: sqlite_utils.Database) -> None:
+    db["sent"].create({
+        "token": str, "tenant": str, "recipient": str, "message_id": str, "queue_id": str, "created": str,
+        "expires": str,
+    }, pk="token", not_null={"tenant", "recipient", "queue_id", "created", "expires"})
+    db["sent"].create_index(["expires"])
+    db["sent"].create_index(["message_id"])
+
+
 # Named migrations, applied in order; never edit one that has shipped, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial_schema", _initial_schema),
+    ("0002_sent_copies", _sent_copies),
 ]
 
 

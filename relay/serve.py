@@ -15,16 +15,22 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
-from policy.keys import server_ssl_context
+from policy.keys import load_private_key, server_ssl_context
 from policy.settings import Listen, Settings
 from policy.store import Store
-from relay.spool import Spool, shard_path
+from policy.tokens import TokenKeys
+from relay.delivery import DeliveryLoop
+from relay.routing import Router
+from relay.signing import SigningKey
+from relay.smtp_out import Courier
+from relay.spool import Spool, shard_path, shard_paths
 from relay.submission import Sessions, SubmissionHandler, protocol_factory
 
 log = logging.getLogger("websofttt.serve")
 
-ROLES = ("submission",)
+ROLES = ("submission", "delivery")
 
 
 def setup_logging() -> None:
@@ -125,24 +131,42 @@ def run_worker(settings: Settings, index: int, roles: tuple[str, ...]) -> None:
     asyncio.run(worker_main(settings, index, roles))
 
 
+def owned_shards(settings: Settings, index: int) -> list[Path]:
+    """This worker's shard, plus any shard left without a worker (fewer workers than before): never stranded."""
+    workers = settings.node.workers
+    extra = [p for p in shard_paths(settings.spool_dir)
+             if int(p.stem.split("-")[1]) >= workers and int(p.stem.split("-")[1]) % workers == index]
+    return [shard_path(settings.spool_dir, index)] + extra
+
+
+def delivery_loop(settings: Settings, store: Store, spool: Spool) -> DeliveryLoop:
+    keys = [SigningKey(settings.provider.domain, settings.dkim.selector, load_private_key(settings.dkim_key))]
+    return DeliveryLoop(settings, store, spool, keys, TokenKeys.load(store, settings.tokens.secret_file),
+                        Router(settings.delivery),
+                        Courier(settings.delivery, settings.provider.hostname))
+
+
 async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
                       stop: asyncio.Event | None = None, started: asyncio.Future | None = None) -> None:
     """Serve until SIGTERM or `stop` is set, then drain; `started` receives the bound ports."""
     loop = asyncio.get_running_loop()
     store = Store(settings.store_path)
-    spool = Spool(shard_path(settings.spool_dir, index))
+    spools = [Spool(path) for path in owned_shards(settings, index)]
+    own_stop = stop is None
+    if own_stop:
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    deliveries = [delivery_loop(settings, store, spool) for spool in spools] if "delivery" in roles else []
+    runs = [asyncio.create_task(d.run(stop)) for d in deliveries]
     tls = server_ssl_context(settings.tls_cert, settings.tls_key)
-    handler = SubmissionHandler(settings, store, spool)
+    wake = deliveries[0].wake.set if deliveries else None
+    handler = SubmissionHandler(settings, store, spools[0], on_queued=wake)
     sessions = Sessions()
     servers = []
     for address, implicit in listeners(settings, roles):
         servers.append(await loop.create_server(
             protocol_factory(handler, sessions, tls, implicit), sock=bind(address),
             ssl=tls if implicit else None))
-    own_stop = stop is None
-    if own_stop:
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
     if started is not None:
         started.set_result([s.sockets[0].getsockname()[1] for s in servers])
     try:
@@ -151,7 +175,9 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
         for server in servers:
             server.close()
         await sessions.drain(settings.submission.shutdown_grace)
-        spool.close()
+        await asyncio.gather(*runs)
+        for spool in spools:
+            spool.close()
         store.close()
         if own_stop:
             loop.remove_signal_handler(signal.SIGTERM)

@@ -14,6 +14,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS recipients (
     queue_id TEXT NOT NULL REFERENCES messages(id), recipient TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL, last_reply TEXT, updated TEXT,
+    next_attempt REAL NOT NULL, last_reply TEXT, updated TEXT, token TEXT,
     PRIMARY KEY (queue_id, recipient));
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt);
 """
@@ -74,28 +75,99 @@ def shard_paths(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.glob("shard-*.sqlite"))
 
 
+ACTIVE = ("queued", "deferred")
+FINAL = ("delivered", "failed", "expired", "suppressed", "dropped")
+
+
+@dataclass(frozen=True)
+class Due:
+    """A recipient whose next attempt is due, with what delivery needs of its message."""
+    queue_id: str
+    recipient: str
+    attempts: int
+    token: str | None
+    tenant: str
+    mail_from: str
+    received: str
+    campaign: str | None
+
+
+Op = Callable[[sqlite3.Connection], None]
+
+
 class Spool:
-    """One shard, owned by one worker process; `enqueue` is awaited by the submission sessions."""
+    """One shard, owned by one worker process; every write goes through one group-committing writer thread."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._writer = connect(path)
+        self._reader = connect(path)
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write_loop, name=f"spool-{path.stem}", daemon=True)
         self._thread.start()
 
     async def enqueue(self, message: Message) -> None:
         """Return once `message` and its recipients are committed and fsync'ed; raise SpoolError if not."""
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        self._pending.put((message, loop, done))
-        await done
+        now, received = time.time(), utcnow()
+
+        def insert(conn: sqlite3.Connection) -> None:
+            m = message
+            conn.execute("INSERT INTO messages (id, tenant, mail_from, size, received, smtputf8, campaign, data) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (m.id, m.tenant, m.mail_from, len(m.data), received, int(m.smtputf8), m.campaign, m.data))
+            conn.executemany("INSERT INTO recipients (queue_id, recipient, next_attempt, updated) VALUES (?, ?, ?, ?)",
+                             [(m.id, r, now, received) for r in m.recipients])
+        await self._submit(insert)
+
+    async def record(self, queue_id: str, recipient: str, state: str, attempts: int, next_attempt: float,
+                     reply: str, token: str | None) -> None:
+        """Durably record an attempt; once no recipient is left to try, the body is erased (secure_delete)."""
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE recipients SET state = ?, attempts = ?, next_attempt = ?, last_reply = ?, "
+                         "updated = ?, token = ? WHERE queue_id = ? AND recipient = ?",
+                         (state, attempts, next_attempt, reply, utcnow(), token, queue_id, recipient))
+            if state in FINAL:
+                erase_finished(conn, queue_id)
+        await self._submit(update)
+
+    def due(self, now: float, limit: int) -> list[Due]:
+        rows = self._reader.execute(
+            "SELECT r.queue_id, r.recipient, r.attempts, r.token, m.tenant, m.mail_from, m.received, m.campaign "
+            "FROM recipients r JOIN messages m ON m.id = r.queue_id "
+            "WHERE r.state IN ('queued', 'deferred') AND r.next_attempt <= ? ORDER BY r.next_attempt LIMIT ?",
+            (now, limit)).fetchall()
+        return [Due(*row) for row in rows]
+
+    def next_due(self) -> float | None:
+        return self._reader.execute("SELECT min(next_attempt) FROM recipients WHERE state IN ('queued', 'deferred')"
+                                    ).fetchone()[0]
+
+    def body(self, queue_id: str) -> bytes | None:
+        row = self._reader.execute("SELECT data FROM messages WHERE id = ?", (queue_id,)).fetchone()
+        return row[0] if row else None
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it, so erased bodies leave no copy in the WAL."""
+        self._writer_call(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
 
     def close(self) -> None:
         self._pending.put(None)
         self._thread.join()
         self._writer.close()
+        self._reader.close()
+
+    async def _submit(self, op: Op) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._pending.put((op, loop, done))
+        await done
+
+    def _writer_call(self, op: Op) -> None:
+        """Run `op` on the writer connection outside a transaction (from any thread, waiting for it)."""
+        finished = threading.Event()
+        self._pending.put((op, None, finished))
+        finished.wait()
 
     def _write_loop(self) -> None:
         while True:
@@ -112,22 +184,20 @@ class Spool:
                     self._pending.put(None)
                     break
                 batch.append(item)
-            error = self._commit([m for m, _, _ in batch])
-            for _, loop, done in batch:
+            plain = [(op, done) for op, loop, done in batch if loop is None]
+            grouped = [item for item in batch if item[1] is not None]
+            error = self._commit([op for op, _, _ in grouped]) if grouped else None
+            for _, loop, done in grouped:
                 loop.call_soon_threadsafe(_settle, done, error)
+            for op, finished in plain:
+                op(self._writer)
+                finished.set()
 
-    def _commit(self, messages: list[Message]) -> SpoolError | None:
-        now, received = time.time(), utcnow()
+    def _commit(self, ops: list[Op]) -> SpoolError | None:
         try:
             self._writer.execute("BEGIN")
-            self._writer.executemany(
-                "INSERT INTO messages (id, tenant, mail_from, size, received, smtputf8, campaign, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(m.id, m.tenant, m.mail_from, len(m.data), received, int(m.smtputf8), m.campaign, m.data)
-                 for m in messages])
-            self._writer.executemany(
-                "INSERT INTO recipients (queue_id, recipient, next_attempt, updated) VALUES (?, ?, ?, ?)",
-                [(m.id, r, now, received) for m in messages for r in m.recipients])
+            for op in ops:
+                op(self._writer)
             self._writer.execute("COMMIT")
             return None
         except sqlite3.Error as e:
@@ -135,6 +205,13 @@ class Spool:
                 self._writer.execute("ROLLBACK")
             full = isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
             return SpoolError(str(e), disk_full=full)
+
+
+def erase_finished(conn: sqlite3.Connection, queue_id: str) -> None:
+    """Drop the body of a message none of whose recipients is still to be tried."""
+    conn.execute("UPDATE messages SET data = NULL WHERE id = ? AND data IS NOT NULL AND NOT EXISTS "
+                 "(SELECT 1 FROM recipients WHERE queue_id = ? AND state IN ('queued', 'deferred'))",
+                 (queue_id, queue_id))
 
 
 def _settle(done: asyncio.Future, error: SpoolError | None) -> None:

@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -54,10 +55,11 @@ class TrustedNetworks:
 
 
 class SubmissionHandler:
-    def __init__(self, settings: Settings, store: Store, spool: Spool):
+    def __init__(self, settings: Settings, store: Store, spool: Spool, on_queued: Callable[[], None] | None = None):
         self.settings = settings
         self.store = store
         self.spool = spool
+        self.on_queued = on_queued      # wakes this worker's delivery loop
         self.limits = Limits(store, settings.submission)
         self.trusted = TrustedNetworks(store, settings.submission.trust_cache_ttl)
         self.header_policy = HeaderPolicy(settings.provider.domains, settings.provider.hostname)
@@ -123,6 +125,8 @@ class SubmissionHandler:
             if e.disk_full:
                 return "452 4.3.1 Insufficient system storage, try again later"
             return "451 4.3.0 Temporary failure writing the queue, try again later"
+        if self.on_queued:
+            self.on_queued()
         log.info("queued id=%s tenant=%s rcpts=%d size=%d", queue_id, sender.tenant.id, len(message.recipients),
                  len(data))
         return f"250 2.0.0 queued as {queue_id}"

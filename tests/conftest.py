@@ -19,23 +19,28 @@ from policy import credentials, tenants
 from policy.keys import generate_dkim_key, generate_tls_cert
 from policy.settings import Node, Paths, Settings, Submission, load_settings
 from policy.store import Store
+from policy.tokens import ensure_secret
 from relay.serve import worker_main
 
 PASSWORD = "correct horse battery"
 WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")
 
 
-def make_settings(data_dir: Path, **submission) -> Settings:
-    """Defaults with listeners on ephemeral ports and `submission` overrides."""
+def make_settings(data_dir: Path, delivery: dict | None = None, **submission) -> Settings:
+    """Defaults with listeners on ephemeral ports, and `submission` / `delivery` overrides."""
     base = load_settings(None)
     sub = dataclasses.replace(Submission(listen=(("127.0.0.1", 0),), tls_listen=(("127.0.0.1", 0),),
                                          trust_cache_ttl=0, shutdown_grace=2), **submission)
-    return dataclasses.replace(base, paths=Paths(data_dir), submission=sub, node=Node("test", 1))
+    return dataclasses.replace(base, paths=Paths(data_dir), submission=sub, node=Node("test", 1),
+                               delivery=dataclasses.replace(base.delivery, **(delivery or {})))
 
 
 def prepare(settings: Settings) -> None:
     """What `websofttt init` makes: store, DKIM key, TLS certificate."""
-    Store(settings.store_path).migrate()
+    store = Store(settings.store_path)
+    store.migrate()
+    ensure_secret(store, None)
+    store.close()
     generate_dkim_key(settings.dkim_key)
     generate_tls_cert(settings.tls_cert, settings.tls_key, settings.provider.hostname)
 
@@ -43,8 +48,9 @@ def prepare(settings: Settings) -> None:
 class RunningRelay:
     """One submission worker running in a thread with its own event loop."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, roles: tuple[str, ...] = ("submission",)):
         self.settings = settings
+        self.roles = roles
         self.store = Store(settings.store_path)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -55,12 +61,14 @@ class RunningRelay:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         started = self._loop.create_future()
-        task = asyncio.create_task(worker_main(self.settings, 0, ("submission",), self._stop, started))
+        task = asyncio.create_task(worker_main(self.settings, 0, self.roles, self._stop, started))
         self.port, self.tls_port = await started
         self._ready.set()
         await task
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(40)
         self.store.close()
@@ -98,10 +106,10 @@ class RunningRelay:
 def relay_factory(tmp_path):
     running: list[RunningRelay] = []
 
-    def start(**submission) -> RunningRelay:
-        settings = make_settings(tmp_path / "var", **submission)
+    def start(roles: tuple[str, ...] = ("submission",), delivery: dict | None = None, **submission) -> RunningRelay:
+        settings = make_settings(tmp_path / "var", delivery, **submission)
         prepare(settings)
-        relay = RunningRelay(settings)
+        relay = RunningRelay(settings, roles)
         running.append(relay)
         return relay
     yield start

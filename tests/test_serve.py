@@ -18,9 +18,10 @@ from tests.conftest import PASSWORD, WEBSOFTTT, free_port, message, run_cli, wai
 @pytest.fixture
 def node(tmp_path):
     """An initialised node directory with tenant acme, and a function that starts `serve` in it."""
-    port = free_port()
+    port, closed = free_port(), free_port()       # nothing listens on `closed`: deliveries stay deferred
     (tmp_path / "websofttt.toml").write_text(
-        f'[node]\nname = "n1"\nworkers = 2\n[submission]\nlisten = ["127.0.0.1:{port}"]\nshutdown_grace = "5s"\n')
+        f'[node]\nname = "n1"\nworkers = 2\n[submission]\nlisten = ["127.0.0.1:{port}"]\nshutdown_grace = "5s"\n'
+        f'[delivery]\nroutes = {{ "example.net" = "127.0.0.1:{closed}" }}\n')
     for args in (["init"], ["tenant", "add", "acme", "--allow-from", "example.com"],
                  ["tenant", "accept-terms", "acme"]):
         assert run_cli(*args, cwd=tmp_path).returncode == 0

@@ -1,0 +1,30 @@
+"""Sent copies: what each token stands for, kept `sent_retention` so late replies still map back."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from policy.store import Store, utcnow
+
+
+@dataclass(frozen=True)
+class SentCopy:
+    token: str
+    tenant: str
+    recipient: str
+    message_id: str | None
+    queue_id: str
+    created: str
+    expires: str
+
+
+def record(store: Store, token: str, tenant: str, recipient: str, message_id: str | None, queue_id: str,
+           retention: float) -> None:
+    expires = (datetime.now(timezone.utc) + timedelta(seconds=retention)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    store.execute("INSERT INTO sent (token, tenant, recipient, message_id, queue_id, created, expires) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?)", [token, tenant, recipient, message_id, queue_id, utcnow(), expires])
+
+
+def lookup(store: Store, token: str) -> SentCopy | None:
+    row = store.one("SELECT * FROM sent WHERE token = ? AND expires > ?", [token.lower(), utcnow()])
+    return SentCopy(**row) if row else None

@@ -1,0 +1,152 @@
+"""The delivery loop of one spool shard: each due recipient gets its own signed copy, then a recorded outcome.
+
+`deliver` is the whole outbound path for one recipient, in order: expiry, suppression re-check,
+token, per-recipient headers, DKIM, route, send, record. Everything it decides is recorded in the
+spool (state, attempts, next attempt) and as an event in the store.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from calendar import timegm
+
+from policy import sent, suppression
+from policy.settings import Settings
+from policy.store import Store, utcnow
+from policy.tokens import TokenKeys
+from relay.routing import RouteError, Router
+from relay.signing import SigningError, SigningKey, sign
+from relay.smtp_out import Courier, Outcome
+from relay.spool import Due, Spool
+
+log = logging.getLogger("websofttt.delivery")
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.I | re.M)
+_CAMPAIGN = re.compile(r"[^A-Za-z0-9._-]")
+# 5.1.x is about the recipient's address (unknown mailbox, bad domain, null MX), except 5.1.7/5.1.8 (sender).
+_HARD = re.compile(r"^5\.1\.(?!7\b|8\b)\d+$")
+
+
+class DeliveryLoop:
+    def __init__(self, settings: Settings, store: Store, spool: Spool, keys: list[SigningKey], tokens: TokenKeys,
+                 router: Router, courier: Courier):
+        self.settings = settings
+        self.store, self.spool = store, spool
+        self.keys, self.tokens = keys, tokens
+        self.router, self.courier = router, courier
+        self.wake = asyncio.Event()
+        self._inflight: set[tuple[str, str]] = set()
+        self._erased = False          # a body was erased since the last WAL checkpoint
+        self._tasks: set[asyncio.Task] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start every due recipient (up to the concurrency limit) and sleep until the next is due or mail arrives."""
+        limit = self.settings.delivery.concurrency
+        while not stop.is_set():
+            for due in self.spool.due(time.time(), limit + len(self._inflight)):
+                key = (due.queue_id, due.recipient)
+                if key not in self._inflight and len(self._inflight) < limit:
+                    self._inflight.add(key)
+                    task = asyncio.create_task(self._attempt(due))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            if self._erased:
+                self._erased = False
+                await asyncio.get_running_loop().run_in_executor(None, self.spool.checkpoint)
+            self.wake.clear()
+            next_due = self.spool.next_due()
+            pause = 1.0 if next_due is None else min(1.0, max(0.05, next_due - time.time()))
+            waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.settings.delivery.data_timeout)
+        await self.courier.close()
+
+    async def _attempt(self, due: Due) -> None:
+        try:
+            await self.deliver(due)
+        except Exception:   # a bug must not kill the loop; the recipient stays queued and is retried
+            log.exception("delivery of %s failed unexpectedly", due.queue_id)
+        finally:
+            self._inflight.discard((due.queue_id, due.recipient))
+
+    async def deliver(self, due: Due) -> None:
+        """The outbound path of one recipient, top to bottom."""
+        age = time.time() - timegm(time.strptime(due.received, "%Y-%m-%dT%H:%M:%SZ"))
+        if age > self.settings.delivery.max_queue_lifetime:
+            return await self._finish(due, "expired", "554 4.4.7 Message expired in the queue", due.token)
+        entry = suppression.find(self.store, due.tenant, due.recipient)
+        if entry is not None:
+            return await self._finish(due, "suppressed", f"550 5.7.1 Recipient {entry.reason}", due.token)
+        body = self.spool.body(due.queue_id)
+        if body is None:
+            return                                    # dropped by the operator meanwhile
+        token = due.token or self._new_token(due, body)
+        copy = self._headers(due, token) + body
+        try:
+            signed = sign(copy, self.keys) + copy
+        except SigningError as e:
+            return await self._defer(due, f"451 4.7.5 DKIM signing failed: {e}", token)
+        domain = due.recipient.rpartition("@")[2]
+        try:
+            destinations = await self.router.route(domain)
+        except RouteError as e:
+            outcome = Outcome(False, e.permanent, f"{'550' if e.permanent else '451'} {e.status} {e.text}")
+        else:
+            envelope_from = f"bounce+{token}@{self.settings.provider.bounce_domain}"
+            outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed)
+        await self._record(due, outcome, token)
+
+    def _new_token(self, due: Due, body: bytes) -> str:
+        token = self.tokens.issue()
+        header = body.split(b"\r\n\r\n", 1)[0]
+        m = _MESSAGE_ID.search(header)
+        message_id = m.group(1).decode("utf-8", "replace").strip() if m else None
+        sent.record(self.store, token, due.tenant, due.recipient, message_id, due.queue_id,
+                    self.settings.delivery.sent_retention)
+        return token
+
+    def _headers(self, due: Due, token: str) -> bytes:
+        """Per-recipient headers (DESIGN §4), prepended; the tenant's own headers are left as they are."""
+        p = self.settings.provider
+        campaign = _CAMPAIGN.sub("", due.campaign or "")[:64] or "default"
+        return (f"List-Unsubscribe: <mailto:unsubscribe+{token}@{p.domain}?subject=unsubscribe>,\r\n"
+                f" <{self.settings.http.public_url}/u/{token}>\r\n"
+                f"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+                f"Feedback-ID: {campaign}:{due.tenant}:{p.domain}\r\n"
+                f"X-WebSoftTT-Tenant: {due.tenant}\r\n").encode("ascii")
+
+    async def _record(self, due: Due, outcome: Outcome, token: str) -> None:
+        """One place decides what an outcome means: delivered, bounced (and maybe suppressed), or retried."""
+        if outcome.delivered:
+            return await self._finish(due, "delivered", outcome.reply, token)
+        if not outcome.permanent:
+            return await self._defer(due, outcome.reply, token)
+        if _HARD.match(outcome.status):
+            suppression.add(self.store, due.recipient, suppression.GLOBAL, "hard_bounce",
+                            source=f"delivery {due.queue_id}")
+        await self._finish(due, "failed", outcome.reply, token)
+
+    async def _defer(self, due: Due, reply: str, token: str | None) -> None:
+        schedule = self.settings.delivery.retry_schedule
+        delay = schedule[min(due.attempts, len(schedule) - 1)] * random.uniform(0.9, 1.1)
+        await self.spool.record(due.queue_id, due.recipient, "deferred", due.attempts + 1, time.time() + delay,
+                                reply, token)
+        self._event("deferred", due, reply)
+
+    async def _finish(self, due: Due, state: str, reply: str, token: str | None) -> None:
+        await self.spool.record(due.queue_id, due.recipient, state, due.attempts + 1, 0, reply, token)
+        self._erased = True
+        self._event(state, due, reply)
+
+    def _event(self, kind: str, due: Due, detail: str) -> None:
+        self.store.db["events"].insert({"time": utcnow(), "kind": kind, "tenant": due.tenant, "queue_id": due.queue_id,
+                                        "recipient": due.recipient, "detail": detail})
+        log.info("%s id=%s tenant=%s reply=%s", kind, due.queue_id, due.tenant, detail)
+
+

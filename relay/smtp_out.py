@@ -1,0 +1,153 @@
+"""The courier: hands one signed copy to the next hop over SMTP and says what happened.
+
+Connections are reused per destination (up to `messages_per_connection` copies), held within global
+and per-destination limits, and every step has a timeout, so a slow or dead host holds up only its
+own copies. The answer is an `Outcome`: delivered, or a failure that is `permanent` (bounce) or not.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+from policy.settings import Delivery
+from relay.routing import Destination
+
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
+IDLE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivered: bool
+    permanent: bool
+    reply: str          # the remote reply, or what went wrong locally
+    local: bool = False  # no SMTP answer (refused, dropped, timed out): the next destination may do better
+
+    @property
+    def status(self) -> str:
+        """The enhanced status code (RFC 3463) of the reply, '' if it has none."""
+        m = _ENHANCED.match(self.reply[4:])
+        return m.group(1) if m else ""
+
+
+@dataclass
+class _Connection:
+    smtp: aiosmtplib.SMTP
+    used: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+
+class Courier:
+    def __init__(self, delivery: Delivery, hostname: str):
+        self.settings = delivery
+        self.hostname = hostname
+        self._all = asyncio.Semaphore(delivery.concurrency)
+        self._slots: dict[Destination, asyncio.Semaphore] = {}
+        self._idle: dict[Destination, list[_Connection]] = {}
+        self._tls = ssl.create_default_context()
+        self._tls.check_hostname = False           # opportunistic TLS (RFC 7435): encrypt, do not authenticate
+        self._tls.verify_mode = ssl.CERT_NONE
+
+    async def send(self, destinations: list[Destination], mail_from: str, recipient: str, data: bytes) -> Outcome:
+        """Try each destination in order until one gives an SMTP answer; connection faults move on."""
+        outcome = Outcome(False, False, "451 4.4.1 No destination to try", local=True)
+        async with self._all:
+            for dest in destinations:
+                slot = self._slots.setdefault(dest, asyncio.Semaphore(self.settings.per_destination))
+                async with slot:
+                    outcome = await self._send_to(dest, mail_from, recipient, data)
+                if not outcome.local:
+                    return outcome
+        return outcome
+
+    async def _send_to(self, dest: Destination, mail_from: str, recipient: str, data: bytes) -> Outcome:
+        conn = self._reuse(dest)
+        if conn is not None:
+            try:
+                return await self._transaction(dest, conn, mail_from, recipient, data)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                pass                                  # the idle connection was closed by the peer: a new one
+        try:
+            conn = _Connection(await self._connect(dest))
+            return await self._transaction(dest, conn, mail_from, recipient, data)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
+            return Outcome(False, False, f"451 4.4.1 {dest.host}:{dest.port}: {_describe(e)}", local=True)
+
+    async def _connect(self, dest: Destination) -> aiosmtplib.SMTP:
+        s = self.settings
+        smtp = aiosmtplib.SMTP(hostname=dest.host, port=dest.port, local_hostname=self.hostname,
+                               timeout=s.command_timeout, start_tls=True if dest.tls_required else None,
+                               tls_context=self._tls, validate_certs=False)
+        await asyncio.wait_for(smtp.connect(), s.connect_timeout + s.command_timeout)
+        return smtp
+
+    async def _transaction(self, dest: Destination, conn: _Connection, mail_from: str, recipient: str,
+                           data: bytes) -> Outcome:
+        s, smtp = self.settings, conn.smtp
+        try:
+            await smtp.mail(mail_from, timeout=s.command_timeout)
+            await smtp.rcpt(recipient, timeout=s.command_timeout)
+            response = await smtp.data(data, timeout=s.data_timeout)
+        except aiosmtplib.SMTPResponseException as e:
+            outcome = Outcome(False, e.code >= 500, f"{e.code} {_one_line(e.message)}")
+            if e.code == 421:
+                smtp.close()
+            else:
+                await self._release(dest, conn, reset=True)
+            return outcome
+        except (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError):
+            smtp.close()
+            raise
+        await self._release(dest, conn, reset=False)
+        return Outcome(True, False, f"{response.code} {_one_line(response.message)}")
+
+    def _reuse(self, dest: Destination) -> _Connection | None:
+        idle = self._idle.get(dest, [])
+        while idle:
+            conn = idle.pop()
+            if conn.smtp.is_connected and time.monotonic() - conn.idle_since < IDLE_SECONDS:
+                return conn
+            conn.smtp.close()
+        return None
+
+    async def _release(self, dest: Destination, conn: _Connection, reset: bool) -> None:
+        """Keep the connection for the next copy to this destination, unless it is used up or broken."""
+        conn.used += 1
+        try:
+            if reset:
+                await conn.smtp.rset(timeout=self.settings.command_timeout)
+            if conn.used >= self.settings.messages_per_connection:
+                await conn.smtp.quit(timeout=self.settings.command_timeout)
+                return
+        except (aiosmtplib.SMTPException, OSError):
+            conn.smtp.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(dest, []).append(conn)
+
+    async def close(self) -> None:
+        """QUIT every idle connection (at shutdown)."""
+        for conns in self._idle.values():
+            for conn in conns:
+                try:
+                    await conn.smtp.quit(timeout=5)
+                except (aiosmtplib.SMTPException, OSError):
+                    conn.smtp.close()
+        self._idle.clear()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:400]
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError)):
+        return "timed out"
+    if isinstance(e, aiosmtplib.SMTPResponseException):
+        return f"{e.code} {_one_line(e.message)}"
+    return _one_line(str(e)) or type(e).__name__

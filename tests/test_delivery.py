@@ -1,0 +1,188 @@
+"""Delivery to real local SMTP sinks that accept, defer, reject, drop or hang."""
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+
+import dkim
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+from policy import suppression
+from policy.keys import dkim_public_value, load_private_key
+from policy.tokens import TokenKeys
+from tests.conftest import free_port, message
+
+
+class Sink:
+    """An SMTP next hop whose answer to DATA is `self.mode`; counts sessions and concurrency."""
+
+    def __init__(self, mode: str = "accept"):
+        self.mode = mode
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.sessions = self.active = self.peak = 0
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.mode == "hang":
+            await asyncio.sleep(30)
+        if self.mode == "drop":
+            server.transport.close()
+            return None
+        if self.mode == "defer":
+            return "451 4.3.0 try again later"
+        if self.mode == "reject":
+            return "550 5.1.1 no such user here"
+        if self.mode == "policy":
+            return "550 5.7.1 message refused as spam"
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 ok"
+
+
+class CountingSMTP(SMTP):
+    def connection_made(self, transport):
+        sink = self.event_handler
+        with sink.lock:
+            sink.sessions += 1
+            sink.active += 1
+            sink.peak = max(sink.peak, sink.active)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc):
+        with self.event_handler.lock:
+            self.event_handler.active -= 1
+        super().connection_lost(exc)
+
+
+class SinkController(Controller):
+    def factory(self):
+        return CountingSMTP(self.handler, enable_SMTPUTF8=True)
+
+
+@pytest.fixture
+def sink():
+    handler = Sink()
+    handler.port = free_port()
+    controller = SinkController(handler, hostname="127.0.0.1", port=handler.port)
+    controller.start()
+    handler.sessions = 0      # the controller's own start-up probe is not a delivery
+    yield handler
+    controller.stop()
+
+
+def start(relay_factory, sink, roles=("submission", "delivery"), **delivery):
+    options = {"routes": {"example.net": ("127.0.0.1", sink.port)}, "retry_schedule": (0.5,),
+               "command_timeout": 2.0, "data_timeout": 2.0, "connect_timeout": 2.0} | delivery
+    relay = relay_factory(roles=roles, delivery=options)
+    relay.add_tenant()
+    return relay
+
+
+def submit(relay, recipients=("you@example.net",), **kw) -> str:
+    client = relay.connect()
+    client.mail("app@example.com")
+    for r in recipients:
+        assert client.rcpt(r)[0] == 250
+    code, text = client.data(message(**kw))
+    assert code == 250
+    client.quit()
+    return text.decode().split()[-1]
+
+
+def wait_states(relay, queue_id, expected: set[str], timeout=15.0) -> list[tuple]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = relay.spool_rows("SELECT recipient, state, last_reply FROM recipients WHERE queue_id = ?", (queue_id,))
+        if rows and {state for _, state, _ in rows} <= expected:
+            return rows
+        time.sleep(0.05)
+    raise AssertionError(f"states never reached {expected}: {rows}")
+
+
+def test_each_recipient_gets_its_own_signed_copy(relay_factory, sink):
+    relay = start(relay_factory, sink)
+    queue_id = submit(relay, ("a@example.net", "b@example.net"))
+    wait_states(relay, queue_id, {"delivered"})
+    assert len(sink.received) == 2
+    tokens = TokenKeys.load(relay.store, None)
+    public = dkim_public_value(load_private_key(relay.settings.dkim_key)).encode()
+    seen = set()
+    for mail_from, rcpts, data in sink.received:
+        token = re.fullmatch(r"bounce\+([a-z2-7]+)@bounces\.websofttt\.com", mail_from).group(1)
+        assert tokens.verify(token) and len(rcpts) == 1
+        assert f"<mailto:unsubscribe+{token}@websofttt.com?subject=unsubscribe>".encode() in data
+        assert f"<http://127.0.0.1:8080/u/{token}>".encode() in data
+        assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in data
+        assert b"Feedback-ID: default:acme:websofttt.com\r\n" in data
+        assert dkim.verify(data, dnsfunc=lambda name, timeout=5: b"v=DKIM1; k=rsa; p=" + public)
+        h = re.search(rb"\bh=([^;]+);", re.sub(rb"\s+", b"", data.split(b"\r\n\r\n")[0])).group(1).split(b":")
+        for name in (b"from", b"to", b"subject", b"date", b"message-id", b"list-unsubscribe",
+                     b"list-unsubscribe-post", b"feedback-id"):
+            assert name in h
+        assert h.count(b"from") == 2 and h.count(b"subject") == 2
+        seen.add((rcpts[0], token))
+    assert {r for r, _ in seen} == {"a@example.net", "b@example.net"} and len({t for _, t in seen}) == 2
+    assert relay.store.all("SELECT count(*) AS n FROM sent")[0]["n"] == 2
+    assert relay.spool_rows("SELECT data FROM messages WHERE id = ?", (queue_id,)) == [(None,)]
+
+
+def test_connection_is_reused_across_copies(relay_factory, sink):
+    relay = start(relay_factory, sink, roles=("submission",))
+    ids = [submit(relay) for _ in range(6)]
+    relay.stop()
+    relay = relay_factory(roles=("submission", "delivery"), delivery={
+        "routes": {"example.net": ("127.0.0.1", sink.port)}, "per_destination": 1})
+    for queue_id in ids:
+        wait_states(relay, queue_id, {"delivered"})
+    assert len(sink.received) == 6 and sink.sessions == 1 and sink.peak == 1
+
+
+def test_mailbox_unknown_fails_and_suppresses_globally(relay_factory, sink):
+    sink.mode = "reject"
+    relay = start(relay_factory, sink)
+    queue_id = submit(relay)
+    ((_, _, reply),) = wait_states(relay, queue_id, {"failed"})
+    assert reply == "550 5.1.1 no such user here"
+    entry = suppression.find(relay.store, "another-tenant", "you@example.net")
+    assert entry is not None and entry.cause == "hard_bounce" and entry.scope == "global"
+
+
+def test_policy_rejection_fails_without_suppressing(relay_factory, sink):
+    sink.mode = "policy"
+    relay = start(relay_factory, sink)
+    wait_states(relay, submit(relay), {"failed"})
+    assert suppression.find(relay.store, "acme", "you@example.net") is None
+
+
+@pytest.mark.parametrize("mode", ["defer", "drop", "hang"])
+def test_temporary_failures_are_retried_until_delivered(relay_factory, sink, mode):
+    sink.mode = mode
+    relay = start(relay_factory, sink)
+    queue_id = submit(relay)
+    ((_, _, reply),) = wait_states(relay, queue_id, {"deferred"})
+    assert reply.startswith("451 4.")
+    sink.mode = "accept"
+    wait_states(relay, queue_id, {"delivered"})
+    assert len(sink.received) == 1
+
+
+def test_recipient_suppressed_after_queueing_is_never_sent(relay_factory, sink):
+    relay = start(relay_factory, sink, roles=("submission",))
+    queue_id = submit(relay)
+    suppression.add(relay.store, "you@example.net", "acme", "unsubscribe")
+    relay.stop()
+    relay = relay_factory(roles=("submission", "delivery"), delivery={
+        "routes": {"example.net": ("127.0.0.1", sink.port)}})
+    ((_, _, reply),) = wait_states(relay, queue_id, {"suppressed"})
+    assert "unsubscribed" in reply and sink.received == []
+
+
+def test_expired_message_is_not_sent(relay_factory, sink):
+    sink.mode = "defer"
+    relay = start(relay_factory, sink, max_queue_lifetime=1.5)
+    queue_id = submit(relay)
+    wait_states(relay, queue_id, {"expired"}, timeout=20)
+    assert sink.received == []
