@@ -11,7 +11,7 @@ import click
 from policy import audit, credentials, suppression, tenants
 from policy.keys import dkim_dns_record, load_private_key
 from relay.cli_common import emit, json_option, open_store, reason_option, with_settings
-from relay.spool import message_detail, queue_summary
+from relay.spool import drop, message_detail, queue_summary, retry_now
 
 # ---- credentials
 
@@ -188,10 +188,45 @@ def queue_show(settings, queue_id, reason, as_json) -> None:
     detail = message_detail(settings.spool_dir, queue_id)
     if detail is None:
         raise click.UsageError(f"no message {queue_id} in this node's queue")
+    detail["events"] = store.all("SELECT time, kind, recipient, detail FROM events WHERE queue_id = ? ORDER BY id",
+                                 [queue_id])
     emit(detail, as_json, lambda d: [f"id: {d['id']}", f"tenant: {d['tenant']}", f"from: {d['mail_from']}",
                                      f"received: {d['received']}", f"size: {d['size']}"]
          + [f"  {r['recipient']}  {r['state']}  attempts={r['attempts']}  {r['last_reply'] or ''}"
-            for r in d["recipients"]])
+            for r in d["recipients"]]
+         + [f"  {e['time']} {e['kind']:<10} {e['recipient']}  {e['detail']}" for e in d["events"]])
+
+
+@queue.command("retry")
+@click.argument("queue_id", required=False)
+@click.option("--all", "all_", is_flag=True, help="Every deferred recipient of this node.")
+@with_settings
+def queue_retry(settings, queue_id, all_) -> None:
+    """Try deferred recipients now instead of at their next scheduled attempt.
+
+    \b
+    Example:
+        websofttt queue retry --all
+    """
+    if bool(queue_id) == all_:
+        raise click.UsageError("give either QUEUE_ID or --all")
+    click.echo(f"{retry_now(settings.spool_dir, queue_id)} recipient(s) due now")
+
+
+@queue.command("drop")
+@click.argument("queue_id")
+@with_settings
+def queue_drop(settings, queue_id) -> None:
+    """Stop delivering a message: pending recipients become 'dropped', the body is erased.
+
+    \b
+    Example:
+        websofttt queue drop agrbfbkxyncyqjo26u.node1
+    """
+    count = drop(settings.spool_dir, queue_id)
+    if count < 0:
+        raise click.UsageError(f"no message {queue_id} in this node's queue")
+    click.echo(f"dropped {queue_id} ({count} pending recipient(s))")
 
 
 # ---- DKIM and audit

@@ -257,3 +257,35 @@ def message_detail(spool_dir: Path, queue_id: str) -> dict | None:
         finally:
             conn.close()
     return None
+
+
+def retry_now(spool_dir: Path, queue_id: str | None) -> int:
+    """Make deferred recipients (of one message, or all) due now; returns how many."""
+    count = 0
+    for path in shard_paths(spool_dir):
+        conn = connect(path)
+        try:
+            sql = "UPDATE recipients SET next_attempt = 0 WHERE state = 'deferred'"
+            count += conn.execute(sql + (" AND queue_id = ?" if queue_id else ""),
+                                  (queue_id,) if queue_id else ()).rowcount
+        finally:
+            conn.close()
+    return count
+
+
+def drop(spool_dir: Path, queue_id: str) -> int:
+    """Stop delivering a message: its pending recipients become 'dropped' and its body is erased."""
+    for path in shard_paths(spool_dir):
+        conn = connect(path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            count = conn.execute("UPDATE recipients SET state = 'dropped', updated = ? WHERE queue_id = ? AND "
+                                 "state IN ('queued', 'deferred')", (utcnow(), queue_id)).rowcount
+            found = conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone()
+            erase_finished(conn, queue_id)
+            conn.execute("COMMIT")
+            if found:
+                return count
+        finally:
+            conn.close()
+    return -1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -14,7 +15,7 @@ from aiosmtpd.smtp import SMTP
 from policy import suppression
 from policy.keys import dkim_public_value, load_private_key
 from policy.tokens import TokenKeys
-from tests.conftest import free_port, message
+from tests.conftest import free_port, message, run_cli
 
 
 class Sink:
@@ -186,3 +187,29 @@ def test_expired_message_is_not_sent(relay_factory, sink):
     queue_id = submit(relay)
     wait_states(relay, queue_id, {"expired"}, timeout=20)
     assert sink.received == []
+
+
+def test_queue_show_retry_and_drop_from_the_cli(relay_factory, sink, tmp_path):
+    sink.mode = "defer"
+    relay = start(relay_factory, sink, retry_schedule=(3600.0,))
+    queue_id = submit(relay)
+    wait_states(relay, queue_id, {"deferred"})
+    config = tmp_path / "websofttt.toml"
+    config.write_text(f'[paths]\ndata_dir = "{relay.settings.data_dir}"\n[node]\nname = "test"\n')
+    show = run_cli("queue", "show", queue_id, "--reason", "ticket 1", "--json", "--config", str(config), cwd=tmp_path)
+    detail = json.loads(show.stdout)
+    assert detail["recipients"][0]["state"] == "deferred"
+    assert [e["kind"] for e in detail["events"]] == ["deferred"]
+    sink.mode = "accept"
+    out = run_cli("queue", "retry", queue_id, "--config", str(config), cwd=tmp_path)
+    assert out.stdout.strip() == "1 recipient(s) due now"
+    wait_states(relay, queue_id, {"delivered"})          # not an hour later
+    out = run_cli("queue", "drop", "no-such-id", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 2 and "no message no-such-id" in out.stderr
+    sink.mode = "defer"
+    second = submit(relay, ("c@example.net",))
+    wait_states(relay, second, {"deferred"})
+    out = run_cli("queue", "drop", second, "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert relay.spool_rows("SELECT state FROM recipients WHERE queue_id = ?", (second,)) == [("dropped",)]
+    assert relay.spool_rows("SELECT data FROM messages WHERE id = ?", (second,)) == [(None,)]
