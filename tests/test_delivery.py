@@ -30,6 +30,8 @@ class Sink:
     async def handle_DATA(self, server, session, envelope):
         if self.mode == "hang":
             await asyncio.sleep(30)
+        if self.mode == "slow":
+            await asyncio.sleep(0.3)
         if self.mode == "drop":
             server.transport.close()
             return None
@@ -139,6 +141,14 @@ def test_connection_is_reused_across_copies(relay_factory, sink):
     for queue_id in ids:
         wait_states(relay, queue_id, {"delivered"})
     assert len(sink.received) == 6 and sink.sessions == 1 and sink.peak == 1
+
+
+def test_per_destination_concurrency_limit_holds(relay_factory, sink):
+    sink.mode = "slow"
+    relay = start(relay_factory, sink, per_destination=2)
+    queue_id = submit(relay, tuple(f"r{i}@example.net" for i in range(8)))
+    wait_states(relay, queue_id, {"delivered"})
+    assert len(sink.received) == 8 and sink.peak == 2
 
 
 def test_mailbox_unknown_fails_and_suppresses_globally(relay_factory, sink):

@@ -1,6 +1,7 @@
 """`websofttt serve` as operators run it: worker processes, kill -9 durability, graceful SIGTERM."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,7 +13,8 @@ import time
 
 import pytest
 
-from tests.conftest import PASSWORD, WEBSOFTTT, free_port, message, run_cli, wait_for_port
+from relay.serve import owned_shards
+from tests.conftest import PASSWORD, make_settings, WEBSOFTTT, free_port, message, run_cli, wait_for_port
 
 
 @pytest.fixture
@@ -116,3 +118,13 @@ def test_port_taken_by_another_program_is_a_clear_error(node):
     assert out.returncode == 1
     assert f"error: cannot listen on 127.0.0.1:{node.port}: Address already in use" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_shards_without_a_worker_are_adopted(tmp_path):
+    settings = make_settings(tmp_path / "var")
+    settings = dataclasses.replace(settings, node=dataclasses.replace(settings.node, workers=2))
+    settings.spool_dir.mkdir(parents=True)
+    for i in range(5):                       # a node that ran 5 workers before
+        (settings.spool_dir / f"shard-{i}.sqlite").touch()
+    assert [p.name for p in owned_shards(settings, 0)] == ["shard-0.sqlite", "shard-2.sqlite", "shard-4.sqlite"]
+    assert [p.name for p in owned_shards(settings, 1)] == ["shard-1.sqlite", "shard-3.sqlite"]
