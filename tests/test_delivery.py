@@ -223,3 +223,19 @@ def test_queue_show_retry_and_drop_from_the_cli(relay_factory, sink, tmp_path):
     assert out.returncode == 0, out.stderr
     assert relay.spool_rows("SELECT state FROM recipients WHERE queue_id = ?", (second,)) == [("dropped",)]
     assert relay.spool_rows("SELECT data FROM messages WHERE id = ?", (second,)) == [(None,)]
+
+
+def test_delivered_body_leaves_no_bytes_in_the_data_dir(relay_factory, sink):
+    relay = start(relay_factory, sink)
+    marker = "unique-marker-7f3a9c-do-not-keep"
+    queue_id = submit(relay, body=f"{marker}\r\n")
+    wait_states(relay, queue_id, {"delivered"})
+    assert marker.encode() in sink.received[0][2]
+    deadline = time.monotonic() + 10
+    while True:
+        leftovers = [p for p in relay.settings.data_dir.rglob("*")
+                     if p.is_file() and marker.encode() in p.read_bytes()]
+        if not leftovers or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert leftovers == []
