@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-CONFIG ?= $(or $(WEBSOFTTT_CONFIG),websofttt.toml)
 
 .PHONY: run test install clean
 
