@@ -28,6 +28,7 @@ _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.I | re.M)
 _CAMPAIGN = re.compile(r"[^A-Za-z0-9._-]")
 # 5.1.x is about the recipient's address (unknown mailbox, bad domain, null MX), except 5.1.7/5.1.8 (sender).
 _HARD = re.compile(r"^5\.1\.(?!7\b|8\b)\d+$")
+CHECKPOINT_INTERVAL = 1.0     # seconds between WAL truncations while bodies are being erased
 
 
 class DeliveryLoop:
@@ -40,6 +41,7 @@ class DeliveryLoop:
         self.wake = asyncio.Event()
         self._inflight: set[tuple[str, str]] = set()
         self._erased = False          # a body was erased since the last WAL checkpoint
+        self._checkpointed = 0.0
         self._tasks: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -53,8 +55,8 @@ class DeliveryLoop:
                     task = asyncio.create_task(self._attempt(due))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-            if self._erased:
-                self._erased = False
+            if self._erased and time.monotonic() - self._checkpointed >= CHECKPOINT_INTERVAL:
+                self._erased, self._checkpointed = False, time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, self.spool.checkpoint)
             self.wake.clear()
             next_due = self.spool.next_due()

@@ -75,7 +75,7 @@ def shard_paths(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.glob("shard-*.sqlite"))
 
 
-ACTIVE = ("queued", "deferred")
+PENDING = "state IN ('queued', 'deferred')"      # recipients still to be tried
 FINAL = ("delivered", "failed", "expired", "suppressed", "dropped")
 
 
@@ -135,13 +135,12 @@ class Spool:
         rows = self._reader.execute(
             "SELECT r.queue_id, r.recipient, r.attempts, r.token, m.tenant, m.mail_from, m.received, m.campaign "
             "FROM recipients r JOIN messages m ON m.id = r.queue_id "
-            "WHERE r.state IN ('queued', 'deferred') AND r.next_attempt <= ? ORDER BY r.next_attempt LIMIT ?",
+            "WHERE r." + PENDING + " AND r.next_attempt <= ? ORDER BY r.next_attempt LIMIT ?",
             (now, limit)).fetchall()
         return [Due(*row) for row in rows]
 
     def next_due(self) -> float | None:
-        return self._reader.execute("SELECT min(next_attempt) FROM recipients WHERE state IN ('queued', 'deferred')"
-                                    ).fetchone()[0]
+        return self._reader.execute("SELECT min(next_attempt) FROM recipients WHERE " + PENDING).fetchone()[0]
 
     def body(self, queue_id: str) -> bytes | None:
         row = self._reader.execute("SELECT data FROM messages WHERE id = ?", (queue_id,)).fetchone()
@@ -210,7 +209,7 @@ class Spool:
 def erase_finished(conn: sqlite3.Connection, queue_id: str) -> None:
     """Drop the body of a message none of whose recipients is still to be tried."""
     conn.execute("UPDATE messages SET data = NULL WHERE id = ? AND data IS NOT NULL AND NOT EXISTS "
-                 "(SELECT 1 FROM recipients WHERE queue_id = ? AND state IN ('queued', 'deferred'))",
+                 "(SELECT 1 FROM recipients WHERE queue_id = ? AND " + PENDING + ")",
                  (queue_id, queue_id))
 
 
@@ -280,7 +279,7 @@ def drop(spool_dir: Path, queue_id: str) -> int:
         try:
             conn.execute("BEGIN IMMEDIATE")
             count = conn.execute("UPDATE recipients SET state = 'dropped', updated = ? WHERE queue_id = ? AND "
-                                 "state IN ('queued', 'deferred')", (utcnow(), queue_id)).rowcount
+                                 + PENDING, (utcnow(), queue_id)).rowcount
             found = conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone()
             erase_finished(conn, queue_id)
             conn.execute("COMMIT")

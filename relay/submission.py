@@ -64,6 +64,7 @@ class SubmissionHandler:
         self.trusted = TrustedNetworks(store, settings.submission.trust_cache_ttl)
         self.header_policy = HeaderPolicy(settings.provider.domains, settings.provider.hostname)
         self.authenticator = Authenticator(store, self.limits)
+        self.replies = _reply_map(settings.submission.max_message_size)
 
     # MAIL FROM: who is sending, and may they send now?
     async def handle_MAIL(self, server, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
@@ -169,7 +170,7 @@ class SubmissionSMTP(AsyncAuthSMTP):
 
     def __init__(self, handler: SubmissionHandler, sessions: "Sessions", **kwargs):
         self.sessions = sessions
-        self.replies = _reply_map(handler.settings.submission.max_message_size)
+        self.replies = handler.replies
         super().__init__(handler, authenticator=handler.authenticator, **kwargs)
 
     async def push(self, status: str) -> None:
