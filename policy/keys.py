@@ -67,12 +67,16 @@ def write_private(path: Path, data: bytes) -> None:
     _write_atomic(path, data, 0o600)
 
 
+def new_dkim_pem() -> bytes:
+    """A new RSA-2048 DKIM key as unencrypted PKCS#8 PEM."""
+    return _private_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
 def generate_dkim_key(path: Path) -> None:
     """Create an RSA-2048 PKCS#8 PEM key; an existing key is kept, since replacing it breaks the published DNS record."""
     if path.exists():
         return
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    write_private(path, _private_pem(key))
+    write_private(path, new_dkim_pem())
 
 
 def _private_pem(key: PrivateKeyTypes) -> bytes:

@@ -52,10 +52,18 @@ def _sent_copies(db: sqlite_utils.Database) -> None:
     db["sent"].create_index(["message_id"])
 
 
+def _tenant_dkim_keys(db: sqlite_utils.Database) -> None:
+    db["dkim_keys"].create({
+        "domain": str, "tenant": str, "selector": str, "private_pem": str, "created": str,
+    }, pk="domain", not_null={"tenant", "selector", "private_pem", "created"},
+        foreign_keys=[("tenant", "tenants", "id")])
+
+
 # Named migrations, applied in order; never edit one that has shipped, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial_schema", _initial_schema),
     ("0002_sent_copies", _sent_copies),
+    ("0003_tenant_dkim_keys", _tenant_dkim_keys),
 ]
 
 

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from policy import tenants
+from policy import dkimkeys, tenants
 from policy.audit import ReasonRequired
 from policy.keys import (KeyMaterialError, check_tls_files, dkim_dns_record, generate_dkim_key,
                          generate_tls_cert, load_private_key)
@@ -110,7 +110,17 @@ def _tenant_lines(items: list[dict]) -> list[str]:
         lines.append(f"{t['id']:<24} {t['status']}{extra}  terms={t['terms_version'] or '-'}  "
                      f"from={','.join(t['allowed_from']) or '-'}  networks={','.join(t['networks']) or '-'}  "
                      f"rate={t['rate'] or 'default'}")
+        if t["dmarc_unaligned"]:
+            lines.append(f"  not DMARC-aligned: mail From {', '.join(t['dmarc_unaligned'])} carries only the provider's "
+                         f"signature (websofttt dkim add-domain {t['id']} DOMAIN)")
     return lines
+
+
+def _tenant_json(store, tenant: tenants.Tenant) -> dict:
+    """The tenant with its DKIM state: which From domains have their own key, which are not DMARC-aligned."""
+    signed = {k.domain for k in dkimkeys.all_keys(store, tenant.id)}
+    return tenant.as_json() | {"dkim_domains": sorted(signed),
+                               "dmarc_unaligned": [d for d in tenant.allowed_from if d not in signed]}
 
 
 @tenant.command("add")
@@ -127,8 +137,9 @@ def tenant_add(settings, tenant_id, allow_from, network, rate, as_json) -> None:
     Example:
         websofttt tenant add acme --allow-from acme.example --network 10.1.0.0/16 --rate 5000/1h
     """
-    t = tenants.add(open_store(settings), tenant_id, list(allow_from), list(network), rate)
-    emit(t.as_json(), as_json, lambda d: [f"added tenant {d['id']}; it must accept the terms: "
+    store = open_store(settings)
+    t = tenants.add(store, tenant_id, list(allow_from), list(network), rate)
+    emit(_tenant_json(store, t), as_json, lambda d: [f"added tenant {d['id']}; it must accept the terms: "
                                           f"websofttt tenant accept-terms {d['id']}"])
 
 
@@ -142,7 +153,8 @@ def tenant_list(settings, as_json) -> None:
     Example:
         websofttt tenant list --json
     """
-    emit([t.as_json() for t in tenants.all_tenants(open_store(settings))], as_json, _tenant_lines)
+    store = open_store(settings)
+    emit([_tenant_json(store, t) for t in tenants.all_tenants(store)], as_json, _tenant_lines)
 
 
 @tenant.command("show")
@@ -156,7 +168,8 @@ def tenant_show(settings, tenant_id, as_json) -> None:
     Example:
         websofttt tenant show acme
     """
-    emit(tenants.require(open_store(settings), tenant_id).as_json(), as_json, lambda d: _tenant_lines([d]))
+    store = open_store(settings)
+    emit(_tenant_json(store, tenants.require(store, tenant_id)), as_json, lambda d: _tenant_lines([d]))
 
 
 @tenant.command("suspend")

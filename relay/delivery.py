@@ -13,7 +13,7 @@ import re
 import time
 from calendar import timegm
 
-from policy import sent, suppression
+from policy import dkimkeys, sent, suppression
 from policy.settings import Settings
 from policy.store import Store, utcnow
 from policy.tokens import TokenKeys
@@ -28,6 +28,7 @@ _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.I | re.M)
 _CAMPAIGN = re.compile(r"[^A-Za-z0-9._-]")
 # 5.1.x is about the recipient's address (unknown mailbox, bad domain, null MX), except 5.1.7/5.1.8 (sender).
 _HARD = re.compile(r"^5\.1\.(?!7\b|8\b)\d+$")
+TENANT_KEY_TTL = 30.0         # seconds a loop caches a tenant domain's key (or its absence)
 CHECKPOINT_INTERVAL = 1.0     # seconds between WAL truncations while bodies are being erased
 
 
@@ -43,6 +44,7 @@ class DeliveryLoop:
         self._erased = False          # a body was erased since the last WAL checkpoint
         self._checkpointed = 0.0
         self._tasks: set[asyncio.Task] = set()
+        self._tenant_keys: dict[tuple[str, str], tuple[float, SigningKey | None]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start every due recipient (up to the concurrency limit) and sleep until the next is due or mail arrives."""
@@ -72,8 +74,9 @@ class DeliveryLoop:
     async def _attempt(self, due: Due) -> None:
         try:
             await self.deliver(due)
-        except Exception:   # a bug must not kill the loop; the recipient stays queued and is retried
+        except Exception:   # a bug or a damaged key must not kill the loop: retry later, like a 4xx
             log.exception("delivery of %s failed unexpectedly", due.queue_id)
+            await self._defer(due, "451 4.3.0 Local error, will retry", due.token)
         finally:
             self._inflight.discard((due.queue_id, due.recipient))
 
@@ -91,7 +94,7 @@ class DeliveryLoop:
         token = due.token or self._new_token(due, body)
         copy = self._headers(due, token) + body
         try:
-            signed = sign(copy, self.keys) + copy
+            signed = sign(copy, self._signing_keys(due)) + copy
         except SigningError as e:
             return await self._defer(due, f"451 4.7.5 DKIM signing failed: {e}", token)
         domain = due.recipient.rpartition("@")[2]
@@ -103,6 +106,16 @@ class DeliveryLoop:
             envelope_from = f"bounce+{token}@{self.settings.provider.bounce_domain}"
             outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed)
         await self._record(due, outcome, token)
+
+    def _signing_keys(self, due: Due) -> list[SigningKey]:
+        """The tenant's key for its From domain first (DMARC alignment), then the provider's (identification)."""
+        domain = (due.from_domain or "").lower()
+        cached = self._tenant_keys.get((due.tenant, domain))
+        if cached is None or time.monotonic() - cached[0] > TENANT_KEY_TTL:
+            found = dkimkeys.find(self.store, due.tenant, domain) if domain else None
+            key = SigningKey(found.domain, found.selector, found.key()) if found else None
+            cached = self._tenant_keys[(due.tenant, domain)] = (time.monotonic(), key)
+        return [cached[1], *self.keys] if cached[1] else self.keys
 
     def _new_token(self, due: Due, body: bytes) -> str:
         token = self.tokens.issue()

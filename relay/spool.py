@@ -23,7 +23,7 @@ from policy.store import utcnow
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, mail_from TEXT NOT NULL, size INTEGER NOT NULL,
-    received TEXT NOT NULL, smtputf8 INTEGER NOT NULL DEFAULT 0, campaign TEXT, data BLOB);
+    received TEXT NOT NULL, smtputf8 INTEGER NOT NULL DEFAULT 0, campaign TEXT, from_domain TEXT, data BLOB);
 CREATE TABLE IF NOT EXISTS recipients (
     queue_id TEXT NOT NULL REFERENCES messages(id), recipient TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
@@ -50,6 +50,7 @@ class Message:
     data: bytes
     smtputf8: bool = False
     campaign: str | None = None
+    from_domain: str = ""
 
 
 def new_queue_id(node: str) -> str:
@@ -90,6 +91,7 @@ class Due:
     mail_from: str
     received: str
     campaign: str | None
+    from_domain: str | None
 
 
 Op = Callable[[sqlite3.Connection], None]
@@ -113,9 +115,10 @@ class Spool:
 
         def insert(conn: sqlite3.Connection) -> None:
             m = message
-            conn.execute("INSERT INTO messages (id, tenant, mail_from, size, received, smtputf8, campaign, data) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (m.id, m.tenant, m.mail_from, len(m.data), received, int(m.smtputf8), m.campaign, m.data))
+            conn.execute("INSERT INTO messages (id, tenant, mail_from, size, received, smtputf8, campaign, from_domain, "
+                         "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (m.id, m.tenant, m.mail_from, len(m.data), received, int(m.smtputf8), m.campaign,
+                          m.from_domain, m.data))
             conn.executemany("INSERT INTO recipients (queue_id, recipient, next_attempt, updated) VALUES (?, ?, ?, ?)",
                              [(m.id, r, now, received) for r in m.recipients])
         await self._submit(insert)
@@ -133,7 +136,8 @@ class Spool:
 
     def due(self, now: float, limit: int) -> list[Due]:
         rows = self._reader.execute(
-            "SELECT r.queue_id, r.recipient, r.attempts, r.token, m.tenant, m.mail_from, m.received, m.campaign "
+            "SELECT r.queue_id, r.recipient, r.attempts, r.token, m.tenant, m.mail_from, m.received, m.campaign, "
+            "m.from_domain "
             "FROM recipients r JOIN messages m ON m.id = r.queue_id "
             "WHERE r." + PENDING + " AND r.next_attempt <= ? ORDER BY r.next_attempt LIMIT ?",
             (now, limit)).fetchall()

@@ -118,7 +118,7 @@ class SubmissionHandler:
         queue_id = new_queue_id(self.settings.node.name)
         data = self._trace_headers(server, session, sender, queue_id, check) + raw
         message = Message(queue_id, sender.tenant.id, envelope.mail_from, tuple(envelope.rcpt_tos), data,
-                          envelope.smtp_utf8, check.campaign)
+                          envelope.smtp_utf8, check.campaign, check.from_domain)
         try:
             await self.spool.enqueue(message)
         except SpoolError as e:

@@ -322,3 +322,24 @@ def test_every_help_exits_0_with_an_example(path):
     result = CliRunner().invoke(cli_mod.cli, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.stdout and "Usage:" in result.stdout
+
+
+def test_dkim_add_domain_aligns_the_tenant_and_prints_its_records(ok, ok_json, fails):
+    ok("init")
+    ok("tenant", "add", "acme", "--allow-from", "acme.example", "--allow-from", "other.example")
+    shown = ok_json("tenant", "show", "acme")
+    assert shown["dkim_domains"] == [] and shown["dmarc_unaligned"] == ["acme.example", "other.example"]
+    assert "not DMARC-aligned: mail From acme.example, other.example" in ok("tenant", "show", "acme")
+    out = ok("dkim", "add-domain", "acme", "ACME.example")
+    assert re.search(r'^s1\._domainkey\.acme\.example\. IN TXT "v=DKIM1; k=rsa; p=', out, re.M)
+    assert ("; or, to let the provider rotate the key: s1._domainkey.acme.example. IN CNAME "
+            "s1-acme-example._domainkey.websofttt.com.") in out
+    assert ok("dkim", "dns", "--tenant", "acme") == out                # same key, printed again
+    provider = ok("dkim", "dns")
+    assert re.search(r'^s1-acme-example\._domainkey\.websofttt\.com\. IN TXT "v=DKIM1; k=rsa; p=', provider, re.M)
+    assert ok_json("tenant", "show", "acme")["dmarc_unaligned"] == ["other.example"]
+    _, err = fails("dkim", "add-domain", "acme", "stranger.example")
+    assert "stranger.example is not an allowed From domain of tenant acme" in err
+    ok("tenant", "add", "rival", "--allow-from", "acme.example")
+    _, err = fails("dkim", "add-domain", "rival", "acme.example")
+    assert "already has a DKIM key of another tenant" in err

@@ -12,7 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
-from policy import suppression
+from policy import dkimkeys, suppression
 from policy.keys import dkim_public_value, load_private_key
 from policy.tokens import TokenKeys
 from tests.conftest import free_port, message, run_cli
@@ -239,3 +239,27 @@ def test_delivered_body_leaves_no_bytes_in_the_data_dir(relay_factory, sink):
             break
         time.sleep(0.1)
     assert leftovers == []
+
+
+def test_tenant_domain_key_gives_an_aligned_second_signature(relay_factory, sink):
+    relay = start(relay_factory, sink)
+    key = dkimkeys.add_domain(relay.store, "acme", "example.com", "s1")
+    records = {
+        "s1._domainkey.example.com.": dkim_public_value(key.key()).encode(),
+        "s1._domainkey.websofttt.com.": dkim_public_value(load_private_key(relay.settings.dkim_key)).encode(),
+    }
+    queue_id = submit(relay)
+    wait_states(relay, queue_id, {"delivered"})
+    data = sink.received[0][2]
+    signatures = re.findall(rb"^DKIM-Signature:.*?\bd=([a-z.]+);", data, re.M | re.S)
+    assert signatures == [b"example.com", b"websofttt.com"]
+    for index in range(2):
+        assert dkim.DKIM(data).verify(idx=index, dnsfunc=lambda name, timeout=5: b"v=DKIM1; k=rsa; p=" +
+                                      records[name.decode() if isinstance(name, bytes) else name])
+
+
+def test_copy_from_a_domain_without_a_key_has_only_the_provider_signature(relay_factory, sink):
+    relay = start(relay_factory, sink)
+    queue_id = submit(relay)
+    wait_states(relay, queue_id, {"delivered"})
+    assert re.findall(rb"^DKIM-Signature:.*?\bd=([a-z.]+);", sink.received[0][2], re.M | re.S) == [b"websofttt.com"]
