@@ -1,79 +1,17 @@
 """Delivery to real local SMTP sinks that accept, defer, reject, drop or hang."""
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 import time
 
 import dkim
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP
 
 from policy import dkimkeys, suppression
 from policy.keys import dkim_public_value, load_private_key
 from policy.tokens import TokenKeys
-from tests.conftest import free_port, message, run_cli
-
-
-class Sink:
-    """An SMTP next hop whose answer to DATA is `self.mode`; counts sessions and concurrency."""
-
-    def __init__(self, mode: str = "accept"):
-        self.mode = mode
-        self.received: list[tuple[str, list[str], bytes]] = []
-        self.sessions = self.active = self.peak = 0
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server, session, envelope):
-        if self.mode == "hang":
-            await asyncio.sleep(30)
-        if self.mode == "slow":
-            await asyncio.sleep(0.3)
-        if self.mode == "drop":
-            server.transport.close()
-            return None
-        if self.mode == "defer":
-            return "451 4.3.0 try again later"
-        if self.mode == "reject":
-            return "550 5.1.1 no such user here"
-        if self.mode == "policy":
-            return "550 5.7.1 message refused as spam"
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 2.0.0 ok"
-
-
-class CountingSMTP(SMTP):
-    def connection_made(self, transport):
-        sink = self.event_handler
-        with sink.lock:
-            sink.sessions += 1
-            sink.active += 1
-            sink.peak = max(sink.peak, sink.active)
-        super().connection_made(transport)
-
-    def connection_lost(self, exc):
-        with self.event_handler.lock:
-            self.event_handler.active -= 1
-        super().connection_lost(exc)
-
-
-class SinkController(Controller):
-    def factory(self):
-        return CountingSMTP(self.handler, enable_SMTPUTF8=True)
-
-
-@pytest.fixture
-def sink():
-    handler = Sink()
-    handler.port = free_port()
-    controller = SinkController(handler, hostname="127.0.0.1", port=handler.port)
-    controller.start()
-    handler.sessions = 0      # the controller's own start-up probe is not a delivery
-    yield handler
-    controller.stop()
+from tests.conftest import message, run_cli
 
 
 def start(relay_factory, sink, roles=("submission", "delivery"), **delivery):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -128,3 +129,25 @@ def test_shards_without_a_worker_are_adopted(tmp_path):
         (settings.spool_dir / f"shard-{i}.sqlite").touch()
     assert [p.name for p in owned_shards(settings, 0)] == ["shard-0.sqlite", "shard-2.sqlite", "shard-4.sqlite"]
     assert [p.name for p in owned_shards(settings, 1)] == ["shard-1.sqlite", "shard-3.sqlite"]
+
+
+def test_copy_in_flight_at_kill_9_is_delivered_after_restart(node, sink):
+    config = node.dir / "websofttt.toml"
+    config.write_text(re.sub(r'"127\.0\.0\.1:\d+" }', f'"127.0.0.1:{sink.port}" }}', config.read_text()))
+    sink.mode = "hang"                        # the next hop has the data but has not answered
+    proc = node()
+    queue_id = send(client(node))
+    deadline = time.monotonic() + 15
+    while sink.sessions == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sink.mode = "accept"
+    node()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not sink.received:
+        time.sleep(0.1)
+    assert [rcpts for _, rcpts, _ in sink.received] == [["you@example.net"]]    # at least once: here, once
+    show = run_cli("queue", "show", queue_id, "--reason", "test", "--json", cwd=node.dir)
+    assert [r["state"] for r in json.loads(show.stdout)["recipients"]] == ["delivered"]
