@@ -107,6 +107,10 @@ class Tokens:
 class Delivery:
     mode: str = "mx"
     smarthost: Listen | None = None
+    smarthost_tls: bool = False            # require STARTTLS with a verified certificate to the smarthost
+    smarthost_ca_file: Path | None = None  # CA bundle for that check (empty: the system's)
+    smarthost_username: str = ""           # AUTH to the smarthost (over TLS only)
+    smarthost_password_file: Path | None = None
     routes: dict[str, Listen] = field(default_factory=dict)
     retry_schedule: tuple[float, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)
     max_queue_lifetime: float = 5 * 86400
@@ -257,6 +261,12 @@ def _dir(value: Any) -> str:
     return value
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
 def _count(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError("a positive integer")
@@ -337,7 +347,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "tls": {"cert_file": _str, "key_file": _str},
     "dkim": {"selector": _selector, "key_file": _str},
     "tokens": {"secret_file": _str},
-    "delivery": {"mode": _mode, "smarthost": _optional_listen, "routes": _routes,
+    "delivery": {"mode": _mode, "smarthost": _optional_listen, "smarthost_tls": _bool, "smarthost_ca_file": _str,
+                 "smarthost_username": _str, "smarthost_password_file": _str, "routes": _routes,
                  "retry_schedule": _schedule, "max_queue_lifetime": parse_duration,
                  "sent_retention": parse_duration, "concurrency": _count, "per_destination": _count,
                  "messages_per_connection": _count, "connect_timeout": parse_duration,
@@ -350,7 +361,8 @@ _SECTION_CLASSES = {"provider": Provider, "node": Node, "paths": Paths, "store":
                     "submission": Submission, "inbound": Inbound, "http": Http, "tls": Tls, "dkim": Dkim,
                     "tokens": Tokens, "delivery": Delivery, "policy": Policy}
 _PATH_KEYS = {("paths", "data_dir"), ("tls", "cert_file"), ("tls", "key_file"),
-              ("dkim", "key_file"), ("tokens", "secret_file")}
+              ("dkim", "key_file"), ("tokens", "secret_file"), ("delivery", "smarthost_ca_file"),
+              ("delivery", "smarthost_password_file")}
 
 
 def find_config(option: str | None) -> tuple[Path | None, bool]:
@@ -421,6 +433,12 @@ def _finish(s: Settings, source: str) -> Settings:
     """Cross-key checks and derived defaults (node name, worker count)."""
     if s.delivery.mode == "smarthost" and s.delivery.smarthost is None:
         raise ConfigError(f"{source}: [delivery] smarthost must be \"host:port\" when mode = \"smarthost\"")
+    d = s.delivery
+    if bool(d.smarthost_username) != (d.smarthost_password_file is not None):
+        raise ConfigError(f"{source}: [delivery] smarthost_username and smarthost_password_file must be given together")
+    if d.smarthost_username and not d.smarthost_tls:
+        raise ConfigError(f"{source}: [delivery] smarthost_tls must be true when smarthost_username is set "
+                          "(no password without TLS)")
     if (s.tls.cert_file is None) != (s.tls.key_file is None):
         raise ConfigError(f"{source}: [tls] cert_file and key_file must be given together")
     if not (s.submission.listen or s.submission.tls_listen):

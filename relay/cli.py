@@ -87,6 +87,7 @@ def serve(settings: Settings, role: str | None) -> None:
     """
     check_tls_files(settings.tls_cert, settings.tls_key)
     load_private_key(settings.dkim_key)
+    serve_mod.smarthost_auth(settings)
     serve_mod.setup_logging()
     sys.exit(serve_mod.serve(settings, (role,) if role else serve_mod.ROLES))
 

@@ -31,7 +31,8 @@ Records = tuple[tuple[int, str], ...]  # (preference, host); shuffled on every r
 class Destination:
     host: str  # hostname or IP to connect to
     port: int
-    tls_required: bool = False
+    tls_required: bool = False       # STARTTLS with a verified certificate, or no delivery
+    auth: tuple[str, str] | None = None   # (username, password) for a smarthost that wants AUTH
 
 
 class RouteError(Exception):
@@ -51,12 +52,13 @@ class Router:
     """Chooses destinations per `[delivery]`; one instance per delivery worker (it holds the cache)."""
 
     def __init__(self, delivery: Delivery, resolver: dns.asyncresolver.Resolver | None = None,
-                 clock: Callable[[], float] = time.monotonic, smarthost_tls: bool = False):
+                 clock: Callable[[], float] = time.monotonic, smarthost_auth: tuple[str, str] | None = None):
         self._smarthost: Destination | None = None
         if delivery.mode == "smarthost":
             if delivery.smarthost is None:
                 raise ValueError("delivery mode 'smarthost' needs a smarthost (host, port)")
-            self._smarthost = Destination(*delivery.smarthost, tls_required=smarthost_tls)
+            self._smarthost = Destination(*delivery.smarthost, tls_required=delivery.smarthost_tls,
+                                          auth=smarthost_auth)
         self._routes = {_normalize(d): hp for d, hp in delivery.routes.items()}
         self._resolver = resolver  # created on first MX lookup: smarthost-only nodes need no resolv.conf
         self._clock = clock

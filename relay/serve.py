@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from policy.keys import load_private_key, server_ssl_context
-from policy.settings import Listen, Settings
+from policy.settings import ConfigError, Listen, Settings
 from policy.store import Store
 from policy.tokens import TokenKeys
 from relay.delivery import DeliveryLoop
@@ -139,10 +139,23 @@ def owned_shards(settings: Settings, index: int) -> list[Path]:
     return [shard_path(settings.spool_dir, index)] + extra
 
 
+def smarthost_auth(settings: Settings) -> tuple[str, str] | None:
+    """(username, password) for the smarthost, the password read from its own file; checked at start."""
+    d = settings.delivery
+    if not d.smarthost_username:
+        return None
+    try:
+        password = d.smarthost_password_file.read_text(encoding="utf-8").splitlines()[0]
+    except (OSError, UnicodeDecodeError, IndexError) as e:
+        raise ConfigError(f"{settings.source}: [delivery] smarthost_password_file {d.smarthost_password_file} "
+                          f"cannot be read: {getattr(e, 'strerror', None) or 'empty or not UTF-8'}") from None
+    return d.smarthost_username, password
+
+
 def delivery_loop(settings: Settings, store: Store, spool: Spool) -> DeliveryLoop:
     keys = [SigningKey(settings.provider.domain, settings.dkim.selector, load_private_key(settings.dkim_key))]
     return DeliveryLoop(settings, store, spool, keys, TokenKeys.load(store, settings.tokens.secret_file),
-                        Router(settings.delivery),
+                        Router(settings.delivery, smarthost_auth=smarthost_auth(settings)),
                         Courier(settings.delivery, settings.provider.hostname))
 
 

@@ -52,6 +52,8 @@ class Courier:
         self._tls = ssl.create_default_context()
         self._tls.check_hostname = False           # opportunistic TLS (RFC 7435): encrypt, do not authenticate
         self._tls.verify_mode = ssl.CERT_NONE
+        ca = delivery.smarthost_ca_file
+        self._verified_tls = ssl.create_default_context(cafile=str(ca) if ca else None)   # required TLS: verify
 
     async def send(self, destinations: list[Destination], mail_from: str, recipient: str, data: bytes) -> Outcome:
         """Try each destination in order until one gives an SMTP answer; connection faults move on."""
@@ -80,10 +82,17 @@ class Courier:
 
     async def _connect(self, dest: Destination) -> aiosmtplib.SMTP:
         s = self.settings
+        required = dest.tls_required
         smtp = aiosmtplib.SMTP(hostname=dest.host, port=dest.port, local_hostname=self.hostname,
-                               timeout=s.command_timeout, start_tls=True if dest.tls_required else None,
-                               tls_context=self._tls, validate_certs=False)
+                               timeout=s.command_timeout, start_tls=True if required else None,
+                               tls_context=self._verified_tls if required else self._tls, validate_certs=required)
         await asyncio.wait_for(smtp.connect(), s.connect_timeout + s.command_timeout)
+        if dest.auth:
+            try:
+                await smtp.login(*dest.auth, timeout=s.command_timeout)
+            except BaseException:
+                smtp.close()
+                raise
         return smtp
 
     async def _transaction(self, dest: Destination, conn: _Connection, mail_from: str, recipient: str,

@@ -7,11 +7,13 @@ import time
 
 import dkim
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from policy import dkimkeys, suppression
-from policy.keys import dkim_public_value, load_private_key
+from policy.keys import dkim_public_value, generate_tls_cert, load_private_key, server_ssl_context
 from policy.tokens import TokenKeys
-from tests.conftest import message, run_cli
+from tests.conftest import Sink, free_port, message, run_cli
 
 
 def start(relay_factory, sink, roles=("submission", "delivery"), **delivery):
@@ -201,3 +203,49 @@ def test_copy_from_a_domain_without_a_key_has_only_the_provider_signature(relay_
     queue_id = submit(relay)
     wait_states(relay, queue_id, {"delivered"})
     assert re.findall(rb"^DKIM-Signature:.*?\bd=([a-z.]+);", sink.received[0][2], re.M | re.S) == [b"websofttt.com"]
+
+
+class AuthSink(Sink):
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        return AuthResult(success=(auth_data.login, auth_data.password) == (b"relay", b"s3cret smarthost pw"))
+
+
+@pytest.fixture
+def smarthost(tmp_path):
+    """A provider smarthost: STARTTLS with its own certificate, AUTH required."""
+    cert, key = tmp_path / "sh-cert.pem", tmp_path / "sh-key.pem"
+    generate_tls_cert(cert, key, "localhost")
+    handler = AuthSink()
+    handler.port, handler.cert = free_port(), cert
+    controller = Controller(handler, hostname="127.0.0.1", port=handler.port, tls_context=server_ssl_context(cert, key),
+                            require_starttls=True, auth_required=True, authenticator=handler.authenticate)
+    controller.start()
+    yield handler
+    controller.stop()
+
+
+def smarthost_options(tmp_path, smarthost, ca) -> dict:
+    password = tmp_path / "smarthost.pw"
+    password.write_text("s3cret smarthost pw\n")
+    return {"mode": "smarthost", "smarthost": ("127.0.0.1", smarthost.port), "smarthost_tls": True,
+            "smarthost_ca_file": ca, "smarthost_username": "relay", "smarthost_password_file": password,
+            "routes": {}, "retry_schedule": (60.0,), "command_timeout": 2.0, "connect_timeout": 2.0}
+
+
+def test_smarthost_with_required_tls_and_auth(relay_factory, smarthost, tmp_path):
+    relay = relay_factory(roles=("submission", "delivery"), delivery=smarthost_options(tmp_path, smarthost,
+                                                                                      smarthost.cert))
+    relay.add_tenant()
+    wait_states(relay, submit(relay), {"delivered"})
+    assert len(smarthost.received) == 1
+
+
+def test_smarthost_with_an_unverifiable_certificate_gets_nothing(relay_factory, smarthost, tmp_path):
+    other_cert = tmp_path / "other-cert.pem"
+    generate_tls_cert(other_cert, tmp_path / "other-key.pem", "localhost")
+    relay = relay_factory(roles=("submission", "delivery"), delivery=smarthost_options(tmp_path, smarthost,
+                                                                                      other_cert))
+    relay.add_tenant()
+    ((_, _, reply),) = wait_states(relay, submit(relay), {"deferred"})
+    assert reply.startswith("451 4.4.1 127.0.0.1:") and "CERTIFICATE_VERIFY_FAILED" in reply
+    assert smarthost.received == []

@@ -183,9 +183,9 @@ def test_static_route_beats_mx(dns_server):
 
 
 def test_smarthost_mode_ignores_dns(dns_server):
-    delivery = Delivery(mode="smarthost", smarthost=("smtp.provider.test", 587),
+    delivery = Delivery(mode="smarthost", smarthost=("smtp.provider.test", 587), smarthost_tls=True,
                         routes={"example.com": ("127.0.0.1", 2525)})
-    router = make_router(dns_server, delivery, smarthost_tls=True)
+    router = make_router(dns_server, delivery)
     assert route(router, "implicit.test") == [Destination("smtp.provider.test", 587, tls_required=True)]
     assert route(router, "[192.0.2.1]") == [Destination("smtp.provider.test", 587, tls_required=True)]
     assert route(router, "example.com") == [Destination("127.0.0.1", 2525)]  # static routes still first
