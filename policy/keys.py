@@ -72,11 +72,12 @@ def new_dkim_pem() -> bytes:
     return _private_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 
-def generate_dkim_key(path: Path) -> None:
-    """Create an RSA-2048 PKCS#8 PEM key; an existing key is kept, since replacing it breaks the published DNS record."""
+def generate_dkim_key(path: Path, ed25519_key: bool = False) -> None:
+    """Create an RSA-2048 (or Ed25519) PKCS#8 PEM key; an existing key is kept, since replacing it breaks
+    the published DNS record."""
     if path.exists():
         return
-    write_private(path, new_dkim_pem())
+    write_private(path, _private_pem(ed25519.Ed25519PrivateKey.generate()) if ed25519_key else new_dkim_pem())
 
 
 def _private_pem(key: PrivateKeyTypes) -> bytes:

@@ -96,6 +96,8 @@ class Tls:
 class Dkim:
     selector: str = "s1"
     key_file: Path | None = None
+    ed25519_selector: str = "e1"           # selector of the optional second, Ed25519 signature (RFC 8463)
+    ed25519_key_file: Path | None = None   # empty: no Ed25519 signature; `init` creates the file if missing
 
 
 @dataclass(frozen=True)
@@ -345,7 +347,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "inbound": {"listen": _listen_list},
     "http": {"listen": _listen_list, "public_url": _url},
     "tls": {"cert_file": _str, "key_file": _str},
-    "dkim": {"selector": _selector, "key_file": _str},
+    "dkim": {"selector": _selector, "key_file": _str, "ed25519_selector": _selector, "ed25519_key_file": _str},
     "tokens": {"secret_file": _str},
     "delivery": {"mode": _mode, "smarthost": _optional_listen, "smarthost_tls": _bool, "smarthost_ca_file": _str,
                  "smarthost_username": _str, "smarthost_password_file": _str, "routes": _routes,
@@ -361,7 +363,7 @@ _SECTION_CLASSES = {"provider": Provider, "node": Node, "paths": Paths, "store":
                     "submission": Submission, "inbound": Inbound, "http": Http, "tls": Tls, "dkim": Dkim,
                     "tokens": Tokens, "delivery": Delivery, "policy": Policy}
 _PATH_KEYS = {("paths", "data_dir"), ("tls", "cert_file"), ("tls", "key_file"),
-              ("dkim", "key_file"), ("tokens", "secret_file"), ("delivery", "smarthost_ca_file"),
+              ("dkim", "key_file"), ("dkim", "ed25519_key_file"), ("tokens", "secret_file"), ("delivery", "smarthost_ca_file"),
               ("delivery", "smarthost_password_file")}
 
 
@@ -439,6 +441,8 @@ def _finish(s: Settings, source: str) -> Settings:
     if d.smarthost_username and not d.smarthost_tls:
         raise ConfigError(f"{source}: [delivery] smarthost_tls must be true when smarthost_username is set "
                           "(no password without TLS)")
+    if s.dkim.ed25519_key_file is not None and s.dkim.ed25519_selector == s.dkim.selector:
+        raise ConfigError(f"{source}: [dkim] ed25519_selector must differ from selector")
     if (s.tls.cert_file is None) != (s.tls.key_file is None):
         raise ConfigError(f"{source}: [tls] cert_file and key_file must be given together")
     if not (s.submission.listen or s.submission.tls_listen):

@@ -12,8 +12,7 @@ import click
 
 from policy import dkimkeys, tenants
 from policy.audit import ReasonRequired
-from policy.keys import (KeyMaterialError, check_tls_files, dkim_dns_record, generate_dkim_key,
-                         generate_tls_cert, load_private_key)
+from policy.keys import KeyMaterialError, check_tls_files, generate_dkim_key, generate_tls_cert
 from policy.settings import ConfigError, Settings
 from policy.suppression import SuppressionError
 from policy.tenants import TenantError
@@ -21,6 +20,8 @@ from policy.tokens import ensure_secret
 from relay import cli_records
 from relay import serve as serve_mod
 from relay.cli_common import emit, json_option, open_store, with_settings
+from relay.cli_records import provider_dkim_records
+from relay.signing import provider_keys
 
 USER_ERRORS = (ConfigError, TenantError, SuppressionError, ReasonRequired, KeyMaterialError)
 
@@ -54,6 +55,8 @@ def init(settings: Settings, if_new: bool) -> None:
     store = open_store(settings)
     secret_at = ensure_secret(store, settings.tokens.secret_file)
     generate_dkim_key(settings.dkim_key)
+    if settings.dkim.ed25519_key_file is not None:
+        generate_dkim_key(settings.dkim.ed25519_key_file, ed25519_key=True)
     if settings.self_signed:
         generate_tls_cert(settings.tls_cert, settings.tls_key, settings.provider.hostname)
     check_tls_files(settings.tls_cert, settings.tls_key)
@@ -69,7 +72,7 @@ def init(settings: Settings, if_new: bool) -> None:
 
 def dns_records(settings: Settings) -> list[str]:
     p = settings.provider
-    return [dkim_dns_record(settings.dkim.selector, p.domain, load_private_key(settings.dkim_key)),
+    return [*provider_dkim_records(settings),
             f"{p.bounce_domain}. IN MX 10 {p.hostname}.",
             f'{p.bounce_domain}. IN TXT "v=spf1 a:{p.hostname} -all"']
 
@@ -86,7 +89,7 @@ def serve(settings: Settings, role: str | None) -> None:
         websofttt serve --only submission
     """
     check_tls_files(settings.tls_cert, settings.tls_key)
-    load_private_key(settings.dkim_key)
+    provider_keys(settings)
     serve_mod.smarthost_auth(settings)
     serve_mod.setup_logging()
     sys.exit(serve_mod.serve(settings, (role,) if role else serve_mod.ROLES))

@@ -9,7 +9,8 @@ import sys
 import click
 
 from policy import audit, credentials, dkimkeys, suppression, tenants
-from policy.keys import dkim_dns_record, load_private_key
+from policy.keys import dkim_dns_record
+from relay.signing import provider_keys
 from relay.cli_common import emit, json_option, open_store, reason_option, with_settings
 from relay.spool import drop, message_detail, queue_summary, retry_now
 
@@ -261,10 +262,14 @@ def dkim_dns(settings, tenant_id) -> None:
         for line in tenant_dns_lines(settings, dkimkeys.all_keys(store, tenant_id)):
             click.echo(line)
         return
-    provider = settings.provider.domain
-    click.echo(dkim_dns_record(settings.dkim.selector, provider, load_private_key(settings.dkim_key)))
+    for line in provider_dkim_records(settings):
+        click.echo(line)
     for key in dkimkeys.all_keys(store):
-        click.echo(dkim_dns_record(dkimkeys.hosted_selector(key), provider, key.key()))
+        click.echo(dkim_dns_record(dkimkeys.hosted_selector(key), settings.provider.domain, key.key()))
+
+
+def provider_dkim_records(settings) -> list[str]:
+    return [dkim_dns_record(k.selector, k.domain, k.key) for k in provider_keys(settings)]
 
 
 def tenant_dns_lines(settings, keys: list[dkimkeys.TenantKey]) -> list[str]:

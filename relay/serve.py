@@ -17,13 +17,13 @@ import socket
 import time
 from pathlib import Path
 
-from policy.keys import load_private_key, server_ssl_context
+from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
 from policy.store import Store
 from policy.tokens import TokenKeys
 from relay.delivery import DeliveryLoop
 from relay.routing import Router
-from relay.signing import SigningKey
+from relay.signing import provider_keys
 from relay.smtp_out import Courier
 from relay.spool import Spool, shard_path, shard_paths
 from relay.submission import Sessions, SubmissionHandler, protocol_factory
@@ -153,8 +153,7 @@ def smarthost_auth(settings: Settings) -> tuple[str, str] | None:
 
 
 def delivery_loop(settings: Settings, store: Store, spool: Spool) -> DeliveryLoop:
-    keys = [SigningKey(settings.provider.domain, settings.dkim.selector, load_private_key(settings.dkim_key))]
-    return DeliveryLoop(settings, store, spool, keys, TokenKeys.load(store, settings.tokens.secret_file),
+    return DeliveryLoop(settings, store, spool, provider_keys(settings), TokenKeys.load(store, settings.tokens.secret_file),
                         Router(settings.delivery, smarthost_auth=smarthost_auth(settings)),
                         Courier(settings.delivery, settings.provider.hostname))
 

@@ -21,6 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, uti
 from dkim.canonicalization import Relaxed, correct_empty_body, strip_trailing_lines
 from dkim.crypto import HASH_ALGORITHMS
 
+from policy.keys import KeyMaterialError, load_private_key
+from policy.settings import Settings
+
 SIGNED_HEADERS: tuple[str, ...] = (
     "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id",
     "in-reply-to", "references", "mime-version", "content-type", "content-transfer-encoding",
@@ -175,3 +178,15 @@ def _fold(atoms: list[tuple[bytes, bytes]], column: int) -> bytes:
         out.append(atom)
         column += len(atom)
     return b"".join(out)
+
+
+def provider_keys(settings: Settings) -> list[SigningKey]:
+    """The provider's signing keys, loaded once: RSA, plus Ed25519 when configured (both d= the provider domain)."""
+    domain, dkim = settings.provider.domain, settings.dkim
+    keys = [SigningKey(domain, dkim.selector, load_private_key(settings.dkim_key))]
+    if dkim.ed25519_key_file is not None:
+        key = load_private_key(dkim.ed25519_key_file)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise KeyMaterialError(f"{dkim.ed25519_key_file}: [dkim] ed25519_key_file is not an Ed25519 key")
+        keys.append(SigningKey(domain, dkim.ed25519_selector, key))
+    return keys

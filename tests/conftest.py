@@ -28,13 +28,14 @@ PASSWORD = "correct horse battery"
 WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")
 
 
-def make_settings(data_dir: Path, delivery: dict | None = None, **submission) -> Settings:
-    """Defaults with listeners on ephemeral ports, and `submission` / `delivery` overrides."""
+def make_settings(data_dir: Path, delivery: dict | None = None, dkim: dict | None = None, **submission) -> Settings:
+    """Defaults with listeners on ephemeral ports, and `submission` / `delivery` / `dkim` overrides."""
     base = load_settings(None)
     sub = dataclasses.replace(Submission(listen=(("127.0.0.1", 0),), tls_listen=(("127.0.0.1", 0),),
                                          trust_cache_ttl=0, shutdown_grace=2), **submission)
     return dataclasses.replace(base, paths=Paths(data_dir), submission=sub, node=Node("test", 1),
-                               delivery=dataclasses.replace(base.delivery, **(delivery or {})))
+                               delivery=dataclasses.replace(base.delivery, **(delivery or {})),
+                               dkim=dataclasses.replace(base.dkim, **(dkim or {})))
 
 
 def prepare(settings: Settings) -> None:
@@ -108,8 +109,9 @@ class RunningRelay:
 def relay_factory(tmp_path):
     running: list[RunningRelay] = []
 
-    def start(roles: tuple[str, ...] = ("submission",), delivery: dict | None = None, **submission) -> RunningRelay:
-        settings = make_settings(tmp_path / "var", delivery, **submission)
+    def start(roles: tuple[str, ...] = ("submission",), delivery: dict | None = None, dkim: dict | None = None,
+              **submission) -> RunningRelay:
+        settings = make_settings(tmp_path / "var", delivery, dkim, **submission)
         prepare(settings)
         relay = RunningRelay(settings, roles)
         running.append(relay)

@@ -343,3 +343,14 @@ def test_dkim_add_domain_aligns_the_tenant_and_prints_its_records(ok, ok_json, f
     ok("tenant", "add", "rival", "--allow-from", "acme.example")
     _, err = fails("dkim", "add-domain", "rival", "acme.example")
     assert "already has a DKIM key of another tenant" in err
+
+
+def test_ed25519_key_is_made_by_init_and_published(config, ok, fails, tmp_path):
+    config.write_text(config.read_text() + '\n[dkim]\ned25519_key_file = "var/dkim/e1.pem"\n')
+    out = ok("init")
+    assert re.search(r'^e1\._domainkey\.websofttt\.com\. IN TXT "v=DKIM1; k=ed25519; p=[A-Za-z0-9+/]{43}="$', out, re.M)
+    assert DKIM_LINE.search(out)
+    assert ok("dkim", "dns").splitlines() == [line for line in out.splitlines() if "_domainkey" in line]
+    (tmp_path / "var/dkim/e1.pem").write_bytes((tmp_path / "var/dkim/s1.pem").read_bytes())   # an RSA key
+    _, err = fails("dkim", "dns")
+    assert "ed25519_key_file is not an Ed25519 key" in err

@@ -11,7 +11,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from policy import dkimkeys, suppression
-from policy.keys import dkim_public_value, generate_tls_cert, load_private_key, server_ssl_context
+from policy.keys import (dkim_public_value, generate_dkim_key, generate_tls_cert, load_private_key,
+                         server_ssl_context)
 from policy.tokens import TokenKeys
 from tests.conftest import Sink, free_port, message, run_cli
 
@@ -249,3 +250,21 @@ def test_smarthost_with_an_unverifiable_certificate_gets_nothing(relay_factory, 
     ((_, _, reply),) = wait_states(relay, submit(relay), {"deferred"})
     assert reply.startswith("451 4.4.1 127.0.0.1:") and "CERTIFICATE_VERIFY_FAILED" in reply
     assert smarthost.received == []
+
+
+def test_ed25519_key_adds_a_second_provider_signature(relay_factory, sink, tmp_path):
+    ed_path = tmp_path / "e1.pem"
+    generate_dkim_key(ed_path, ed25519_key=True)
+    relay = relay_factory(roles=("submission", "delivery"), dkim={"ed25519_key_file": ed_path},
+                          delivery={"routes": {"example.net": ("127.0.0.1", sink.port)}})
+    relay.add_tenant()
+    wait_states(relay, submit(relay), {"delivered"})
+    data = sink.received[0][2]
+    records = {"s1._domainkey.websofttt.com.": b"v=DKIM1; k=rsa; p=" +
+               dkim_public_value(load_private_key(relay.settings.dkim_key)).encode(),
+               "e1._domainkey.websofttt.com.": b"v=DKIM1; k=ed25519; p=" +
+               dkim_public_value(load_private_key(ed_path)).encode()}
+    assert re.findall(rb"\ba=([a-z0-9-]+);", data) == [b"rsa-sha256", b"ed25519-sha256"]
+    for index in range(2):
+        assert dkim.DKIM(data).verify(idx=index, dnsfunc=lambda name, timeout=5: records[
+            name.decode() if isinstance(name, bytes) else name])
