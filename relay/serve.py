@@ -17,6 +17,8 @@ import socket
 import time
 from pathlib import Path
 
+import dns.asyncresolver
+
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
 from policy.store import Store
@@ -152,15 +154,20 @@ def smarthost_auth(settings: Settings) -> tuple[str, str] | None:
     return d.smarthost_username, password
 
 
-def delivery_loop(settings: Settings, store: Store, spool: Spool) -> DeliveryLoop:
+def delivery_loop(settings: Settings, store: Store, spool: Spool,
+                  resolver: dns.asyncresolver.Resolver | None = None) -> DeliveryLoop:
     return DeliveryLoop(settings, store, spool, provider_keys(settings), TokenKeys.load(store, settings.tokens.secret_file),
-                        Router(settings.delivery, smarthost_auth=smarthost_auth(settings)),
+                        Router(settings.delivery, resolver, smarthost_auth=smarthost_auth(settings)),
                         Courier(settings.delivery, settings.provider.hostname))
 
 
 async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
-                      stop: asyncio.Event | None = None, started: asyncio.Future | None = None) -> None:
-    """Serve until SIGTERM or `stop` is set, then drain; `started` receives the bound ports."""
+                      stop: asyncio.Event | None = None, started: asyncio.Future | None = None,
+                      resolver: dns.asyncresolver.Resolver | None = None) -> None:
+    """Serve until SIGTERM or `stop` is set, then drain; `started` receives the bound ports.
+
+    `resolver` replaces the system's DNS resolver for MX lookups (tests have no public DNS).
+    """
     loop = asyncio.get_running_loop()
     store = Store(settings.store_path)
     spools = [Spool(path) for path in owned_shards(settings, index)]
@@ -168,7 +175,7 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
     if own_stop:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-    deliveries = [delivery_loop(settings, store, spool) for spool in spools] if "delivery" in roles else []
+    deliveries = [delivery_loop(settings, store, spool, resolver) for spool in spools] if "delivery" in roles else []
     runs = [asyncio.create_task(d.run(stop)) for d in deliveries]
     tls = server_ssl_context(settings.tls_cert, settings.tls_key)
     wake = deliveries[0].wake.set if deliveries else None

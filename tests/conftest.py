@@ -51,9 +51,10 @@ def prepare(settings: Settings) -> None:
 class RunningRelay:
     """One submission worker running in a thread with its own event loop."""
 
-    def __init__(self, settings: Settings, roles: tuple[str, ...] = ("submission",)):
+    def __init__(self, settings: Settings, roles: tuple[str, ...] = ("submission",), resolver=None):
         self.settings = settings
         self.roles = roles
+        self.resolver = resolver
         self.store = Store(settings.store_path)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -64,7 +65,7 @@ class RunningRelay:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         started = self._loop.create_future()
-        task = asyncio.create_task(worker_main(self.settings, 0, self.roles, self._stop, started))
+        task = asyncio.create_task(worker_main(self.settings, 0, self.roles, self._stop, started, self.resolver))
         self.port, self.tls_port = await started
         self._ready.set()
         await task
@@ -110,10 +111,10 @@ def relay_factory(tmp_path):
     running: list[RunningRelay] = []
 
     def start(roles: tuple[str, ...] = ("submission",), delivery: dict | None = None, dkim: dict | None = None,
-              **submission) -> RunningRelay:
+              resolver=None, **submission) -> RunningRelay:
         settings = make_settings(tmp_path / "var", delivery, dkim, **submission)
         prepare(settings)
-        relay = RunningRelay(settings, roles)
+        relay = RunningRelay(settings, roles, resolver)
         running.append(relay)
         return relay
     yield start

@@ -14,7 +14,7 @@ from policy import dkimkeys, suppression
 from policy.keys import (dkim_public_value, generate_dkim_key, generate_tls_cert, load_private_key,
                          server_ssl_context)
 from policy.tokens import TokenKeys
-from tests.conftest import Sink, free_port, message, run_cli
+from tests.conftest import Sink, SinkController, free_port, message, run_cli
 
 
 def start(relay_factory, sink, roles=("submission", "delivery"), **delivery):
@@ -268,3 +268,23 @@ def test_ed25519_key_adds_a_second_provider_signature(relay_factory, sink, tmp_p
     for index in range(2):
         assert dkim.DKIM(data).verify(idx=index, dnsfunc=lambda name, timeout=5: records[
             name.decode() if isinstance(name, bytes) else name])
+
+
+def test_a_hanging_destination_does_not_hold_up_the_others(relay_factory, sink):
+    slow = Sink("hang")
+    slow.port = free_port()
+    controller = SinkController(slow, hostname="127.0.0.1", port=slow.port)
+    controller.start()
+    try:
+        relay = start(relay_factory, sink, routes={"example.net": ("127.0.0.1", sink.port),
+                                                   "slow.example": ("127.0.0.1", slow.port)},
+                      command_timeout=20.0, data_timeout=20.0)
+        stuck = submit(relay, ("a@slow.example", "b@slow.example", "c@slow.example"))
+        time.sleep(0.5)                                   # the slow copies are now hanging in DATA
+        started = time.monotonic()
+        wait_states(relay, submit(relay), {"delivered"})
+        assert time.monotonic() - started < 3
+        assert {s for (s,) in relay.spool_rows("SELECT state FROM recipients WHERE queue_id = ?", (stuck,))
+                } == {"queued"}
+    finally:
+        controller.stop()
