@@ -1,0 +1,283 @@
+"""What an inbound message is: bounce, ARF complaint, auto-reply, unsubscribe, human complaint,
+privacy request or other. Pure (bytes in, a Classification out: no store, no network) and total:
+garbage, broken MIME, bad charsets, deep nesting and huge messages give an answer, not an exception.
+
+Decision order, first match wins (DESIGN §3, §4):
+1. bounce: a delivery-status report (RFC 3464), or a null / mailer-daemon sender with a bounce Subject
+   (or sent to a bounce role address);
+2. complaint: an ARF feedback report (RFC 5965);
+3. auto_reply: RFC 3834 Auto-Submitted, Exchange/Lotus markers, Precedence, vacation Subjects, MDNs;
+4. by role address: bounce (unparseable, permanent None), unsubscribe, abuse -> human_complaint,
+   privacy -> privacy_request, anything else -> other.
+An auto-reply or bounce sent to an unsubscribe address is therefore never an unsubscribe, and a
+vacation reply sent to bounce+TOKEN@ (RFC 3834 replies go to the envelope sender) is an auto_reply.
+"""
+from __future__ import annotations
+
+import email
+import email.errors
+import email.header
+import email.parser
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass
+from email.message import Message
+from typing import Sequence
+
+from inbound import dsn
+from inbound.dsn import Fields
+
+KINDS = ("bounce", "complaint", "auto_reply", "unsubscribe", "human_complaint", "privacy_request", "other")
+MAX_BYTES = 1 << 20          # only the first MiB is looked at
+MAX_DEPTH = 20               # multipart nesting followed
+MAX_PARTS = 500              # parts visited
+MAX_TEXT = 256 * 1024        # bytes of one text part decoded
+MAX_BOUNDARIES = 100         # more: parse the header only (the stdlib parser is quadratic in nesting)
+MAX_IDS = 50
+
+_TOKEN = r"(?<![\w.+-]){}\+([a-z2-7]{{8,64}})@"
+_UNSUB_TOKEN = re.compile(_TOKEN.format("unsubscribe"), re.I)
+_BOUNCE_TOKEN = re.compile(_TOKEN.format("bounce"), re.I)
+_ROLE_TOKEN = re.compile(r"[a-z2-7]{1,64}")
+_MSGID = re.compile(r"<[^<>\s]{1,250}>")
+_PASTED = re.compile(r"^[ \t>]*(list-unsubscribe|return-path|original-mail-from)[ \t]*:"
+                     r"([^\r\n]*(?:\r?\n[ \t]+[^\r\n]*)*)", re.I | re.M)
+_AUTO_SUBJECT = re.compile(
+    r"\s*\[?(?:out of (?:the )?office|automatic reply|auto:|auto[- ]?reply|autoresponse|abwesenheitsnotiz"
+    r"|automatische antwort|absence|réponse automatique|respuesta automática|risposta automatica|on vacation)",
+    re.I)
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+@dataclass(frozen=True)
+class Classification:
+    kind: str                     # one of KINDS
+    evidence: str                 # which header or part decided
+    permanent: bool | None        # bounces: True for 5.x.x, False for 4.x.x / delayed; None otherwise
+    recipients: tuple[str, ...]   # bounces: Final/Original-Recipient; complaints: Original-Rcpt-To
+    tokens: tuple[str, ...]       # from role addresses, returned headers and ARF fields, in order found
+    message_ids: tuple[str, ...]  # In-Reply-To and References ids, angle brackets kept
+
+
+@dataclass
+class _Parts:
+    texts: list[str]              # text/plain parts outside returned messages
+    dsn: list[Fields]             # message/delivery-status field blocks
+    feedback: list[Fields]        # message/feedback-report field blocks
+    headers: list[Fields]         # returned headers: message/rfc822, text/rfc822-headers, ARF fields, pasted
+
+
+def classify(raw: bytes, role_kinds: Sequence[str], role_tokens: Sequence[str | None]) -> Classification:
+    """Classify one inbound message accepted for these role addresses (kinds, with their tokens)."""
+    roles = [str(k).lower() for k in role_kinds]
+    role_token: dict[str, str] = {}          # the first valid token of each role kind
+    for kind, token in zip(roles, role_tokens):
+        if kind in ("unsubscribe", "bounce") and isinstance(token, str) and _ROLE_TOKEN.fullmatch(token.lower()):
+            role_token.setdefault(kind, token.lower())
+    found = [t.lower() for k, t in zip(roles, role_tokens)
+             if k in ("unsubscribe", "bounce") and isinstance(t, str) and _ROLE_TOKEN.fullmatch(t.lower())]
+    try:
+        return _classify(bytes(raw[:MAX_BYTES]), roles, found, role_token)
+    except Exception as exc:      # last resort: the listener must answer; fuzz tests assert this never runs
+        kind = "bounce" if "bounce" in roles else "other"
+        return Classification(kind, f"unclassifiable: {type(exc).__name__}", None, (), tuple(found), ())
+
+
+def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[str, str]) -> Classification:
+    msg = _parse(raw)
+    head = _fields(msg)
+    parts = _walk(msg)
+    for fields in parts.headers:
+        for name, pattern in (("list-unsubscribe", _UNSUB_TOKEN), ("return-path", _BOUNCE_TOKEN),
+                              ("original-mail-from", _BOUNCE_TOKEN)):
+            for value in fields.get(name, ()):
+                found.extend(t.lower() for t in pattern.findall(value))
+    tokens = tuple(dict.fromkeys(found))
+    ids = [i for name in ("in-reply-to", "references") for v in head.get(name, ()) for i in _MSGID.findall(v)]
+    ids = tuple(dict.fromkeys(ids))[:MAX_IDS]
+
+    def result(kind: str, evidence: str, permanent: bool | None = None, recipients=()) -> Classification:
+        return Classification(kind, _CONTROL.sub(" ", evidence)[:160], permanent, tuple(recipients), tokens, ids)
+
+    report = _report_type(msg)
+    subject = _decode(_first(head, "subject"))
+    # 1. bounce
+    if report == "delivery-status" or parts.dsn:
+        where = "multipart/report; report-type=delivery-status" if report == "delivery-status" \
+            else "message/delivery-status part"
+        blocks = dsn.per_recipient(parts.dsn)
+        if blocks:
+            permanent, recipients, summary = dsn.summarize(blocks)
+            return result("bounce", f"{where} ({summary})", permanent, recipients)
+        text = dsn.explanation("\n".join(parts.texts))
+        return result("bounce", f"{where} (no per-recipient fields)", dsn.looks_permanent(text))
+    arf = report == "feedback-report" or bool(parts.feedback)
+    sender = dsn.daemon_sender(_first(head, "from"), _first(head, "return-path"))
+    what = dsn.bounce_subject(subject)
+    if sender and (what or "bounce" in roles) and not arf:     # an ARF report from postmaster@ stays one
+        text = dsn.explanation("\n".join(parts.texts))
+        permanent = what != "delay" and dsn.looks_permanent(text)
+        recipients = dsn.text_recipients(head.get("x-failed-recipients", ()), text)
+        return result("bounce", f"non-standard bounce: {sender}, Subject: {subject}", permanent, recipients)
+    # 2. ARF complaint
+    if arf:
+        feedback_type = next((v for b in parts.feedback for v in b.get("feedback-type", ())), "") or "unknown"
+        recipients = dict.fromkeys(a for b in parts.feedback for v in b.get("original-rcpt-to", ())
+                                   if (a := dsn.address(v)))
+        return result("complaint", f"feedback-report: Feedback-Type {feedback_type.lower()}",
+                      None, list(recipients)[:dsn.MAX_RECIPIENTS])
+    # 3. auto-reply
+    marker = _auto_reply(head, subject, report)
+    if marker:
+        return result("auto_reply", marker)
+    # 4. by role address
+    if "bounce" in roles:
+        return result("bounce", _addressed("bounce", role_token.get("bounce")))
+    if "unsubscribe" in roles:
+        return result("unsubscribe", _addressed("unsubscribe", role_token.get("unsubscribe")))
+    if "abuse" in roles:
+        return result("human_complaint", "addressed to abuse")
+    if "privacy" in roles:
+        return result("privacy_request", "addressed to privacy")
+    if roles:
+        return result("other", f"addressed to {roles[0]}")
+    return result("other", "no report, auto-reply marker or role address")
+
+
+def _parse(raw: bytes) -> Message:
+    """compat32 parse; the header only when the body nests too deeply for the stdlib parser."""
+    policy = email.policy.compat32
+    if raw.lower().count(b"boundary") <= MAX_BOUNDARIES:
+        try:
+            return email.message_from_bytes(raw, policy=policy)
+        except RecursionError:
+            pass
+    return email.parser.BytesHeaderParser(policy=policy).parsebytes(raw)
+
+
+def _walk(msg: Message) -> _Parts:
+    """One pass over the parts in document order, not descending into returned messages."""
+    parts = _Parts([], [], [], [])
+    stack, visited = [(msg, 0)], 0
+    while stack and visited < MAX_PARTS:
+        part, depth = stack.pop()
+        visited += 1
+        ctype = part.get_content_type()
+        payload = part.get_payload() if part.is_multipart() else None   # a leaf's text: only via _text
+        if ctype in ("message/delivery-status", "message/global-delivery-status"):
+            parts.dsn.extend(_blocks(part, payload))
+        elif ctype == "message/feedback-report":
+            blocks = _blocks(part, payload)
+            parts.feedback.extend(blocks)
+            parts.headers.extend(blocks)
+        elif ctype in ("message/rfc822", "message/global"):
+            parts.headers.extend(_fields(p) for p in (payload or ())[:1] if isinstance(p, Message))
+        elif ctype in ("text/rfc822-headers", "text/global-headers"):
+            parts.headers.extend(dsn.parse_fields(_text(part), max_blocks=1))
+        elif isinstance(payload, list):
+            if depth < MAX_DEPTH and not ctype.startswith("message/"):
+                stack.extend((p, depth + 1) for p in reversed(payload) if isinstance(p, Message))
+        elif ctype == "text/plain":
+            text = _text(part)
+            parts.texts.append(text)
+            parts.headers.extend({m.group(1).lower(): [_FOLD.sub("", m.group(2))]} for m in _PASTED.finditer(text))
+    return parts
+
+
+def _blocks(part: Message, payload) -> list[Fields]:
+    """Field blocks of a message/* part: the parser's sub-messages, or its decoded text.
+
+    The parser splits only message/delivery-status into one sub-message per block; other message/*
+    types (global-delivery-status, feedback-report) become one sub-message whose body holds the rest.
+    """
+    if not isinstance(payload, list):
+        return dsn.parse_fields(_text(part))
+    blocks = []
+    for sub in payload:
+        if isinstance(sub, Message):
+            blocks.append(_fields(sub))
+            blocks.extend(dsn.parse_fields(_text(sub)))
+    return blocks
+
+
+def _fields(msg: Message) -> Fields:
+    """Header fields by lower-case name, values unfolded and made printable text."""
+    out: Fields = {}
+    for name, value in msg.raw_items():
+        out.setdefault(_str(name).strip().lower(), []).append(_FOLD.sub("", _str(value)).strip())
+    return out
+
+
+def _str(value) -> str:
+    """Text of a raw header value: the parser keeps non-ASCII bytes as surrogate escapes."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _text(part: Message) -> str:
+    """A leaf part's body decoded (transfer encoding, then charset; unknown charsets as UTF-8)."""
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        return ""
+    return _bytes_text(data[:MAX_TEXT], part.get_content_charset())
+
+
+def _bytes_text(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8", "replace")
+    except (LookupError, UnicodeError, ValueError, TypeError):   # unknown, or not a text codec
+        return data.decode("utf-8", "replace")
+
+
+def _decode(value: str) -> str:
+    """RFC 2047 encoded words decoded; the value unchanged when they are broken."""
+    if "=?" not in value:
+        return value
+    try:
+        chunks = email.header.decode_header(value)
+    except (email.errors.HeaderParseError, ValueError, LookupError):
+        return value
+    return "".join(_bytes_text(c, cs) if isinstance(c, bytes) else c for c, cs in chunks)
+
+
+def _first(fields: Fields, name: str) -> str:
+    values = fields.get(name)
+    return values[0] if values else ""
+
+
+def _report_type(msg: Message) -> str:
+    if msg.get_content_type() != "multipart/report":
+        return ""
+    value = msg.get_param("report-type", "")
+    return _str(email.utils.collapse_rfc2231_value(value)).strip().lower()
+
+
+def _auto_reply(head: Fields, subject: str, report: str) -> str | None:
+    """The marker that shows an automatic reply (RFC 3834 and common practice), or None."""
+    if report == "disposition-notification":
+        return "multipart/report; report-type=disposition-notification"
+    submitted = _first(head, "auto-submitted")
+    if submitted and submitted.split(";")[0].strip().lower() != "no":
+        return f"Auto-Submitted: {submitted}"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"):
+        if name.lower() in head:
+            return f"{name}: {_first(head, name.lower())}"
+    precedence = _first(head, "precedence").lower()
+    if precedence in ("auto_reply", "bulk", "junk", "list"):
+        return f"Precedence: {precedence}"
+    if _first(head, "x-autogenerated").lower() == "reply":
+        return "X-Autogenerated: Reply"
+    if _AUTO_SUBJECT.match(subject):
+        return f"Subject: {subject}"
+    return None
+
+
+def _addressed(role: str, token: str | None) -> str:
+    return f"addressed to {role}+{token[:6]}…" if token else f"addressed to {role}@"

@@ -1,0 +1,142 @@
+"""Delivery status: RFC 3464 per-recipient fields, and the tell-tale signs of a non-standard bounce.
+
+Pure functions over already-decoded text and field blocks; `inbound/classify` does the MIME walk.
+A field block is a dict of lower-case field name -> list of unfolded values, as in a header section.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+Fields = dict[str, list[str]]
+
+MAX_RECIPIENTS = 100
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
+_FIELD = re.compile(r"([!-9;-~]+)[ \t]*:[ \t]*(.*)")      # RFC 5322 field name, then the value
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+# Subjects of non-standard bounces (sender must also be null or a mailer daemon).
+_FAIL_SUBJECT = re.compile(
+    r"undelivered mail returned to sender|delivery status notification \(failure\)|mail delivery failed"
+    r"|^\s*undeliverable|failure notice|^\s*returned mail:|delivery failure|delivery has failed"
+    r"|^\s*unzustellbar|^\s*non remis", re.I)
+_DELAY_SUBJECT = re.compile(
+    r"delivery status notification \(delay\)|^\s*warning: message \S+ delayed|delayed mail"
+    r"|^\s*delivery delayed|^\s*warning: could not send message for past", re.I)
+_DAEMON = re.compile(r"(?<![\w.+-])(mailer-?daemon|mail-?daemon|postmaster)(?=[@>\s\"]|$)", re.I)
+
+# Where a bounce's own explanation ends and the copy of the returned message begins.
+_COPY_MARKER = re.compile(
+    r"^[ \t]*-{2,}[ \t]*(?:this is a copy of|below this line is a copy|original message"
+    r"|unsent message|forwarded message|the header of the original|message header follows)", re.I | re.M)
+_PERMANENT = re.compile(
+    r"(?<![\d.])5\.\d{1,3}\.\d{1,3}(?!\.?\d)|(?<![\d.])55[0-4](?!\d)|user unknown|unknown user|does not exist"
+    r"|no such user|no mailbox here|mailbox unavailable|permanent error|address rejected", re.I)
+_QMAIL_RCPT = re.compile(r"^<([^<>\s@]+@[^<>\s@]+)>:[ \t]*$", re.M)
+
+
+def parse_fields(text: str, max_blocks: int = 500) -> list[Fields]:
+    """Blocks of `Name: value` fields separated by blank lines (continuation lines unfolded)."""
+    blocks: list[Fields] = []
+    for chunk in re.split(r"\r?\n[ \t]*\r?\n", text):
+        if len(blocks) >= max_blocks:
+            break
+        block: Fields = {}
+        for line in _FOLD.sub("", chunk).splitlines():
+            m = _FIELD.match(line)
+            if m:
+                block.setdefault(m.group(1).lower(), []).append(m.group(2).strip())
+        if block:
+            blocks.append(block)
+    return blocks
+
+
+def address(value: str) -> str:
+    """`rfc822; <User@Example.com>` -> `user@example.com`; '' when it holds no address."""
+    value = value.split(";", 1)[1] if ";" in value else value
+    value = value.strip().strip("<>").strip().lower()
+    return value if "@" in value and " " not in value else ""
+
+
+def status_class(block: Fields) -> str | None:
+    """'2', '4' or '5' from Status, else from Diagnostic-Code; None when neither has a code."""
+    for name in ("status", "diagnostic-code"):
+        for value in block.get(name, ()):
+            m = _STATUS.search(value)
+            if m:
+                return m.group(1)
+    return None
+
+
+def per_recipient(blocks: Iterable[Fields]) -> list[Fields]:
+    """The per-recipient blocks (the per-message block names no recipient, action or status)."""
+    keys = ("final-recipient", "original-recipient", "action", "status")
+    return [b for b in blocks if any(k in b for k in keys)]
+
+
+def summarize(blocks: Iterable[Fields]) -> tuple[bool | None, tuple[str, ...], str]:
+    """(permanent, failing recipients, e.g. "failed 5.1.1") from the per-recipient blocks of a DSN.
+
+    Action delayed: not a failure (False). Action failed: permanent unless its status is 4.x.x.
+    A block without Action takes it from its status class. Delivered/relayed/expanded are ignored:
+    a DSN with nothing but those has permanent None.
+    """
+    permanent: bool | None = None
+    recipients: list[str] = []
+    seen: list[str] = []
+    for block in blocks:
+        action = (block.get("action") or [""])[0].lower().split("(")[0].strip()
+        cls = status_class(block)
+        if not action:
+            action = {"5": "failed", "4": "delayed"}.get(cls or "", "")
+        if action not in ("failed", "delayed"):
+            continue
+        permanent = bool(permanent) or (action == "failed" and cls != "4")
+        status = _STATUS.search(" ".join(block.get("status", ())))
+        seen.append(f"{action} {status.group(0)}" if status else action)
+        for name in ("final-recipient", "original-recipient"):
+            for value in block.get(name, ()):
+                rcpt = address(value)
+                if rcpt and rcpt not in recipients and len(recipients) < MAX_RECIPIENTS:
+                    recipients.append(rcpt)
+    summary = ", ".join(dict.fromkeys(seen)) if seen else "no failed or delayed recipient"
+    return permanent, tuple(recipients), summary
+
+
+def bounce_subject(subject: str) -> str | None:
+    """'delay' or 'failure' for a typical bounce Subject, else None."""
+    if _DELAY_SUBJECT.search(subject):
+        return "delay"
+    if _FAIL_SUBJECT.search(subject):
+        return "failure"
+    return None
+
+
+def daemon_sender(from_: str, return_path: str) -> str | None:
+    """How the message shows a null or mailer-daemon sender, or None."""
+    m = _DAEMON.search(from_)
+    if m:
+        return f"From {m.group(1).upper()}"
+    return "null Return-Path" if return_path.strip() == "<>" else None
+
+
+def explanation(text: str) -> str:
+    """The bounce's own text: everything before the copy of the returned message (at most 64 KiB)."""
+    m = _COPY_MARKER.search(text, 0, 65536)
+    return text[:m.start()] if m else text[:65536]
+
+
+def looks_permanent(text: str) -> bool:
+    """A non-standard bounce is permanent when its explanation has a 5.x.x / 55x code or says so."""
+    return _PERMANENT.search(text) is not None
+
+
+def text_recipients(failed_header: Iterable[str], text: str) -> tuple[str, ...]:
+    """X-Failed-Recipients (Exim) and qmail's `<address>:` lines."""
+    found: list[str] = []
+    candidates = [a for v in failed_header for a in v.split(",")] + _QMAIL_RCPT.findall(text)
+    for value in candidates:
+        rcpt = address(value)
+        if rcpt and rcpt not in found and len(found) < MAX_RECIPIENTS:
+            found.append(rcpt)
+    return tuple(found)
