@@ -39,6 +39,7 @@ MAX_IDS = 50
 _TOKEN = r"(?<![\w.+-]){}\+([a-z2-7]{{8,64}})@"
 _UNSUB_TOKEN = re.compile(_TOKEN.format("unsubscribe"), re.I)
 _BOUNCE_TOKEN = re.compile(_TOKEN.format("bounce"), re.I)
+_TOKEN_FIELDS = {"list-unsubscribe": _UNSUB_TOKEN, "return-path": _BOUNCE_TOKEN, "original-mail-from": _BOUNCE_TOKEN}
 _ROLE_TOKEN = re.compile(r"[a-z2-7]{1,64}")
 _MSGID = re.compile(r"<[^<>\s]{1,250}>")
 _PASTED = re.compile(r"^[ \t>]*(list-unsubscribe|return-path|original-mail-from)[ \t]*:"
@@ -72,12 +73,12 @@ class _Parts:
 def classify(raw: bytes, role_kinds: Sequence[str], role_tokens: Sequence[str | None]) -> Classification:
     """Classify one inbound message accepted for these role addresses (kinds, with their tokens)."""
     roles = [str(k).lower() for k in role_kinds]
+    found: list[str] = []                    # tokens in the order found, role addresses first
     role_token: dict[str, str] = {}          # the first valid token of each role kind
     for kind, token in zip(roles, role_tokens):
         if kind in ("unsubscribe", "bounce") and isinstance(token, str) and _ROLE_TOKEN.fullmatch(token.lower()):
+            found.append(token.lower())
             role_token.setdefault(kind, token.lower())
-    found = [t.lower() for k, t in zip(roles, role_tokens)
-             if k in ("unsubscribe", "bounce") and isinstance(t, str) and _ROLE_TOKEN.fullmatch(t.lower())]
     try:
         return _classify(bytes(raw[:MAX_BYTES]), roles, found, role_token)
     except Exception as exc:      # last resort: the listener must answer; fuzz tests assert this never runs
@@ -90,9 +91,9 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
     head = _fields(msg)
     parts = _walk(msg)
     for fields in parts.headers:
-        for name, pattern in (("list-unsubscribe", _UNSUB_TOKEN), ("return-path", _BOUNCE_TOKEN),
-                              ("original-mail-from", _BOUNCE_TOKEN)):
-            for value in fields.get(name, ()):
+        for name, values in fields.items():
+            pattern = _TOKEN_FIELDS.get(name)
+            for value in values if pattern else ():
                 found.extend(t.lower() for t in pattern.findall(value))
     tokens = tuple(dict.fromkeys(found))
     ids = [i for name in ("in-reply-to", "references") for v in head.get(name, ()) for i in _MSGID.findall(v)]

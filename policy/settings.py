@@ -78,6 +78,11 @@ class Submission:
 @dataclass(frozen=True)
 class Inbound:
     listen: tuple[Listen, ...] = (("127.0.0.1", 8025),)
+    max_message_size: int = 10485760       # replies, bounces and complaints are small; 10 MiB is generous
+    max_recipients: int = 20
+    max_connections_per_ip: int = 20       # per node, divided among the workers
+    timeout: float = 120.0                 # idle seconds before a session is closed
+    retention: float = 30 * 86400          # raw inbound messages are kept this long (evidence), then deleted
 
 
 @dataclass(frozen=True)
@@ -344,7 +349,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                    "max_recipients": _count, "auth_failures": _count, "auth_failure_window": parse_duration,
                    "timeout": parse_duration, "trust_cache_ttl": parse_duration,
                    "shutdown_grace": parse_duration},
-    "inbound": {"listen": _listen_list},
+    "inbound": {"listen": _listen_list, "max_message_size": _count, "max_recipients": _count,
+                "max_connections_per_ip": _count, "timeout": parse_duration, "retention": parse_duration},
     "http": {"listen": _listen_list, "public_url": _url},
     "tls": {"cert_file": _str, "key_file": _str},
     "dkim": {"selector": _selector, "key_file": _str, "ed25519_selector": _selector, "ed25519_key_file": _str},

@@ -59,20 +59,32 @@ def _tenant_dkim_keys(db: sqlite_utils.Database) -> None:
         foreign_keys=[("tenant", "tenants", "id")])
 
 
+def _tenant_names(db: sqlite_utils.Database) -> None:
+    db["tenants"].add_column("name", str)
+
+
+def _sent_by_recipient(db: sqlite_utils.Database) -> None:
+    db["sent"].create_index(["recipient"])
+
+
 # Named migrations, applied in order; never edit one that has shipped, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial_schema", _initial_schema),
     ("0002_sent_copies", _sent_copies),
     ("0003_tenant_dkim_keys", _tenant_dkim_keys),
+    ("0004_tenant_names", _tenant_names),
+    ("0005_sent_by_recipient", _sent_by_recipient),
 ]
 
 
 class Store:
     """One connection per process (sqlite3 connections must not cross a fork or a thread)."""
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 10000):
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 10000, other_thread: bool = False):
+        """`other_thread`: the connection will be used by one thread other than the one opening it."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000,
+                               check_same_thread=not other_thread)
         self.db = sqlite_utils.Database(conn)
         self.path = path
         self.db.execute("PRAGMA journal_mode=WAL")

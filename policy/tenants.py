@@ -26,6 +26,7 @@ class Tenant:
     networks: tuple[str, ...]       # CIDRs from which it may submit without AUTH
     rate: str | None                # its own message rate ("N/PERIOD"), else the policy default
     created: str
+    name: str | None = None         # display name shown to recipients (unsubscribe page)
 
     @property
     def active(self) -> bool:
@@ -41,7 +42,7 @@ class Tenant:
 def _from_row(row: dict) -> Tenant:
     return Tenant(id=row["id"], status=row["status"], reason=row["reason"], terms_version=row["terms_version"],
                   allowed_from=tuple(json.loads(row["allowed_from"])), networks=tuple(json.loads(row["networks"])),
-                  rate=row["rate"], created=row["created"])
+                  rate=row["rate"], created=row["created"], name=row["name"])
 
 
 def check_id(tenant_id: str) -> str:
@@ -64,7 +65,8 @@ def normalise_domain(domain: str) -> str:
     return d
 
 
-def add(store: Store, tenant_id: str, allowed_from: list[str], networks: list[str], rate: str | None) -> Tenant:
+def add(store: Store, tenant_id: str, allowed_from: list[str], networks: list[str], rate: str | None,
+        name: str | None = None) -> Tenant:
     check_id(tenant_id)
     if rate is not None:
         try:
@@ -74,7 +76,7 @@ def add(store: Store, tenant_id: str, allowed_from: list[str], networks: list[st
     row = {"id": tenant_id, "status": "active", "reason": None, "terms_version": None,
            "allowed_from": json.dumps(sorted({normalise_domain(d) for d in allowed_from})),
            "networks": json.dumps(sorted({normalise_network(n) for n in networks})),
-           "rate": rate, "created": utcnow()}
+           "rate": rate, "created": utcnow(), "name": (name or "").strip()[:100] or None}
     with store.exclusive():
         if get(store, tenant_id):
             raise TenantError(f"tenant {tenant_id!r} already exists")

@@ -7,23 +7,27 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from pathlib import Path
 
 import click
 
+from inbound import offline as inbound_offline
+from inbound import service as inbound_service
 from policy import dkimkeys, tenants
 from policy.audit import ReasonRequired
 from policy.keys import KeyMaterialError, check_tls_files, generate_dkim_key, generate_tls_cert
 from policy.settings import ConfigError, Settings
 from policy.suppression import SuppressionError
 from policy.tenants import TenantError
-from policy.tokens import ensure_secret
+from policy.tokens import TokenError, TokenKeys, ensure_secret
 from relay import cli_records
 from relay import serve as serve_mod
 from relay.cli_common import emit, json_option, open_store, with_settings
 from relay.cli_records import provider_dkim_records
 from relay.signing import provider_keys
 
-USER_ERRORS = (ConfigError, TenantError, SuppressionError, ReasonRequired, KeyMaterialError)
+STARTERS = {"inbound": inbound_service.start_inbound, "http": inbound_service.start_http}
+USER_ERRORS = (ConfigError, TokenError, TenantError, SuppressionError, ReasonRequired, KeyMaterialError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,7 +96,7 @@ def serve(settings: Settings, role: str | None) -> None:
     provider_keys(settings)
     serve_mod.smarthost_auth(settings)
     serve_mod.setup_logging()
-    sys.exit(serve_mod.serve(settings, (role,) if role else serve_mod.ROLES))
+    sys.exit(serve_mod.serve(settings, (role,) if role else serve_mod.ROLES, STARTERS))
 
 
 # ---- tenants
@@ -132,17 +136,18 @@ def _tenant_json(store, tenant: tenants.Tenant) -> dict:
 @click.option("--allow-from", "allow_from", multiple=True, metavar="DOMAIN", help="Domain it may use in From.")
 @click.option("--network", multiple=True, metavar="CIDR", help="Network it may submit from without AUTH.")
 @click.option("--rate", default=None, metavar="N/PERIOD", help="Message limit, e.g. 500/1h (default: policy).")
+@click.option("--name", default=None, help="Display name recipients see (unsubscribe page); default: the id.")
 @json_option
 @with_settings
-def tenant_add(settings, tenant_id, allow_from, network, rate, as_json) -> None:
+def tenant_add(settings, tenant_id, allow_from, network, rate, name, as_json) -> None:
     """Add a tenant (it must still accept the terms).
 
     \b
     Example:
-        websofttt tenant add acme --allow-from acme.example --network 10.1.0.0/16 --rate 5000/1h
+        websofttt tenant add acme --name "Acme Inc." --allow-from acme.example --network 10.1.0.0/16
     """
     store = open_store(settings)
-    t = tenants.add(store, tenant_id, list(allow_from), list(network), rate)
+    t = tenants.add(store, tenant_id, list(allow_from), list(network), rate, name)
     emit(_tenant_json(store, t), as_json, lambda d: [f"added tenant {d['id']}; it must accept the terms: "
                                           f"websofttt tenant accept-terms {d['id']}"])
 
@@ -217,6 +222,34 @@ def tenant_accept_terms(settings, tenant_id) -> None:
     """
     tenants.accept_terms(open_store(settings), tenant_id, settings.provider.terms_version)
     click.echo(f"{tenant_id} accepted terms {settings.provider.terms_version}")
+
+
+@cli.group("inbound")
+def inbound_group() -> None:
+    """The inbound side (what comes back to the role addresses).
+
+    \b
+    Example:
+        websofttt inbound classify saved-reply.eml
+    """
+
+
+@inbound_group.command("classify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@json_option
+@with_settings
+def inbound_classify(settings, files, as_json) -> None:
+    """What the inbound listener would conclude about each FILE (a raw message); nothing is changed.
+
+    \b
+    Example:
+        websofttt inbound classify reply.eml bounce.eml --json
+    """
+    store = open_store(settings)
+    keys = TokenKeys.load(store, settings.tokens.secret_file)
+    rows = [inbound_offline.describe(Path(f).read_bytes(), settings.provider, store, keys, f) for f in files]
+    emit(rows, as_json, lambda items: [f"{r['file']}: {r['kind']} ({r['evidence']})"
+                                       + (f" tenant={r['tenant']}" if r["tenant"] else "") for r in items])
 
 
 for command in cli_records.COMMANDS:

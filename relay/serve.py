@@ -15,7 +15,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import dns.asyncresolver
 
@@ -32,7 +34,7 @@ from relay.submission import Sessions, SubmissionHandler, protocol_factory
 
 log = logging.getLogger("websofttt.serve")
 
-ROLES = ("submission", "delivery")
+ROLES = ("submission", "delivery", "inbound", "http")
 
 
 def setup_logging() -> None:
@@ -86,10 +88,12 @@ def lock_roles(settings: Settings, roles: tuple[str, ...]) -> int:
     return fd
 
 
-def serve(settings: Settings, roles: tuple[str, ...]) -> int:
+def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Starter]) -> int:
     """Supervise the workers until SIGTERM/SIGINT; return the exit status."""
     lock_roles(settings, roles)
-    for address, _ in listeners(settings, roles):   # fail fast, in the parent, with a clear message
+    addresses = [a for a, _ in listeners(settings, roles)]
+    addresses += [*settings.inbound.listen] * ("inbound" in roles) + [*settings.http.listen] * ("http" in roles)
+    for address in addresses:          # fail fast, in the parent, with a clear message
         bind(address).close()
     store = Store(settings.store_path)
     store.migrate()
@@ -99,7 +103,7 @@ def serve(settings: Settings, roles: tuple[str, ...]) -> int:
     stopping = False
 
     def start(index: int) -> None:
-        proc = context.Process(target=run_worker, args=(settings, index, roles), name=f"worker-{index}")
+        proc = context.Process(target=run_worker, args=(settings, index, roles, starters), name=f"worker-{index}")
         proc.start()
         workers[index] = proc
 
@@ -128,9 +132,9 @@ def serve(settings: Settings, roles: tuple[str, ...]) -> int:
     return 0
 
 
-def run_worker(settings: Settings, index: int, roles: tuple[str, ...]) -> None:
+def run_worker(settings: Settings, index: int, roles: tuple[str, ...], starters: Mapping[str, Starter]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent turns ^C into SIGTERM for each worker
-    asyncio.run(worker_main(settings, index, roles))
+    asyncio.run(worker_main(settings, index, roles, starters=starters))
 
 
 def owned_shards(settings: Settings, index: int) -> list[Path]:
@@ -161,12 +165,25 @@ def delivery_loop(settings: Settings, store: Store, spool: Spool,
                         Courier(settings.delivery, settings.provider.hostname))
 
 
+class Service(Protocol):
+    """A role started by the composition root (relay/cli.py), e.g. the inbound listener or the http role."""
+    ports: list[int]
+
+    async def close(self) -> None: ...
+
+
+# (settings, worker index, bind) -> the running service; `bind` makes a SO_REUSEPORT listening socket
+Starter = Callable[[Settings, int, Callable[[Listen], socket.socket]], Awaitable[Service]]
+
+
 async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
                       stop: asyncio.Event | None = None, started: asyncio.Future | None = None,
-                      resolver: dns.asyncresolver.Resolver | None = None) -> None:
-    """Serve until SIGTERM or `stop` is set, then drain; `started` receives the bound ports.
+                      resolver: dns.asyncresolver.Resolver | None = None,
+                      starters: Mapping[str, Starter] | None = None) -> None:
+    """Serve until SIGTERM or `stop` is set, then drain; `started` receives the bound ports by role.
 
-    `resolver` replaces the system's DNS resolver for MX lookups (tests have no public DNS).
+    Submission and delivery are this module's; other roles come as `starters`. `resolver` replaces the
+    system's DNS resolver for MX lookups (tests have no public DNS).
     """
     loop = asyncio.get_running_loop()
     store = Store(settings.store_path)
@@ -186,13 +203,17 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
         servers.append(await loop.create_server(
             protocol_factory(handler, sessions, tls, implicit), sock=bind(address),
             ssl=tls if implicit else None))
+    services = {role: await start(settings, index, bind) for role, start in (starters or {}).items() if role in roles}
     if started is not None:
-        started.set_result([s.sockets[0].getsockname()[1] for s in servers])
+        started.set_result({"submission": [s.sockets[0].getsockname()[1] for s in servers]}
+                           | {role: service.ports for role, service in services.items()})
     try:
         await stop.wait()
     finally:
         for server in servers:
             server.close()
+        for service in services.values():
+            await service.close()
         await sessions.drain(settings.submission.shutdown_grace)
         await asyncio.gather(*runs)
         for spool in spools:

@@ -110,6 +110,16 @@ def test_role_token_comes_first_then_returned_headers_deduplicated():
     assert got.tokens == ("omo4c2izmjt534fhc5i2v4xjfrpfga4sj4", "6fzgiermbboc3rvgnwnq6la6vv2dlqeljq")
 
 
+def test_tokens_in_document_order_from_each_returned_field():
+    one, two, three = ("ntz6a4lqi3ojgm7ysbtqf2ewa6xhk5cr3u", "omo4c2izmjt534fhc5i2v4xjfrpfga4sj4",
+                       "wefm75fbl5els2ns7ybd6rmyci4hkf6edy")
+    raw = corpus("arf_headers_only.eml").replace(b"Original-Mail-From: bounce+" + three.encode(),
+                                                 b"Original-Mail-From: bounce+" + two.encode())
+    raw = raw.replace(b"mailto:unsubscribe+" + three.encode(), b"mailto:unsubscribe+" + one.encode())
+    got = classify(raw, ["abuse"], [None])
+    assert got.tokens == (two, three, one)     # ARF Original-Mail-From, then Return-Path, then List-Unsubscribe
+
+
 def test_invalid_role_token_is_not_a_token():
     got = classify(corpus("human_unsubscribe_reply.eml"), ["unsubscribe"], ["not-base32!"])
     assert (got.kind, got.tokens, got.evidence) == ("unsubscribe", (), "addressed to unsubscribe@")
@@ -356,19 +366,29 @@ def test_deeply_nested_multiparts_are_bounded():
     assert (got.kind, got.evidence) == ("auto_reply", "Auto-Submitted: auto-replied")
 
 
+def test_nesting_that_would_make_the_parser_quadratic_is_not_parsed():
+    depth = 900        # under the recursion limit, but the stdlib parser needs >1 s for it
+    body = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i) for i in range(depth))
+    raw = b"From: x@example.net\nSubject: hello\n" + body + b"Content-Type: text/plain\n\nhi\n"
+    start = time.perf_counter()
+    got = classify(raw, ["privacy"], [None])
+    assert time.perf_counter() - start < 0.5
+    assert got.kind == "privacy_request"
+
+
 def test_deeply_nested_messages_fall_back_to_the_header():
     raw = b"From: x@example.net\nX-Autoreply: yes\n" + b"Content-Type: message/rfc822\n\n" * 5000 + b"Subject: y\n\nz\n"
     got = classify(raw, ["unsubscribe"], [None])
     assert (got.kind, got.evidence) == ("auto_reply", "X-Autoreply: yes")
 
 
-def test_moderate_nesting_is_still_walked():
-    depth = 15
+@pytest.mark.parametrize("depth, tokens", [(15, ("ntz6a4lqi3ojgm7ysbtqf2ewa6xhk5cr3u",)), (30, ())])
+def test_nesting_is_walked_to_a_bounded_depth(depth, tokens):
     body = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i) for i in range(depth))
     raw = (b"From: x@example.net\nSubject: complaint\n" + body + b"Content-Type: text/plain\n\n"
            b"List-Unsubscribe: <mailto:unsubscribe+ntz6a4lqi3ojgm7ysbtqf2ewa6xhk5cr3u@websofttt.com>\n"
            + b"".join(b"--b%d--\n" % i for i in reversed(range(depth))))
-    assert classify(raw, ["abuse"], [None]).tokens == ("ntz6a4lqi3ojgm7ysbtqf2ewa6xhk5cr3u",)
+    assert classify(raw, ["abuse"], [None]).tokens == tokens
 
 
 def test_huge_message_only_the_first_mebibyte_is_read():
@@ -379,6 +399,16 @@ def test_huge_message_only_the_first_mebibyte_is_read():
     got = classify(raw, ["bounce"], [None])
     assert time.perf_counter() - start < 2
     assert (got.kind, got.permanent) == ("bounce", False)    # the 5.1.1 lies beyond the first MiB
+
+
+def test_parts_beyond_the_first_mebibyte_are_not_read():
+    pasted = b"List-Unsubscribe: <mailto:unsubscribe+ntz6a4lqi3ojgm7ysbtqf2ewa6xhk5cr3u@websofttt.com>\n"
+    def message(filler: int) -> bytes:
+        return (b"From: x@example.net\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n"
+                b"--b\nContent-Type: text/plain\n\n" + b"z" * filler + b"\n--b\nContent-Type: text/plain\n\n"
+                + pasted + b"--b--\n")
+    assert classify(message(1000), ["abuse"], [None]).tokens == ("ntz6a4lqi3ojgm7ysbtqf2ewa6xhk5cr3u",)
+    assert classify(message(MAX_BYTES), ["abuse"], [None]).tokens == ()
 
 
 def test_helpers_on_odd_values():

@@ -1,0 +1,98 @@
+"""What the inbound side does about a classified message: one place decides, the mailbox records it.
+
+Unsubscribe replies suppress the token's recipient for the token's tenant. A reply to the plain
+unsubscribe@ address is matched by In-Reply-To/References to a sent copy; failing that, its From is
+suppressed for the tenants that mailed it, but only when the reply's DKIM signature verifies for the
+From domain (otherwise anyone could unsubscribe anyone). Other kinds are recorded here; acting on
+bounces and complaints belongs to their own handlers.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from email.utils import getaddresses
+
+import dkim
+
+from inbound.addresses import Role
+from inbound.classify import Classification
+from policy import optout, sent, suppression
+from policy.store import Store
+from policy.tokens import TokenKeys
+
+log = logging.getLogger("websofttt.inbound")
+
+DnsFunc = Callable[..., bytes | None]
+_FROM = re.compile(rb"^From:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+
+
+def mask(address: str) -> str:
+    """j***@example.com: enough to tell records apart, not enough to read the address off a log."""
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+class Actions:
+    def __init__(self, store: Store, keys: TokenKeys, dnsfunc: DnsFunc | None = None):
+        self.store, self.keys = store, keys
+        self.dnsfunc = dnsfunc          # None: dkimpy's own DNS lookups; tests inject a resolver
+
+    def act(self, inbound_id: str, raw: bytes, roles: list[Role], found: Classification) -> str:
+        """The action taken, as recorded in the mailbox row."""
+        if found.kind != "unsubscribe":
+            return "recorded"
+        tokens = [r.token for r in roles if r.kind == "unsubscribe" and r.token]
+        source = f"inbound {inbound_id}"
+        if tokens:
+            return "; ".join(self._by_token(token, source) for token in tokens)
+        return self._by_reply(raw, found, source)
+
+    def _by_token(self, token: str, source: str) -> str:
+        done = optout.by_token(self.store, self.keys, token, source)
+        if done is None:
+            log.warning("unsubscribe with a forged, altered or unknown token rejected (%s)", source)
+            return "token rejected: not issued by this provider or expired"
+        return f"unsubscribed {mask(done.recipient)} from tenant {done.tenant}"
+
+    def _by_reply(self, raw: bytes, found: Classification, source: str) -> str:
+        sender = _from_address(raw)
+        copies = sent.by_message_ids(self.store, found.message_ids)
+        matched = [c for c in copies if c.recipient == sender] or (copies if len(copies) == 1 else [])
+        if matched:
+            for copy in matched:
+                suppression.add(self.store, copy.recipient, copy.tenant, "unsubscribe", source=source)
+            return "; ".join(f"unsubscribed {mask(c.recipient)} from tenant {c.tenant} (In-Reply-To)" for c in matched)
+        if not sender:
+            return "no From address and no matching copy: not acted on"
+        tenants = sent.tenants_that_mailed(self.store, sender)
+        if not tenants:
+            return "no copy was sent to the sender: not acted on"
+        if not self._dkim_verified(raw, sender.rpartition("@")[2]):
+            return "unverified (no valid DKIM signature for the From domain), not acted on"
+        for tenant in tenants:
+            suppression.add(self.store, sender, tenant, "unsubscribe", source=source)
+        return f"unsubscribed {mask(sender)} from tenants {', '.join(tenants)} (DKIM-verified From)"
+
+    def _dkim_verified(self, raw: bytes, from_domain: str) -> bool:
+        """True when one DKIM signature verifies with d= the From domain or a parent of it (relaxed alignment)."""
+        count = len(re.findall(rb"^DKIM-Signature:", raw.split(b"\r\n\r\n", 1)[0], re.I | re.M))
+        for index in range(count):
+            checker = dkim.DKIM(raw)
+            try:
+                kwargs = {"dnsfunc": self.dnsfunc} if self.dnsfunc else {}
+                ok = checker.verify(idx=index, **kwargs)
+            except Exception:   # dkimpy raises on malformed signatures and DNS failures alike
+                continue
+            domain = (checker.domain or b"").decode("ascii", "replace").lower()
+            if ok and (from_domain == domain or from_domain.endswith("." + domain)):
+                return True
+        return False
+
+
+def _from_address(raw: bytes) -> str:
+    m = _FROM.search(raw.split(b"\r\n\r\n", 1)[0])
+    if not m:
+        return ""
+    pairs = getaddresses([m.group(1).decode("utf-8", "replace")])
+    return pairs[0][1].strip().lower() if pairs and "@" in pairs[0][1] else ""

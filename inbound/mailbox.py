@@ -1,0 +1,95 @@
+"""Durable storage of what the inbound listener receives, with what was concluded and done.
+
+A message is acknowledged (250) only once it is here, fsync'ed: an unsubscribe, complaint or bounce
+that was accepted is never lost, and one whose processing was cut short by a crash is processed on
+restart. Raw messages are evidence: kept `inbound.retention`, then deleted (secure_delete).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from policy.store import utcnow
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbound (
+    id TEXT PRIMARY KEY, received TEXT NOT NULL, peer TEXT, mail_from TEXT, recipients TEXT NOT NULL,
+    raw BLOB, kind TEXT, evidence TEXT, action TEXT, processed INTEGER NOT NULL DEFAULT 0, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS inbound_pending ON inbound (processed);
+CREATE INDEX IF NOT EXISTS inbound_expires ON inbound (expires);
+"""
+
+
+@dataclass(frozen=True)
+class Received:
+    id: str
+    mail_from: str
+    recipients: tuple[str, ...]     # the accepted role addresses
+    raw: bytes
+
+
+class Mailbox:
+    """One SQLite file per node, written by a single thread per process (fsync off the event loop)."""
+
+    def __init__(self, path: Path, retention: float):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.retention = path, retention
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailbox")
+        self._conn: sqlite3.Connection | None = None
+        self._executor.submit(self._open).result()
+
+    def _open(self) -> None:
+        self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA secure_delete=ON")
+        self._conn.executescript(_SCHEMA)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def keep(self, peer: str, mail_from: str, recipients: list[str], raw: bytes) -> str:
+        """Store durably and return the id; raises sqlite3.Error if the message could not be kept."""
+        inbound_id = os.urandom(9).hex()
+        await self._run(self._insert, inbound_id, peer, mail_from, recipients, raw)
+        return inbound_id
+
+    def _insert(self, inbound_id: str, peer: str, mail_from: str, recipients: list[str], raw: bytes) -> None:
+        self._conn.execute("INSERT INTO inbound (id, received, peer, mail_from, recipients, raw, expires) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", (inbound_id, utcnow(), peer, mail_from,
+                                                            json.dumps(recipients), raw, time.time() + self.retention))
+
+    async def conclude(self, inbound_id: str, kind: str, evidence: str, action: str) -> None:
+        await self._run(self._conclude, inbound_id, kind, evidence, action)
+
+    def _conclude(self, inbound_id: str, kind: str, evidence: str, action: str) -> None:
+        self._conn.execute("UPDATE inbound SET kind = ?, evidence = ?, action = ?, processed = 1 WHERE id = ?",
+                           (kind, evidence, action, inbound_id))
+
+    async def pending(self) -> list[Received]:
+        """Messages acknowledged but not processed (the process stopped in between)."""
+        return await self._run(self._pending)
+
+    def _pending(self) -> list[Received]:
+        rows = self._conn.execute("SELECT id, mail_from, recipients, raw FROM inbound WHERE processed = 0").fetchall()
+        return [Received(i, f, tuple(json.loads(r)), raw) for i, f, r, raw in rows]
+
+    async def expire(self) -> int:
+        """Delete raw messages past their retention; the WAL is truncated so their bytes go too."""
+        return await self._run(self._expire)
+
+    def _expire(self) -> int:
+        count = self._conn.execute("DELETE FROM inbound WHERE expires < ?", (time.time(),)).rowcount
+        if count:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return count
+
+    def close(self) -> None:
+        self._executor.submit(self._conn.close).result()
+        self._executor.shutdown()

@@ -1,0 +1,80 @@
+"""Starting the inbound roles in a worker: the port-25 listener and the one-click http endpoint."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+
+from aiohttp import web
+
+from inbound.actions import Actions
+from inbound.http import make_app
+from inbound.mailbox import Mailbox
+from inbound.server import InboundHandler, protocol_factory
+from policy.keys import server_ssl_context
+from policy.settings import Listen, Settings
+from policy.store import Store
+from policy.tokens import TokenKeys
+
+Bind = Callable[[Listen], socket.socket]
+EXPIRE_EVERY = 3600.0
+
+
+class InboundService:
+    def __init__(self, handler: InboundHandler, servers: list[asyncio.AbstractServer], store: Store,
+                 housekeeping: asyncio.Task):
+        self.handler, self.servers, self.store, self.housekeeping = handler, servers, store, housekeeping
+        self.ports = [s.sockets[0].getsockname()[1] for s in servers]
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.housekeeping
+        await self.handler.drain()
+        self.handler.mailbox.close()
+        self.store.close()
+
+
+async def start_inbound(settings: Settings, index: int, bind: Bind) -> InboundService:
+    # the actions run in a worker thread (DKIM checks may wait on DNS): they get a connection of their own
+    store = Store(settings.store_path, other_thread=True)
+    mailbox = Mailbox(settings.data_dir / "inbound" / f"{settings.node.name}.sqlite", settings.inbound.retention)
+    handler = InboundHandler(settings, mailbox, Actions(store, TokenKeys.load(store, settings.tokens.secret_file)))
+    tls = server_ssl_context(settings.tls_cert, settings.tls_key)
+    loop = asyncio.get_running_loop()
+    factory = protocol_factory(handler, tls, settings.node.workers)
+    servers = [await loop.create_server(factory, sock=bind(address)) for address in settings.inbound.listen]
+    return InboundService(handler, servers, store, asyncio.create_task(_housekeeping(handler, index)))
+
+
+async def _housekeeping(handler: InboundHandler, index: int) -> None:
+    """Worker 0 processes what a crash left unprocessed, and every worker expires old raw messages."""
+    if index == 0:
+        await handler.recover()
+    while True:
+        await handler.mailbox.expire()
+        await asyncio.sleep(EXPIRE_EVERY)
+
+
+class HttpService:
+    def __init__(self, runner: web.AppRunner, store: Store, ports: list[int]):
+        self.runner, self.store, self.ports = runner, store, ports
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        self.store.close()
+
+
+async def start_http(settings: Settings, index: int, bind: Bind) -> HttpService:
+    store = Store(settings.store_path)
+    runner = web.AppRunner(make_app(store, TokenKeys.load(store, settings.tokens.secret_file)), access_log=None)
+    await runner.setup()
+    ports = []
+    for address in settings.http.listen:
+        sock = bind(address)
+        await web.SockSite(runner, sock).start()
+        ports.append(sock.getsockname()[1])
+    return HttpService(runner, store, ports)

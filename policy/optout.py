@@ -1,0 +1,42 @@
+"""Opting out: turning a token (from a reply or a one-click POST) into a tenant-scoped suppression.
+
+The token decides who is suppressed for whom, not the From of a reply, which may differ (forwarding,
+aliases). Forged, altered or expired tokens suppress nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policy import sent, suppression, tenants
+from policy.store import Store
+from policy.tokens import TokenKeys
+
+
+@dataclass(frozen=True)
+class Subscription:
+    tenant: str
+    sender: str          # what the recipient knows the tenant as: its display name, else its id
+    recipient: str
+    opted_out: bool      # the recipient no longer gets this tenant's mail
+
+
+def lookup(store: Store, keys: TokenKeys, token: str) -> Subscription | None:
+    """The copy a token stands for; None for a token we did not issue or no longer know."""
+    if not keys.verify(token):
+        return None
+    copy = sent.lookup(store, token)
+    if copy is None:
+        return None
+    tenant = tenants.get(store, copy.tenant)
+    sender = (tenant.name if tenant and tenant.name else copy.tenant)
+    opted_out = suppression.find(store, copy.tenant, copy.recipient) is not None
+    return Subscription(copy.tenant, sender, copy.recipient, opted_out)
+
+
+def by_token(store: Store, keys: TokenKeys, token: str, source: str) -> Subscription | None:
+    """Suppress the token's recipient for the token's tenant (idempotent); None for an unknown token."""
+    found = lookup(store, keys, token)
+    if found is None:
+        return None
+    suppression.add(store, found.recipient, found.tenant, "unsubscribe", source=source)
+    return Subscription(found.tenant, found.sender, found.recipient, True)

@@ -1,0 +1,187 @@
+"""The inbound listener end to end: a delivered copy's unsubscribe address, replied to over real SMTP."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import smtplib
+import sqlite3
+import time
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from inbound.actions import Actions
+from inbound.classify import classify
+from policy import suppression
+from policy.keys import dkim_public_value, new_dkim_pem
+from policy.tokens import TokenKeys
+from tests.conftest import PASSWORD, RunningRelay, run_cli
+from tests.test_delivery import submit, wait_states
+
+ROLES = ("submission", "delivery", "inbound")
+
+
+@pytest.fixture
+def relay(relay_factory, sink):
+    relay = relay_factory(roles=ROLES, delivery={"routes": {"example.net": ("127.0.0.1", sink.port)}},
+                          max_recipients=100)
+    relay.add_tenant()
+    relay.add_tenant("other", username="app2")
+    return relay
+
+
+def inbound(relay) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", relay.ports["inbound"][0], timeout=10)
+    client.ehlo("mx.recipient.example")
+    return client
+
+
+def mailbox_rows(relay, timeout: float = 10.0) -> list[tuple]:
+    path = relay.settings.data_dir / "inbound" / "test.sqlite"
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(path) as conn:
+            rows = conn.execute("SELECT kind, evidence, action, processed FROM inbound ORDER BY received").fetchall()
+        if (rows and all(r[3] for r in rows)) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+def delivered_token(relay, sink, recipient="you@example.net") -> str:
+    wait_states(relay, submit(relay, (recipient,)), {"delivered"})
+    data = [d for _, rcpts, d in sink.received if rcpts == [recipient]][-1]
+    return re.search(rb"<mailto:unsubscribe\+([a-z2-7]+)@websofttt\.com\?subject=unsubscribe>", data).group(1).decode()
+
+
+def reply(to: str, subject: str = "Re: hello", extra: str = "", body: str = "Please stop.\r\n",
+          sender: str = "you@example.net") -> bytes:
+    return (f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <r{time.time()}@example.net>\r\n"
+            f"{extra}\r\n{body}").encode()
+
+
+def rcpt_reply(relay, tenant_user: str, recipient: str) -> tuple[int, bytes]:
+    client = relay.connect(login=(tenant_user, PASSWORD))
+    client.mail("app@example.com")
+    return client.rcpt(recipient)
+
+
+def test_reply_to_the_unsubscribe_address_stops_that_tenant_only(relay, sink):
+    token = delivered_token(relay, sink)
+    address = f"unsubscribe+{token.upper()}@websofttt.com"            # case changed on the way: still valid
+    assert inbound(relay).sendmail("you@example.net", [address], reply(address)) == {}
+    (kind, _, action, _), = mailbox_rows(relay)
+    assert (kind, action) == ("unsubscribe", "unsubscribed y***@example.net from tenant acme")
+    code, text = rcpt_reply(relay, "app1", "you@example.net")
+    assert (code, text) == (550, b"5.7.1 Recipient <you@example.net> has unsubscribed from this sender")
+    assert rcpt_reply(relay, "app2", "you@example.net")[0] == 250       # another tenant is unaffected
+
+
+def test_tampered_token_suppresses_nothing(relay, sink):
+    token = delivered_token(relay, sink)
+    forged = token[:-1] + ("a" if token[-1] != "a" else "b")
+    address = f"unsubscribe+{forged}@websofttt.com"
+    inbound(relay).sendmail("you@example.net", [address], reply(address))
+    (kind, _, action, _), = mailbox_rows(relay)
+    assert kind == "unsubscribe" and action.startswith("token rejected")
+    assert suppression.find(relay.store, "acme", "you@example.net") is None
+
+
+def test_auto_reply_to_the_unsubscribe_address_is_not_an_unsubscribe(relay, sink):
+    token = delivered_token(relay, sink)
+    address = f"unsubscribe+{token}@websofttt.com"
+    inbound(relay).sendmail("you@example.net", [address],
+                            reply(address, "Automatic reply: hello", "Auto-Submitted: auto-replied\r\n"))
+    (kind, _, action, _), = mailbox_rows(relay)
+    assert (kind, action) == ("auto_reply", "recorded")
+    assert suppression.find(relay.store, "acme", "you@example.net") is None
+
+
+def test_plain_unsubscribe_address_matched_by_in_reply_to(relay, sink):
+    wait_states(relay, submit(relay, ("you@example.net",), extra="Message-ID: <campaign-1@example.com>\r\n"),
+                {"delivered"})
+    inbound(relay).sendmail("you@example.net", ["unsubscribe@websofttt.com"],
+                            reply("unsubscribe@websofttt.com", extra="In-Reply-To: <campaign-1@example.com>\r\n"))
+    (kind, _, action, _), = mailbox_rows(relay)
+    assert action == "unsubscribed y***@example.net from tenant acme (In-Reply-To)"
+
+
+def test_plain_unsubscribe_needs_a_dkim_verified_from(relay, sink):
+    delivered_token(relay, sink)
+    unsigned = reply("unsubscribe@websofttt.com")
+    inbound(relay).sendmail("you@example.net", ["unsubscribe@websofttt.com"], unsigned)
+    assert mailbox_rows(relay)[0][2] == "unverified (no valid DKIM signature for the From domain), not acted on"
+    assert suppression.find(relay.store, "acme", "you@example.net") is None
+
+
+def test_plain_unsubscribe_with_verified_dkim_suppresses_for_tenants_that_mailed(relay_factory, sink):
+    pem = new_dkim_pem()
+    signed = reply("unsubscribe@websofttt.com")
+    signed = dkim.sign(signed, b"k1", b"example.net", pem, include_headers=[b"from", b"to", b"subject"]) + signed
+    relay = relay_factory(roles=("submission", "delivery"),
+                          delivery={"routes": {"example.net": ("127.0.0.1", sink.port)}})
+    relay.add_tenant()
+    delivered_token(relay, sink)
+    public = dkim_public_value(load_pem_private_key(pem, None)).encode()
+    actions = Actions(relay.store, TokenKeys.load(relay.store, None),
+                      dnsfunc=lambda name, timeout=5: b"v=DKIM1; k=rsa; p=" + public)
+    found = classify(signed, ["unsubscribe"], [None])
+    action = actions.act("x1", signed, [], found)
+    assert action == "unsubscribed y***@example.net from tenants acme (DKIM-verified From)"
+    assert suppression.find(relay.store, "acme", "you@example.net").cause == "unsubscribe"
+
+
+@pytest.mark.parametrize("rcpt,expected", [
+    ("someone@example.org", "550 5.7.1"),
+    ("nobody@websofttt.com", "550 5.1.1"),
+    ("unsubscribe%evil.example@websofttt.com", "550 5.7.1"),
+    ("evil.example!unsubscribe@websofttt.com", "550 5.7.1"),
+    ("unsubscribe@[127.0.0.1]", "550 5.7.1"),
+    ("unsubscribe@websofttt.com.evil.example", "550 5.7.1"),
+])
+def test_relay_tricks_are_refused(relay, rcpt, expected):
+    client = inbound(relay)
+    client.mail("x@example.org")
+    code, text = client.rcpt(rcpt)
+    assert f"{code} {text.decode()}".startswith(expected)
+
+
+def test_no_auth_is_offered_and_starttls_is(relay):
+    client = inbound(relay)
+    assert client.has_extn("starttls") and not client.has_extn("auth")
+    assert client.docmd("AUTH", "PLAIN AGFAYg==")[0] == 502
+
+
+def test_connections_per_address_are_limited(relay_factory, sink):
+    relay = relay_factory(roles=("inbound",))
+    relay.stop()
+    settings = dataclasses.replace(relay.settings, inbound=dataclasses.replace(
+        relay.settings.inbound, max_connections_per_ip=2))
+    limited = RunningRelay(settings, ("inbound",))
+    try:
+        port = limited.ports["inbound"][0]
+        first, second = (smtplib.SMTP("127.0.0.1", port, timeout=5) for _ in range(2))
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", port, timeout=5)
+        assert refused.value.smtp_code == 421
+        first.quit()
+        time.sleep(0.2)
+        smtplib.SMTP("127.0.0.1", port, timeout=5).quit()          # a slot is free again
+        second.quit()
+    finally:
+        limited.stop()
+
+
+def test_inbound_classify_cli_has_no_side_effects(relay, sink, tmp_path):
+    token = delivered_token(relay, sink)
+    eml = tmp_path / "reply.eml"
+    eml.write_bytes(reply(f"unsubscribe+{token}@websofttt.com"))
+    config = tmp_path / "websofttt.toml"
+    config.write_text(f'[paths]\ndata_dir = "{relay.settings.data_dir}"\n')
+    out = run_cli("inbound", "classify", str(eml), "--json", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    assert row | {"evidence": None} == {"kind": "unsubscribe", "permanent": None, "recipients": [],
+                                        "tenant": "acme", "reason": None, "evidence": None, "file": str(eml)}
+    assert suppression.find(relay.store, "acme", "you@example.net") is None
