@@ -212,14 +212,18 @@ def _fields(msg: Message) -> Fields:
 
 
 def _str(value) -> str:
-    """Text of a raw header value: the parser keeps non-ASCII bytes as surrogate escapes."""
+    """Text of a raw value: the parser keeps 8-bit bytes as surrogate escapes (UTF-8, else Windows-1252)."""
     text = value if isinstance(value, str) else str(value)
     if text.isascii():
         return text
     try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:                  # a surrogate that is not an escaped byte
+        data = text.encode("utf-8", "replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
 
 
 def _text(part: Message) -> str:

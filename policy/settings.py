@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG_NAME = "websofttt.toml"
+ROLES = ("submission", "delivery", "inbound", "http")     # what `serve --only` may name
 ENV_CONFIG = "WEBSOFTTT_CONFIG"
 
 

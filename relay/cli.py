@@ -11,22 +11,26 @@ from pathlib import Path
 
 import click
 
-from inbound import offline as inbound_offline
-from inbound import service as inbound_service
 from policy import dkimkeys, tenants
 from policy.audit import ReasonRequired
 from policy.keys import KeyMaterialError, check_tls_files, generate_dkim_key, generate_tls_cert
-from policy.settings import ConfigError, Settings
+from policy.settings import ROLES, ConfigError, Settings
 from policy.suppression import SuppressionError
 from policy.tenants import TenantError
 from policy.tokens import TokenError, TokenKeys, ensure_secret
 from relay import cli_records
-from relay import serve as serve_mod
-from relay.cli_common import emit, json_option, open_store, with_settings
+from relay.cli_common import ServeError, emit, json_option, open_store, with_settings
 from relay.cli_records import provider_dkim_records
 from relay.signing import provider_keys
 
-STARTERS = {"inbound": inbound_service.start_inbound, "http": inbound_service.start_http}
+
+
+def starters() -> dict:
+    """The roles that live in inbound/, wired here (the composition root); imported only to serve."""
+    from inbound import service
+    return {"inbound": service.start_inbound, "http": service.start_http}
+
+
 USER_ERRORS = (ConfigError, TokenError, TenantError, SuppressionError, ReasonRequired, KeyMaterialError)
 
 
@@ -82,7 +86,7 @@ def dns_records(settings: Settings) -> list[str]:
 
 
 @cli.command()
-@click.option("--only", "role", type=click.Choice(serve_mod.ROLES), default=None,
+@click.option("--only", "role", type=click.Choice(ROLES), default=None,
               help="Run one role only (default: all).")
 @with_settings
 def serve(settings: Settings, role: str | None) -> None:
@@ -94,9 +98,10 @@ def serve(settings: Settings, role: str | None) -> None:
     """
     check_tls_files(settings.tls_cert, settings.tls_key)
     provider_keys(settings)
+    from relay import serve as serve_mod     # the servers' imports cost a second: only `serve` pays for them
     serve_mod.smarthost_auth(settings)
     serve_mod.setup_logging()
-    sys.exit(serve_mod.serve(settings, (role,) if role else serve_mod.ROLES, STARTERS))
+    sys.exit(serve_mod.serve(settings, (role,) if role else ROLES, starters()))
 
 
 # ---- tenants
@@ -247,6 +252,7 @@ def inbound_classify(settings, files, as_json) -> None:
     """
     store = open_store(settings)
     keys = TokenKeys.load(store, settings.tokens.secret_file)
+    from inbound import offline as inbound_offline
     rows = [inbound_offline.describe(Path(f).read_bytes(), settings.provider, store, keys, f) for f in files]
     emit(rows, as_json, lambda items: [f"{r['file']}: {r['kind']} ({r['evidence']})"
                                        + (f" tenant={r['tenant']}" if r["tenant"] else "") for r in items])
@@ -271,6 +277,6 @@ def main() -> None:
     except USER_ERRORS as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except (sqlite3.Error, OSError, serve_mod.ServeError) as e:
+    except (sqlite3.Error, OSError, ServeError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

@@ -10,6 +10,10 @@ from policy.settings import Settings, find_config, load_settings
 from policy.store import Store
 
 
+class ServeError(Exception):
+    """The node cannot start (a listener cannot be bound, another serve runs); exit status 1."""
+
+
 def with_settings(f):
     """Adds --config to a command and passes the loaded Settings as its first argument."""
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,

@@ -23,6 +23,7 @@ import dns.asyncresolver
 
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
+from relay.cli_common import ServeError
 from policy.store import Store
 from policy.tokens import TokenKeys
 from relay.delivery import DeliveryLoop
@@ -34,17 +35,12 @@ from relay.submission import Sessions, SubmissionHandler, protocol_factory
 
 log = logging.getLogger("websofttt.serve")
 
-ROLES = ("submission", "delivery", "inbound", "http")
 
 
 def setup_logging() -> None:
     """One line per event on stderr (journald adds the time); aiosmtpd's own log names addresses, so it is muted."""
     logging.basicConfig(level=logging.INFO, format="%(processName)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.ERROR)
-
-
-class ServeError(Exception):
-    """The node cannot start (a listener cannot be bound); exit status 1."""
 
 
 def bind(address: Listen) -> socket.socket:

@@ -22,7 +22,7 @@ from policy.keys import generate_dkim_key, generate_tls_cert
 from policy.settings import Node, Paths, Settings, Submission, load_settings
 from policy.store import Store
 from policy.tokens import ensure_secret
-from relay.cli import STARTERS
+from relay.cli import starters
 from relay.serve import worker_main
 
 PASSWORD = "correct horse battery"
@@ -67,7 +67,7 @@ class RunningRelay:
         self._stop = asyncio.Event()
         started = self._loop.create_future()
         task = asyncio.create_task(worker_main(self.settings, 0, self.roles, self._stop, started, self.resolver,
-                                               STARTERS))
+                                               starters()))
         self.ports = await started
         self.port, self.tls_port = self.ports["submission"] if "submission" in self.roles else (None, None)
         self._ready.set()

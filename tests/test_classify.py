@@ -173,6 +173,8 @@ def dsn_message(*blocks: str, subject: str = "Delivery Status Notification") -> 
       "Final-Recipient: rfc822; b@x.example\nAction: failed\nStatus: 5.2.1"], True, "delayed 4.2.2, failed 5.2.1"),
     (["Final-Recipient: rfc822; a@x.example\nAction: failed\nDiagnostic-Code: smtp; 550 5.1.1 no such user"],
      True, "failed"),
+    (["Final-Recipient: rfc822; a@x.example\nAction: failed\nDiagnostic-Code: smtp; 452 4.2.2 mailbox full"],
+     False, "failed"),
 ])
 def test_dsn_actions_and_status(blocks, permanent, summary):
     got = classify(dsn_message(*blocks), ["bounce"], [None])
@@ -214,6 +216,14 @@ def test_non_standard_bounce_permanence(subject, body, permanent):
     raw = f"From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\nSubject: {subject}\n\n{body}\n".encode()
     got = classify(raw, ["unsubscribe"], [None])
     assert (got.kind, got.permanent) == ("bounce", permanent)
+
+
+def test_null_return_path_marks_a_bounce():
+    raw = (b"Return-Path: <>\nFrom: Mail System <noreply@mx.example.net>\n"
+           b"Subject: Undelivered Mail Returned to Sender\n\n<a@x.example>: host said: 550 5.1.1 unknown\n")
+    got = classify(raw, ["unsubscribe"], [None])
+    assert (got.kind, got.permanent) == ("bounce", True)
+    assert got.evidence.startswith("non-standard bounce: null Return-Path")
 
 
 def test_bounce_subject_from_a_person_is_not_a_bounce():
@@ -311,7 +321,8 @@ def test_roles(roles, kind):
 def well_formed(got: Classification) -> bool:
     return (isinstance(got, Classification) and got.kind in KINDS and not got.evidence.startswith("unclassifiable")
             and got.permanent in (None, True, False) and all(TOKEN_RE.fullmatch(t) for t in got.tokens)
-            and all("@" in r for r in got.recipients) and "\n" not in got.evidence)
+            and all("@" in r for r in got.recipients) and "\n" not in got.evidence
+            and bool(got.evidence.encode("utf-8")) and all(r.encode("utf-8") for r in got.recipients))
 
 
 @settings(max_examples=300, deadline=None)
@@ -353,7 +364,7 @@ def test_bad_charsets(charset):
 def test_eight_bit_headers():
     raw = b"From: M\xfcller <m@example.de>\nSubject: Abwesenheitsnotiz \xe4\xf6\xfc\n\n\xff\n"
     got = classify(raw, ["unsubscribe"], [None])
-    assert got.kind == "auto_reply" and got.evidence.startswith("Subject: Abwesenheitsnotiz")
+    assert (got.kind, got.evidence) == ("auto_reply", "Subject: Abwesenheitsnotiz äöü")
 
 
 def test_deeply_nested_multiparts_are_bounded():

@@ -7,6 +7,7 @@ import re
 import smtplib
 import sqlite3
 import time
+import urllib.request
 
 import dkim
 import pytest
@@ -38,7 +39,7 @@ def inbound(relay) -> smtplib.SMTP:
     return client
 
 
-def mailbox_rows(relay, timeout: float = 10.0) -> list[tuple]:
+def mailbox_rows(relay, timeout: float = 20.0) -> list[tuple]:
     path = relay.settings.data_dir / "inbound" / "test.sqlite"
     deadline = time.monotonic() + timeout
     while True:
@@ -185,3 +186,22 @@ def test_inbound_classify_cli_has_no_side_effects(relay, sink, tmp_path):
     assert row | {"evidence": None} == {"kind": "unsubscribe", "permanent": None, "recipients": [],
                                         "tenant": "acme", "reason": None, "evidence": None, "file": str(eml)}
     assert suppression.find(relay.store, "acme", "you@example.net") is None
+
+
+def test_one_click_link_from_a_delivered_copy(relay_factory, sink):
+    relay = relay_factory(roles=("submission", "delivery", "http"),
+                          delivery={"routes": {"example.net": ("127.0.0.1", sink.port)}})
+    relay.add_tenant()
+    token = delivered_token(relay, sink)
+    data = sink.received[-1][2]
+    assert f"<http://127.0.0.1:8080/u/{token}>".encode() in data          # http.public_url as configured
+    url = f"http://127.0.0.1:{relay.ports['http'][0]}/u/{token}"
+    with urllib.request.urlopen(url, timeout=5) as page:                    # a GET (link scanner) changes nothing
+        assert page.status == 200
+    assert suppression.find(relay.store, "acme", "you@example.net") is None
+    request = urllib.request.Request(url, data=b"List-Unsubscribe=One-Click", method="POST",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(request, timeout=5) as done:               # what Gmail and Yahoo send (RFC 8058)
+        assert done.status == 200
+    assert suppression.find(relay.store, "acme", "you@example.net").cause == "unsubscribe"
+    assert rcpt_reply(relay, "app1", "you@example.net")[0] == 550

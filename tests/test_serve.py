@@ -24,7 +24,8 @@ def node(tmp_path):
     port, closed = free_port(), free_port()       # nothing listens on `closed`: deliveries stay deferred
     (tmp_path / "websofttt.toml").write_text(
         f'[node]\nname = "n1"\nworkers = 2\n[submission]\nlisten = ["127.0.0.1:{port}"]\nshutdown_grace = "5s"\n'
-        f'[delivery]\nroutes = {{ "example.net" = "127.0.0.1:{closed}" }}\n')
+        f'[delivery]\nroutes = {{ "example.net" = "127.0.0.1:{closed}" }}\n'
+        f'[inbound]\nlisten = ["127.0.0.1:{free_port()}"]\n[http]\nlisten = ["127.0.0.1:{free_port()}"]\n')
     for args in (["init"], ["tenant", "add", "acme", "--allow-from", "example.com"],
                  ["tenant", "accept-terms", "acme"]):
         assert run_cli(*args, cwd=tmp_path).returncode == 0
