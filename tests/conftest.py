@@ -29,14 +29,17 @@ PASSWORD = "correct horse battery"
 WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")
 
 
-def make_settings(data_dir: Path, delivery: dict | None = None, dkim: dict | None = None, **submission) -> Settings:
-    """Defaults with listeners on ephemeral ports, and `submission` / `delivery` / `dkim` overrides."""
+def make_settings(data_dir: Path, delivery: dict | None = None, dkim: dict | None = None, http: dict | None = None,
+                  **submission) -> Settings:
+    """Defaults with listeners on ephemeral ports, and `submission` / `delivery` / `dkim` / `http` overrides."""
     base = load_settings(None)
     sub = dataclasses.replace(Submission(listen=(("127.0.0.1", 0),), tls_listen=(("127.0.0.1", 0),),
                                          trust_cache_ttl=0, shutdown_grace=2), **submission)
     return dataclasses.replace(base, paths=Paths(data_dir), submission=sub, node=Node("test", 1),
                                delivery=dataclasses.replace(base.delivery, **(delivery or {})),
-                               dkim=dataclasses.replace(base.dkim, **(dkim or {})))
+                               dkim=dataclasses.replace(base.dkim, **(dkim or {})),
+                               http=dataclasses.replace(base.http, **({"listen": (("127.0.0.1", 0),)} | (http or {}))),
+                               inbound=dataclasses.replace(base.inbound, listen=(("127.0.0.1", 0),)))
 
 
 def prepare(settings: Settings) -> None:
@@ -95,8 +98,8 @@ class RunningRelay:
         return client
 
     def add_tenant(self, tenant_id: str = "acme", *, terms: bool = True, networks: tuple[str, ...] = (),
-                   rate: str | None = None, username: str | None = "app1") -> None:
-        tenants.add(self.store, tenant_id, ["example.com"], list(networks), rate)
+                   rate: str | None = None, username: str | None = "app1", name: str | None = None) -> None:
+        tenants.add(self.store, tenant_id, ["example.com"], list(networks), rate, name)
         if terms:
             tenants.accept_terms(self.store, tenant_id, self.settings.provider.terms_version)
         if username:
@@ -114,8 +117,8 @@ def relay_factory(tmp_path):
     running: list[RunningRelay] = []
 
     def start(roles: tuple[str, ...] = ("submission",), delivery: dict | None = None, dkim: dict | None = None,
-              resolver=None, **submission) -> RunningRelay:
-        settings = make_settings(tmp_path / "var", delivery, dkim, **submission)
+              resolver=None, http: dict | None = None, **submission) -> RunningRelay:
+        settings = make_settings(tmp_path / "var", delivery, dkim, http, **submission)
         prepare(settings)
         relay = RunningRelay(settings, roles, resolver)
         running.append(relay)

@@ -4,19 +4,16 @@ Uses Debian's chromium and chromedriver (`.ci/run` installs them); skipped with 
 """
 from __future__ import annotations
 
-import asyncio
+import re
 import shutil
 import struct
-import threading
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from inbound.http import make_app
-from policy import sent, suppression, tenants
-from policy.store import Store
-from policy.tokens import TokenKeys, ensure_secret
+from policy import suppression
+from tests.conftest import free_port
+from tests.test_delivery import submit, wait_states
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
@@ -30,47 +27,17 @@ RECIPIENT, MASKED = "jane@example.net", "j***@example.net"
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
 
 
-class Server:
-    """The HTTP app on 127.0.0.1:<ephemeral> in its own thread, with its own store connection."""
-
-    def __init__(self, db: Path):
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main(db)), daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "http app did not start"
-
-    async def _main(self, db: Path) -> None:
-        store = Store(db)                      # sqlite connections must not cross threads
-        runner = web.AppRunner(make_app(store, TokenKeys.load(store, None)))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.url = "http://127.0.0.1:%d" % runner.addresses[0][1]
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
-            store.close()
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-
 @pytest.fixture
-def setup(tmp_path: Path):
-    db = tmp_path / "store.sqlite"
-    store = Store(db)
-    store.migrate()
-    ensure_secret(store, None)
-    tenants.add(store, "acme", ["example.com"], [], None, name="Acme Inc.")
-    token = TokenKeys.load(store, None).issue()
-    sent.record(store, token, "acme", RECIPIENT, "<m@x>", "q1", 86400)
-    server = Server(db)
-    yield store, server.url, token
-    server.stop()
-    store.close()
+def setup(relay_factory, sink):
+    """A relay with the http role; the link comes from the List-Unsubscribe of a copy delivered to the sink."""
+    port = free_port()
+    relay = relay_factory(roles=("submission", "delivery", "http"),
+                          delivery={"routes": {"example.net": ("127.0.0.1", sink.port)}},
+                          http={"listen": (("127.0.0.1", port),), "public_url": f"http://127.0.0.1:{port}"})
+    relay.add_tenant(name="Acme Inc.")
+    wait_states(relay, submit(relay, (RECIPIENT,)), {"delivered"})
+    link = re.search(rb"<(http://127\.0\.0\.1:\d+/u/[a-z2-7]+)>", sink.received[0][2]).group(1).decode()
+    return relay.store, link
 
 
 @pytest.fixture
@@ -96,8 +63,8 @@ def png_width(path: Path) -> int:
 
 
 def test_unsubscribe_in_a_real_browser_at_phone_width(setup, browser, tmp_path):
-    store, url, token = setup
-    browser.get(f"{url}/u/{token}")
+    store, link = setup
+    browser.get(link)
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Acme Inc." in body and MASKED in body and RECIPIENT not in browser.page_source
     assert browser.execute_script("return document.documentElement.lang") == "en"
@@ -126,7 +93,7 @@ def test_unsubscribe_in_a_real_browser_at_phone_width(setup, browser, tmp_path):
     row = suppression.find(store, "acme", RECIPIENT)
     assert row is not None and (row.scope, row.cause, row.source) == ("acme", "unsubscribe", "one-click")
 
-    browser.get(f"{url}/u/{token}")
+    browser.get(link)
     again = browser.find_element(By.TAG_NAME, "body").text
     assert f"You are already unsubscribed from mail by Acme Inc. sent to {MASKED}." in again
     assert not browser.find_elements(By.TAG_NAME, "button")
