@@ -1,6 +1,7 @@
 """The inbound listener end to end: a delivered copy's unsubscribe address, replied to over real SMTP."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from inbound.actions import Actions
 from inbound.classify import classify
+from inbound.mailbox import Mailbox
 from policy import suppression
 from policy.keys import dkim_public_value, new_dkim_pem
 from policy.tokens import TokenKeys
@@ -205,3 +207,35 @@ def test_one_click_link_from_a_delivered_copy(relay_factory, sink):
         assert done.status == 200
     assert suppression.find(relay.store, "acme", "you@example.net").cause == "unsubscribe"
     assert rcpt_reply(relay, "app1", "you@example.net")[0] == 550
+
+
+def test_acknowledged_but_unprocessed_messages_are_processed_at_the_next_start(relay_factory, sink):
+    relay = relay_factory(roles=("submission", "delivery"),
+                          delivery={"routes": {"example.net": ("127.0.0.1", sink.port)}})
+    relay.add_tenant()
+    token = delivered_token(relay, sink)
+    relay.stop()
+    address = f"unsubscribe+{token}@websofttt.com"
+    mailbox = Mailbox(relay.settings.data_dir / "inbound" / "test.sqlite", 86400)
+
+    async def keep_only() -> None:                 # the process died right after its 250
+        await mailbox.keep("192.0.2.9", "you@example.net", [address], reply(address))
+    asyncio.run(keep_only())
+    mailbox.close()
+    restarted = RunningRelay(relay.settings, ("inbound",))
+    try:
+        (kind, _, action, processed), = mailbox_rows(restarted)
+        assert (kind, processed) == ("unsubscribe", 1) and action.startswith("unsubscribed y***@example.net")
+    finally:
+        restarted.stop()
+
+
+def test_raw_messages_are_deleted_after_the_retention(tmp_path):
+    mailbox = Mailbox(tmp_path / "inbound.sqlite", retention=-1)      # already past it
+
+    async def scenario() -> int:
+        await mailbox.keep("192.0.2.9", "a@example.net", ["abuse@websofttt.com"], b"Subject: x\r\n\r\nsecret-body\r\n")
+        return await mailbox.expire()
+    assert asyncio.run(scenario()) == 1
+    mailbox.close()
+    assert not any(b"secret-body" in p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
