@@ -134,6 +134,9 @@ class Policy:
     bounce_rate: float = 0.10
     ack_interval: float = 86400
     tenant_rate: Rate = Rate(10000, 3600)
+    soft_bounce_limit: int = 5             # soft bounces of one recipient ...
+    soft_bounce_window: float = 14 * 86400  # ... within this window, with no delivery in between ...
+    soft_bounce_suppression: float = 30 * 86400  # ... suppress it for the tenant this long
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                  "command_timeout": parse_duration, "data_timeout": parse_duration},
     "policy": {"complaint_rate": _fraction, "complaint_window": parse_duration,
                "complaint_min_volume": _count, "bounce_rate": _fraction,
-               "ack_interval": parse_duration, "tenant_rate": parse_rate},
+               "ack_interval": parse_duration, "tenant_rate": parse_rate, "soft_bounce_limit": _count,
+               "soft_bounce_window": parse_duration, "soft_bounce_suppression": parse_duration},
 }
 _SECTION_CLASSES = {"provider": Provider, "node": Node, "paths": Paths, "store": Store,
                     "submission": Submission, "inbound": Inbound, "http": Http, "tls": Tls, "dkim": Dkim,

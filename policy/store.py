@@ -67,6 +67,13 @@ def _sent_by_recipient(db: sqlite_utils.Database) -> None:
     db["sent"].create_index(["recipient"])
 
 
+def _bounce_events(db: sqlite_utils.Database) -> None:
+    db["bounces"].create({
+        "id": int, "time": str, "tenant": str, "recipient": str, "status": str, "class": str, "source": str,
+    }, pk="id", not_null={"time", "tenant", "recipient", "class"})
+    db["bounces"].create_index(["tenant", "time"])
+
+
 # Named migrations, applied in order; never edit one that has shipped, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial_schema", _initial_schema),
@@ -74,6 +81,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0003_tenant_dkim_keys", _tenant_dkim_keys),
     ("0004_tenant_names", _tenant_names),
     ("0005_sent_by_recipient", _sent_by_recipient),
+    ("0006_bounce_events", _bounce_events),
 ]
 
 

@@ -13,7 +13,7 @@ import re
 import time
 from calendar import timegm
 
-from policy import dkimkeys, sent, suppression
+from policy import bounces, dkimkeys, sent, suppression
 from policy.settings import Settings
 from policy.store import Store, utcnow
 from policy.tokens import TokenKeys
@@ -26,8 +26,6 @@ log = logging.getLogger("websofttt.delivery")
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.I | re.M)
 _CAMPAIGN = re.compile(r"[^A-Za-z0-9._-]")
-# 5.1.x is about the recipient's address (unknown mailbox, bad domain, null MX), except 5.1.7/5.1.8 (sender).
-_HARD = re.compile(r"^5\.1\.(?!7\b|8\b)\d+$")
 TENANT_KEY_TTL = 30.0         # seconds a loop caches a tenant domain's key (or its absence)
 CHECKPOINT_INTERVAL = 1.0     # seconds between WAL truncations while bodies are being erased
 
@@ -139,12 +137,12 @@ class DeliveryLoop:
     async def _record(self, due: Due, outcome: Outcome, token: str) -> None:
         """One place decides what an outcome means: delivered, bounced (and maybe suppressed), or retried."""
         if outcome.delivered:
+            bounces.delivered(self.store, due.tenant, due.recipient)
             return await self._finish(due, "delivered", outcome.reply, token)
         if not outcome.permanent:
             return await self._defer(due, outcome.reply, token)
-        if _HARD.match(outcome.status):
-            suppression.add(self.store, due.recipient, suppression.GLOBAL, "hard_bounce",
-                            source=f"delivery {due.queue_id}")
+        bounces.record(self.store, self.settings.policy, due.tenant, due.recipient, outcome.status, True, "",
+                       source=f"delivery {due.queue_id}")
         await self._finish(due, "failed", outcome.reply, token)
 
     async def _defer(self, due: Due, reply: str, token: str | None) -> None:
