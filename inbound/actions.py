@@ -17,7 +17,8 @@ import dkim
 
 from inbound.addresses import Role
 from inbound.classify import Classification
-from policy import optout, sent, suppression
+from policy import bounces, optout, sent, suppression
+from policy.settings import Policy
 from policy.store import Store
 from policy.tokens import TokenKeys
 
@@ -34,12 +35,14 @@ def mask(address: str) -> str:
 
 
 class Actions:
-    def __init__(self, store: Store, keys: TokenKeys, dnsfunc: DnsFunc | None = None):
-        self.store, self.keys = store, keys
+    def __init__(self, store: Store, keys: TokenKeys, dnsfunc: DnsFunc | None = None, rules: Policy = Policy()):
+        self.store, self.keys, self.rules = store, keys, rules
         self.dnsfunc = dnsfunc          # None: dkimpy's own DNS lookups; tests inject a resolver
 
     def act(self, inbound_id: str, raw: bytes, roles: list[Role], found: Classification) -> str:
         """The action taken, as recorded in the mailbox row."""
+        if found.kind == "bounce":
+            return self._bounce(roles, found, f"inbound {inbound_id}")
         if found.kind != "unsubscribe":
             return "recorded"
         tokens = [r.token for r in roles if r.kind == "unsubscribe" and r.token]
@@ -47,6 +50,31 @@ class Actions:
         if tokens:
             return "; ".join(self._by_token(token, source) for token in tokens)
         return self._by_reply(raw, found, source)
+
+    def _bounce(self, roles: list[Role], found: Classification, source: str) -> str:
+        """The VERP token names the copy (tenant and recipient) even when the report cannot be parsed;
+        without one, tokens in the returned headers or, for each failed address, a copy sent to it."""
+        if not found.failures:
+            return "delay warning or unparseable report: recorded, nothing suppressed"
+        tokens = [r.token for r in roles if r.kind == "bounce" and r.token] + list(found.tokens)
+        copies = [c for c in (sent.lookup(self.store, t) for t in tokens if self.keys.verify(t)) if c]
+        done = []
+        for failure in found.failures:
+            copy = self._copy_for(failure, copies)
+            if copy is None:
+                done.append(f"{mask(failure.recipient)}: no copy was sent there, not acted on")
+                continue
+            action = bounces.record(self.store, self.rules, copy.tenant, copy.recipient, failure.status,
+                                    failure.permanent, failure.reason, source)
+            done.append(f"{mask(copy.recipient)} ({copy.tenant}): {action}")
+        return "; ".join(done)
+
+    def _copy_for(self, failure, copies: list[sent.SentCopy]) -> sent.SentCopy | None:
+        """The copy a failure is about: the token's, else the latest copy sent to the failed address."""
+        if len(copies) == 1 or (copies and not failure.recipient):
+            return copies[0]
+        match = next((c for c in copies if c.recipient == failure.recipient), None)
+        return match or (sent.latest_to(self.store, failure.recipient) if failure.recipient else None)
 
     def _by_token(self, token: str, source: str) -> str:
         done = optout.by_token(self.store, self.keys, token, source)

@@ -4,11 +4,11 @@ garbage, broken MIME, bad charsets, deep nesting and huge messages give an answe
 
 Decision order, first match wins (DESIGN §3, §4):
 1. bounce: a delivery-status report (RFC 3464), or a null / mailer-daemon sender with a bounce Subject
-   (or sent to a bounce role address);
+   (or sent to a bounce role address, unless it is a null-sender auto-reply);
 2. complaint: an ARF feedback report (RFC 5965);
 3. auto_reply: RFC 3834 Auto-Submitted, Exchange/Lotus markers, Precedence, vacation Subjects, MDNs;
-4. by role address: bounce (unparseable, permanent None), unsubscribe, abuse -> human_complaint,
-   privacy -> privacy_request, anything else -> other.
+4. by role address: bounce (failed addresses with a status code near them, else unparseable: permanent
+   None), unsubscribe, abuse -> human_complaint, privacy -> privacy_request, anything else -> other.
 An auto-reply or bounce sent to an unsubscribe address is therefore never an unsubscribe, and a
 vacation reply sent to bounce+TOKEN@ (RFC 3834 replies go to the envelope sender) is an auto_reply.
 """
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Sequence
 
-from inbound import dsn
+from inbound import bounce_reason, dsn
+from inbound.bounce_reason import Failure
 from inbound.dsn import Fields
 
 KINDS = ("bounce", "complaint", "auto_reply", "unsubscribe", "human_complaint", "privacy_request", "other")
@@ -60,6 +61,7 @@ class Classification:
     recipients: tuple[str, ...]   # bounces: Final/Original-Recipient; complaints: Original-Rcpt-To
     tokens: tuple[str, ...]       # from role addresses, returned headers and ARF fields, in order found
     message_ids: tuple[str, ...]  # In-Reply-To and References ids, angle brackets kept
+    failures: tuple[Failure, ...] = ()   # bounces: one per failed copy (none for delays)
 
 
 @dataclass
@@ -99,29 +101,39 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
     ids = [i for name in ("in-reply-to", "references") for v in head.get(name, ()) for i in _MSGID.findall(v)]
     ids = tuple(dict.fromkeys(ids))[:MAX_IDS]
 
-    def result(kind: str, evidence: str, permanent: bool | None = None, recipients=()) -> Classification:
-        return Classification(kind, _CONTROL.sub(" ", evidence)[:160], permanent, tuple(recipients), tokens, ids)
+    def result(kind: str, evidence: str, permanent: bool | None = None, recipients=(), failures=()) -> Classification:
+        return Classification(kind, _CONTROL.sub(" ", evidence)[:160], permanent, tuple(recipients), tokens, ids,
+                              tuple(failures))
+
+    def bounce(evidence: str, what: str | None, need_code: bool = False) -> Classification | None:
+        """A bounce that is no RFC 3464 report: flufl.bounce and our detectors name the failed copies."""
+        listed = dsn.text_recipients(head.get("x-failed-recipients", ()), text)
+        failures, delays, recipients = bounce_reason.nonstandard(
+            msg, raw, listed, head, text, subject, what == "delay", dsn.looks_permanent(text), need_code)
+        if need_code and not failures:
+            return None
+        return result("bounce", evidence, bounce_reason.overall(failures, delays), recipients, failures)
 
     report = _report_type(msg)
     subject = _decode(_first(head, "subject"))
+    text = dsn.explanation("\n".join(parts.texts))
     # 1. bounce
     if report == "delivery-status" or parts.dsn:
-        where = "multipart/report; report-type=delivery-status" if report == "delivery-status" \
-            else "message/delivery-status part"
-        blocks = dsn.per_recipient(parts.dsn)
+        where = ("multipart/report; report-type=delivery-status" if report == "delivery-status"
+                 else "message/delivery-status part")
+        blocks = dsn.per_recipient(parts.dsn) or dsn.per_recipient(dsn.parse_fields(text))   # a lost boundary
         if blocks:
-            permanent, recipients, summary = dsn.summarize(blocks)
-            return result("bounce", f"{where} ({summary})", permanent, recipients)
-        text = dsn.explanation("\n".join(parts.texts))
-        return result("bounce", f"{where} (no per-recipient fields)", dsn.looks_permanent(text))
+            failures, delays, recipients, summary = dsn.summarize(blocks, text)
+            return result("bounce", f"{where} ({summary})", bounce_reason.overall(failures, delays), recipients,
+                          failures)
+        return bounce(f"{where} (no per-recipient fields)", None)
     arf = report == "feedback-report" or bool(parts.feedback)
     sender = dsn.daemon_sender(_first(head, "from"), _first(head, "return-path"))
     what = dsn.bounce_subject(subject)
-    if sender and (what or "bounce" in roles) and not arf:     # an ARF report from postmaster@ stays one
-        text = dsn.explanation("\n".join(parts.texts))
-        permanent = what != "delay" and dsn.looks_permanent(text)
-        recipients = dsn.text_recipients(head.get("x-failed-recipients", ()), text)
-        return result("bounce", f"non-standard bounce: {sender}, Subject: {subject}", permanent, recipients)
+    marker = _auto_reply(head, subject, report)
+    # An ARF report from postmaster@ stays one; RFC 3834 auto-replies come from the null sender too.
+    if sender and not arf and (what or ("bounce" in roles and not (marker and sender == "null Return-Path"))):
+        return bounce(f"non-standard bounce: {sender}, Subject: {subject}", what)
     # 2. ARF complaint
     if arf:
         feedback_type = next((v for b in parts.feedback for v in b.get("feedback-type", ())), "") or "unknown"
@@ -130,12 +142,12 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
         return result("complaint", f"feedback-report: Feedback-Type {feedback_type.lower()}",
                       None, list(recipients)[:dsn.MAX_RECIPIENTS])
     # 3. auto-reply
-    marker = _auto_reply(head, subject, report)
     if marker:
         return result("auto_reply", marker)
     # 4. by role address
-    if "bounce" in roles:
-        return result("bounce", _addressed("bounce", role_token.get("bounce")))
+    if "bounce" in roles:    # failed addresses with a status code near them (flufl.bounce), or unparseable
+        return bounce(f"failure report to the bounce address, Subject: {subject}", what, need_code=True) \
+            or result("bounce", _addressed("bounce", role_token.get("bounce")))
     if "unsubscribe" in roles:
         return result("unsubscribe", _addressed("unsubscribe", role_token.get("unsubscribe")))
     if "abuse" in roles:
@@ -180,7 +192,7 @@ def _walk(msg: Message) -> _Parts:
         elif isinstance(payload, list):
             if depth < MAX_DEPTH and not ctype.startswith("message/"):
                 stack.extend((p, depth + 1) for p in reversed(payload) if isinstance(p, Message))
-        elif ctype == "text/plain":
+        elif ctype == "text/plain" or ctype.startswith("multipart/"):     # a multipart whose boundary is lost
             text = _text(part)
             parts.texts.append(text)
             parts.headers.extend({m.group(1).lower(): [_FOLD.sub("", m.group(2))]} for m in _PASTED.finditer(text))

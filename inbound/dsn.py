@@ -8,6 +8,9 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from inbound import bounce_reason
+from inbound.bounce_reason import Failure
+
 Fields = dict[str, list[str]]
 
 MAX_RECIPIENTS = 100
@@ -32,7 +35,11 @@ _COPY_MARKER = re.compile(
 _PERMANENT = re.compile(
     r"(?<![\d.])5\.\d{1,3}\.\d{1,3}(?!\.?\d)|(?<![\d.])55[0-4](?!\d)|user unknown|unknown user|does not exist"
     r"|no such user|no mailbox here|mailbox unavailable|permanent error|address rejected", re.I)
-_QMAIL_RCPT = re.compile(r"^<([^<>\s@]+@[^<>\s@]+)>:[ \t]*$", re.M)
+# Lines that name a failed recipient: qmail `<a@b>:`, GMX/1&1 `"a@b":`, OpenSMTPD `a@b: 550 ...`,
+# Sendmail's transcript `550 <a@b>... User unknown`.
+_RCPT_LINE = re.compile(r'^(?:[<"]([^<>\s@"]+@[^<>\s@"]+)[>"]:[ \t]*$'
+                        r'|<?([^<>\s@":]+@[^<>\s@":]+)>?:[ \t]+[45]\d\d[ \t-]'
+                        r'|[45]\d\d(?:[ \t]+[45]\.\d{1,3}\.\d{1,3})?[ \t]+<([^<>\s@"]+@[^<>\s@"]+)>\.\.\.[ \t])', re.M)
 
 
 def parse_fields(text: str, max_blocks: int = 500) -> list[Fields]:
@@ -74,33 +81,49 @@ def per_recipient(blocks: Iterable[Fields]) -> list[Fields]:
     return [b for b in blocks if any(k in b for k in keys)]
 
 
-def summarize(blocks: Iterable[Fields]) -> tuple[bool | None, tuple[str, ...], str]:
-    """(permanent, failing recipients, e.g. "failed 5.1.1") from the per-recipient blocks of a DSN.
+def summarize(blocks: Iterable[Fields], text: str = "") -> tuple[list[Failure], int, tuple[str, ...], str]:
+    """(failures, delays, recipients, summary e.g. "failed 5.1.1") from the per-recipient blocks of a DSN.
 
-    Action delayed: not a failure (False). Action failed: permanent unless its status is 4.x.x.
-    A block without Action takes it from its status class. Delivered/relayed/expanded are ignored:
-    a DSN with nothing but those has permanent None.
+    Action failed: one Failure each (Original-Recipient, else Final-Recipient; its status from Status, or
+    the Diagnostic-Code's of the same class; permanent unless 4.x.x, a full mailbox or a 45x reply). With
+    no Diagnostic-Code, the lines of the human-readable part `text` that follow the recipient's mention.
+    Action delayed: counted, no Failure. A block without Action takes it from its status class.
+    Delivered/relayed/expanded are ignored. Recipients: the failed and delayed ones, both fields.
     """
-    permanent: bool | None = None
+    blocks = list(blocks)
+    everyone = [a for b in blocks for n in ("final-recipient", "original-recipient") for v in b.get(n, ())
+                if (a := address(v))]
+    failures: list[Failure] = []
+    delays = 0
     recipients: list[str] = []
     seen: list[str] = []
     for block in blocks:
         action = (block.get("action") or [""])[0].lower().split("(")[0].strip()
-        cls = status_class(block)
         if not action:
-            action = {"5": "failed", "4": "delayed"}.get(cls or "", "")
+            action = {"5": "failed", "4": "delayed"}.get(status_class(block) or "", "")
         if action not in ("failed", "delayed"):
             continue
-        permanent = bool(permanent) or (action == "failed" and cls != "4")
-        status = _STATUS.search(" ".join(block.get("status", ())))
-        seen.append(f"{action} {status.group(0)}" if status else action)
-        for name in ("final-recipient", "original-recipient"):
-            for value in block.get(name, ()):
-                rcpt = address(value)
-                if rcpt and rcpt not in recipients and len(recipients) < MAX_RECIPIENTS:
-                    recipients.append(rcpt)
+        code = _STATUS.search(" ".join(block.get("status", ())))
+        seen.append(f"{action} {code.group(0)}" if code else action)
+        final, original = ([a for v in block.get(n, ()) if (a := address(v))] for n in ("final-recipient",
+                                                                                      "original-recipient"))
+        for rcpt in final + original:
+            if rcpt not in recipients and len(recipients) < MAX_RECIPIENTS:
+                recipients.append(rcpt)
+        if action == "delayed":
+            delays += 1
+            continue
+        if len(failures) < MAX_RECIPIENTS:
+            rcpt = (original + final + [""])[0]
+            status_field = " ".join(block.get("status", ()))
+            diagnostic = " ".join(d.split(";", 1)[-1] for d in block.get("diagnostic-code", ()))
+            if not diagnostic and rcpt:          # the reply as the human-readable part quotes it (OpenSMTPD, ...)
+                diagnostic = bounce_reason.window(text, rcpt, everyone)
+            more = "" if diagnostic else f"{status_field}\n{'' if rcpt else text}"
+            status = bounce_reason.status_of(status_field, diagnostic)
+            failures.append(bounce_reason.failure(rcpt, status, diagnostic, True, more))
     summary = ", ".join(dict.fromkeys(seen)) if seen else "no failed or delayed recipient"
-    return permanent, tuple(recipients), summary
+    return failures, delays, tuple(recipients), summary
 
 
 def bounce_subject(subject: str) -> str | None:
@@ -132,9 +155,10 @@ def looks_permanent(text: str) -> bool:
 
 
 def text_recipients(failed_header: Iterable[str], text: str) -> tuple[str, ...]:
-    """X-Failed-Recipients (Exim) and qmail's `<address>:` lines."""
+    """X-Failed-Recipients (Exim) and the `<address>:` lines of qmail (`"address":` of GMX/1&1)."""
     found: list[str] = []
-    candidates = [a for v in failed_header for a in v.split(",")] + _QMAIL_RCPT.findall(text)
+    candidates = [a for v in failed_header for a in v.split(",")] + [next(filter(None, groups))
+                                                                     for groups in _RCPT_LINE.findall(text)]
     for value in candidates:
         rcpt = address(value)
         if rcpt and rcpt not in found and len(found) < MAX_RECIPIENTS:

@@ -30,10 +30,10 @@ def describe(raw: bytes, provider: Provider, store: Store, keys: TokenKeys, file
     """The DESIGN §4 fields; the store is only read, to tell which tenant a token points to."""
     roles = roles_from_headers(raw, provider)
     found = classify(raw, [r.kind for r in roles], [r.token for r in roles])
-    tenant = next((copy.tenant for copy in (sent.lookup(store, t) for t in found.tokens if keys.verify(t)) if copy),
-                  None)
-    reason = None
-    if found.kind == "bounce" and found.permanent is not None:
-        reason = "permanent failure" if found.permanent else "temporary failure or delay"
-    return {"kind": found.kind, "permanent": found.permanent, "recipients": list(found.recipients),
-            "tenant": tenant, "reason": reason, "evidence": found.evidence, "file": file}
+    copy = next((c for c in (sent.lookup(store, t) for t in found.tokens if keys.verify(t)) if c), None)
+    recipients = list(found.recipients)
+    if found.kind == "bounce" and copy is not None:
+        recipients = [copy.recipient]           # the token names the copy, whatever the report says
+    reason = found.failures[0].reason if found.failures else None
+    return {"kind": found.kind, "permanent": found.permanent, "recipients": recipients,
+            "tenant": copy.tenant if copy else None, "reason": reason, "evidence": found.evidence, "file": file}

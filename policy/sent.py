@@ -44,3 +44,10 @@ def tenants_that_mailed(store: Store, recipient: str) -> list[str]:
     rows = store.all("SELECT DISTINCT tenant FROM sent WHERE recipient = ? AND expires > ? ORDER BY tenant",
                      [recipient.lower(), utcnow()])
     return [r["tenant"] for r in rows]
+
+
+def latest_to(store: Store, recipient: str) -> SentCopy | None:
+    """The most recent copy to `recipient` within retention: the likeliest subject of a token-less bounce."""
+    row = store.one("SELECT * FROM sent WHERE recipient = ? AND expires > ? ORDER BY created DESC LIMIT 1",
+                    [recipient.lower(), utcnow()])
+    return SentCopy(**row) if row else None

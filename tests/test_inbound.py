@@ -239,3 +239,58 @@ def test_raw_messages_are_deleted_after_the_retention(tmp_path):
     assert asyncio.run(scenario()) == 1
     mailbox.close()
     assert not any(b"secret-body" in p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+
+
+def dsn(recipient: str, status: str, action: str = "failed", returned: bytes = b"") -> bytes:
+    """A Postfix-style RFC 3464 report."""
+    return (b"From: MAILER-DAEMON@mx.example.net (Mail Delivery System)\r\n"
+            b"To: whoever@websofttt.com\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n"
+            b"--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you...\r\n\r\n"
+            b"--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n"
+            + f"Final-Recipient: rfc822; {recipient}\r\nAction: {action}\r\nStatus: {status}\r\n"
+              f"Diagnostic-Code: smtp; 550 {status} no such user\r\n\r\n".encode()
+            + b"--B\r\nContent-Type: text/rfc822-headers\r\n\r\n" + returned + b"\r\n--B--\r\n")
+
+
+def verp_token(sink) -> str:
+    return re.fullmatch(r"bounce\+([a-z2-7]+)@bounces\.websofttt\.com", sink.received[-1][0]).group(1)
+
+
+def test_dsn_to_the_verp_address_suppresses_a_hard_bounce(relay, sink):
+    delivered_token(relay, sink, "gone@example.net")
+    address = f"bounce+{verp_token(sink)}@bounces.websofttt.com"
+    inbound(relay).sendmail("", [address], dsn("gone@example.net", "5.1.1"))
+    (kind, _, action, _), = mailbox_rows(relay)
+    assert (kind, action) == ("bounce", "g***@example.net (acme): hard bounce: suppressed globally")
+    assert suppression.find(relay.store, "other", "gone@example.net").cause == "hard_bounce"
+    code, text = rcpt_reply(relay, "app2", "gone@example.net")
+    assert (code, text) == (550, b"5.7.1 Recipient <gone@example.net> previously bounced")
+
+
+def test_soft_bounce_and_delay_warning_suppress_nothing(relay, sink):
+    delivered_token(relay, sink, "full@example.net")
+    address = f"bounce+{verp_token(sink)}@bounces.websofttt.com"
+    client = inbound(relay)
+    client.sendmail("", [address], dsn("full@example.net", "4.2.2"))
+    client.sendmail("", [address], dsn("full@example.net", "4.4.1", action="delayed"))
+    actions = sorted(row[2] for row in mailbox_rows(relay))
+    assert actions == ["delay warning or unparseable report: recorded, nothing suppressed",
+                       "f***@example.net (acme): soft bounce 1 of 5"]
+    assert suppression.find(relay.store, "acme", "full@example.net") is None
+
+
+def test_bounce_elsewhere_is_matched_through_the_returned_headers(relay, sink):
+    token = delivered_token(relay, sink, "lost@example.net")
+    returned = (f"Return-Path: <bounce+{verp_token(sink)}@bounces.websofttt.com>\r\n"
+                f"List-Unsubscribe: <mailto:unsubscribe+{token}@websofttt.com?subject=unsubscribe>\r\n").encode()
+    inbound(relay).sendmail("", ["abuse@websofttt.com"], dsn("lost@example.net", "5.1.1", returned=returned))
+    (kind, _, action, _), = mailbox_rows(relay)
+    assert kind == "bounce" and action == "l***@example.net (acme): hard bounce: suppressed globally"
+
+
+def test_forged_bounce_for_an_address_never_mailed_suppresses_nothing(relay):
+    inbound(relay).sendmail("", ["bounce@bounces.websofttt.com"], dsn("victim@example.org", "5.1.1"))
+    (kind, _, action, _), = mailbox_rows(relay)
+    assert (kind, action) == ("bounce", "v***@example.org: no copy was sent there, not acted on")
+    assert suppression.find(relay.store, "acme", "victim@example.org") is None
