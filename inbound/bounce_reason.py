@@ -2,8 +2,10 @@
 
 RFC 3464 reports are read field by field in `inbound/dsn`; for the other formats (Exim, qmail, Yahoo,
 Domino, old Exchange, ...) the failed addresses come from flufl.bounce (GNU Mailman's detectors) plus
-what it lacks here (Exim's X-Failed-Recipients, qmail's `<address>:` lines), and each address's status
-and diagnostic from the lines of the bounce's own text that follow its mention.
+what it lacks (Exim's X-Failed-Recipients and the recipient lines of qmail, GMX, OpenSMTPD, Sendmail in
+`inbound/dsn`; else the one address a bounce's explanation names), and each address's status and
+diagnostic from the lines of the bounce's own text that follow its mention. A bounce that names no
+address still gives one failure, with recipient "": the token of the bounce address names the copy.
 
 Permanence: 5.x.x permanent, 4.x.x not; a full mailbox (5.2.2, or said so) is soft whatever its class.
 Without an enhanced status: the basic reply code (55x / 45x), then what the text says. Reason: from the
@@ -48,8 +50,9 @@ _BY_STATUS = {"1.0": "mailbox_unknown", "1.1": "mailbox_unknown", "1.6": "mailbo
               "1.2": "domain_unknown", "1.10": "domain_unknown", "4.4": "domain_unknown",
               "2.2": "mailbox_full", "3.4": "message_too_large", "2.3": "message_too_large"}
 _BY_TEXT = [(reason, re.compile(pattern, re.I)) for reason, pattern in (
+    # a closed mailbox: not unknown, and no block of the sender
     ("other", r"account (?:is |has been )?(?:disabled|suspended|inactive|locked|deactivated|blocked)"
-              r"|mailbox (?:is )?(?:disabled|inactive|suspended)|temporar(?:il)?y locked"),  # a closed mailbox: no block
+              r"|mailbox (?:is )?(?:disabled|inactive|suspended)|temporar(?:il)?y locked"),
     ("domain_unknown", r"host or domain name not found|domain (?:name )?not found|host not found|host unknown"
                        r"|nxdomain|no such domain|domain (?:does not|doesn't) exist|unrouteable (?:address|mail domain)"
                        r"|name service error|null mx|no mx (?:record|host)|host name lookup failure"

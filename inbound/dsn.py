@@ -36,7 +36,7 @@ _PERMANENT = re.compile(
     r"(?<![\d.])5\.\d{1,3}\.\d{1,3}(?!\.?\d)|(?<![\d.])55[0-4](?!\d)|user unknown|unknown user|does not exist"
     r"|no such user|no mailbox here|mailbox unavailable|permanent error|address rejected", re.I)
 # Lines that name a failed recipient: qmail `<a@b>:`, GMX/1&1 `"a@b":`, OpenSMTPD `a@b: 550 ...`,
-# Sendmail's transcript `550 <a@b>... User unknown`.
+# Sendmail's transcript `550 5.1.1 <a@b>... User unknown`.
 _RCPT_LINE = re.compile(r'^(?:[<"]([^<>\s@"]+@[^<>\s@"]+)[>"]:[ \t]*$'
                         r'|<?([^<>\s@":]+@[^<>\s@":]+)>?:[ \t]+[45]\d\d[ \t-]'
                         r'|[45]\d\d(?:[ \t]+[45]\.\d{1,3}\.\d{1,3})?[ \t]+<([^<>\s@"]+@[^<>\s@"]+)>\.\.\.[ \t])', re.M)
@@ -155,10 +155,10 @@ def looks_permanent(text: str) -> bool:
 
 
 def text_recipients(failed_header: Iterable[str], text: str) -> tuple[str, ...]:
-    """X-Failed-Recipients (Exim) and the `<address>:` lines of qmail (`"address":` of GMX/1&1)."""
+    """X-Failed-Recipients (Exim) and the lines that name a failed recipient (qmail, GMX, OpenSMTPD, Sendmail)."""
     found: list[str] = []
-    candidates = [a for v in failed_header for a in v.split(",")] + [next(filter(None, groups))
-                                                                     for groups in _RCPT_LINE.findall(text)]
+    lines = [next(filter(None, groups)) for groups in _RCPT_LINE.findall(text)]
+    candidates = [a for v in failed_header for a in v.split(",")] + lines
     for value in candidates:
         rcpt = address(value)
         if rcpt and rcpt not in found and len(found) < MAX_RECIPIENTS:
