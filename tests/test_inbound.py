@@ -9,6 +9,7 @@ import smtplib
 import sqlite3
 import time
 import urllib.request
+from pathlib import Path
 
 import dkim
 import pytest
@@ -294,3 +295,16 @@ def test_forged_bounce_for_an_address_never_mailed_suppresses_nothing(relay):
     (kind, _, action, _), = mailbox_rows(relay)
     assert (kind, action) == ("bounce", "v***@example.org: no copy was sent there, not acted on")
     assert suppression.find(relay.store, "acme", "victim@example.org") is None
+
+
+def test_inbound_classify_cli_on_bounces(relay, tmp_path):
+    corpus = Path(__file__).parent / "data" / "bounces"
+    config = tmp_path / "websofttt.toml"
+    config.write_text(f'[paths]\ndata_dir = "{relay.settings.data_dir}"\n')
+    out = run_cli("inbound", "classify", str(corpus / "postfix_user_unknown.eml"),
+                  str(corpus / "postfix_mailbox_full.eml"), "--json", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    hard, full = json.loads(out.stdout)
+    assert (hard["kind"], hard["permanent"], hard["reason"], hard["recipients"]) == \
+        ("bounce", True, "mailbox_unknown", ["m.keller@example.org"])
+    assert (full["kind"], full["permanent"], full["reason"]) == ("bounce", False, "mailbox_full")
