@@ -19,6 +19,7 @@ from inbound.addresses import Role
 from inbound.classify import Classification
 from policy import bounces, optout, sent, suppression
 from policy.settings import Policy
+from policy.suppression import mask
 from policy.store import Store
 from policy.tokens import TokenKeys
 
@@ -26,12 +27,6 @@ log = logging.getLogger("websofttt.inbound")
 
 DnsFunc = Callable[..., bytes | None]
 _FROM = re.compile(rb"^From:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
-
-
-def mask(address: str) -> str:
-    """j***@example.com: enough to tell records apart, not enough to read the address off a log."""
-    local, _, domain = address.partition("@")
-    return f"{local[:1]}***@{domain}"
 
 
 class Actions:

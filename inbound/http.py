@@ -14,6 +14,7 @@ from aiohttp import web
 
 from policy import optout
 from policy.optout import Subscription
+from policy.suppression import mask
 from policy.store import Store
 from policy.tokens import TokenKeys
 
@@ -125,12 +126,6 @@ def choose_language(header: str | None) -> str:
 def token_of(request: web.Request) -> str:
     """Tokens are compared in lower case: mail systems may change the case (forged ones fail the MAC)."""
     return request.match_info["token"].lower()
-
-
-def mask(address: str) -> str:
-    """`jane@example.net` -> `j***@example.net`: enough to recognise, not enough to harvest."""
-    local, _, domain = address.rpartition("@")
-    return f"{local[:1]}***@{domain}"
 
 
 def _wants_html(request: web.Request) -> bool:

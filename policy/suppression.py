@@ -44,6 +44,12 @@ def normalise(address: str) -> str:
     return address.strip().strip("<>").lower()
 
 
+def mask(address: str) -> str:
+    """`jane@example.net` -> `j***@example.net`: enough to recognise, not enough to harvest or log."""
+    local, _, domain = address.rpartition("@")
+    return f"{local[:1]}***@{domain}"
+
+
 def add(store: Store, address: str, scope: str = GLOBAL, cause: str = "manual", source: str | None = None,
         expires: str | None = None) -> bool:
     """Suppress `address` in `scope`; True if it was new. An existing entry keeps its first cause."""

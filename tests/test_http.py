@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from inbound.http import choose_language, make_app, mask
+from inbound.http import choose_language, make_app
+from policy.suppression import mask
 from policy import sent, suppression, tenants
 from policy.store import Store
 from policy.tokens import TokenKeys, ensure_secret
