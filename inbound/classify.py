@@ -15,8 +15,6 @@ vacation reply sent to bounce+TOKEN@ (RFC 3834 replies go to the envelope sender
 from __future__ import annotations
 
 import email
-import email.errors
-import email.header
 import email.parser
 import email.policy
 import email.utils
@@ -25,7 +23,7 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Sequence
 
-from inbound import bounce_reason, dsn
+from inbound import bounce_reason, dsn, mime
 from inbound.bounce_reason import Failure
 from inbound.dsn import Fields
 
@@ -33,7 +31,6 @@ KINDS = ("bounce", "complaint", "auto_reply", "unsubscribe", "human_complaint", 
 MAX_BYTES = 1 << 20          # only the first MiB is looked at
 MAX_DEPTH = 20               # multipart nesting followed
 MAX_PARTS = 500              # parts visited
-MAX_TEXT = 256 * 1024        # bytes of one text part decoded
 MAX_BOUNDARIES = 100         # more: parse the header only (the stdlib parser is quadratic in nesting)
 MAX_IDS = 50
 
@@ -90,7 +87,7 @@ def classify(raw: bytes, role_kinds: Sequence[str], role_tokens: Sequence[str | 
 
 def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[str, str]) -> Classification:
     msg = _parse(raw)
-    head = _fields(msg)
+    head = mime.fields(msg)
     parts = _walk(msg)
     for fields in parts.headers:
         for name, values in fields.items():
@@ -115,7 +112,7 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
         return result("bounce", evidence, bounce_reason.overall(failures, delays), recipients, failures)
 
     report = _report_type(msg)
-    subject = _decode(_first(head, "subject"))
+    subject = mime.decode_words(mime.first(head, "subject"))
     text = dsn.explanation("\n".join(parts.texts))
     # 1. bounce
     if report == "delivery-status" or parts.dsn:
@@ -128,7 +125,7 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
                           failures)
         return bounce(f"{where} (no per-recipient fields)", None)
     arf = report == "feedback-report" or bool(parts.feedback)
-    sender = dsn.daemon_sender(_first(head, "from"), _first(head, "return-path"))
+    sender = dsn.daemon_sender(mime.first(head, "from"), mime.first(head, "return-path"))
     what = dsn.bounce_subject(subject)
     marker = _auto_reply(head, subject, report)
     # An ARF report from postmaster@ stays one; RFC 3834 auto-replies come from the null sender too.
@@ -186,14 +183,14 @@ def _walk(msg: Message) -> _Parts:
             parts.feedback.extend(blocks)
             parts.headers.extend(blocks)
         elif ctype in ("message/rfc822", "message/global"):
-            parts.headers.extend(_fields(p) for p in (payload or ())[:1] if isinstance(p, Message))
+            parts.headers.extend(mime.fields(p) for p in (payload or ())[:1] if isinstance(p, Message))
         elif ctype in ("text/rfc822-headers", "text/global-headers"):
-            parts.headers.extend(dsn.parse_fields(_text(part), max_blocks=1))
+            parts.headers.extend(dsn.parse_fields(mime.part_text(part), max_blocks=1))
         elif isinstance(payload, list):
             if depth < MAX_DEPTH and not ctype.startswith("message/"):
                 stack.extend((p, depth + 1) for p in reversed(payload) if isinstance(p, Message))
         elif ctype == "text/plain" or ctype.startswith("multipart/"):     # a multipart whose boundary is lost
-            text = _text(part)
+            text = mime.part_text(part)
             parts.texts.append(text)
             parts.headers.extend({m.group(1).lower(): [_FOLD.sub("", m.group(2))]} for m in _PASTED.finditer(text))
     return parts
@@ -206,90 +203,36 @@ def _blocks(part: Message, payload) -> list[Fields]:
     types (global-delivery-status, feedback-report) become one sub-message whose body holds the rest.
     """
     if not isinstance(payload, list):
-        return dsn.parse_fields(_text(part))
+        return dsn.parse_fields(mime.part_text(part))
     blocks = []
     for sub in payload:
         if isinstance(sub, Message):
-            blocks.append(_fields(sub))
-            blocks.extend(dsn.parse_fields(_text(sub)))
+            blocks.append(mime.fields(sub))
+            blocks.extend(dsn.parse_fields(mime.part_text(sub)))
     return blocks
-
-
-def _fields(msg: Message) -> Fields:
-    """Header fields by lower-case name, values unfolded and made printable text."""
-    out: Fields = {}
-    for name, value in msg.raw_items():
-        out.setdefault(_str(name).strip().lower(), []).append(_FOLD.sub("", _str(value)).strip())
-    return out
-
-
-def _str(value) -> str:
-    """Text of a raw value: the parser keeps 8-bit bytes as surrogate escapes (UTF-8, else Windows-1252)."""
-    text = value if isinstance(value, str) else str(value)
-    if text.isascii():
-        return text
-    try:
-        data = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:                  # a surrogate that is not an escaped byte
-        data = text.encode("utf-8", "replace")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", "replace")
-
-
-def _text(part: Message) -> str:
-    """A leaf part's body decoded (transfer encoding, then charset; unknown charsets as UTF-8)."""
-    data = part.get_payload(decode=True)
-    if not isinstance(data, bytes):
-        return ""
-    return _bytes_text(data[:MAX_TEXT], part.get_content_charset())
-
-
-def _bytes_text(data: bytes, charset: str | None) -> str:
-    try:
-        return data.decode(charset or "utf-8", "replace")
-    except (LookupError, UnicodeError, ValueError, TypeError):   # unknown, or not a text codec
-        return data.decode("utf-8", "replace")
-
-
-def _decode(value: str) -> str:
-    """RFC 2047 encoded words decoded; the value unchanged when they are broken."""
-    if "=?" not in value:
-        return value
-    try:
-        chunks = email.header.decode_header(value)
-    except (email.errors.HeaderParseError, ValueError, LookupError):
-        return value
-    return "".join(_bytes_text(c, cs) if isinstance(c, bytes) else c for c, cs in chunks)
-
-
-def _first(fields: Fields, name: str) -> str:
-    values = fields.get(name)
-    return values[0] if values else ""
 
 
 def _report_type(msg: Message) -> str:
     if msg.get_content_type() != "multipart/report":
         return ""
     value = msg.get_param("report-type", "")
-    return _str(email.utils.collapse_rfc2231_value(value)).strip().lower()
+    return mime.text_of(email.utils.collapse_rfc2231_value(value)).strip().lower()
 
 
 def _auto_reply(head: Fields, subject: str, report: str) -> str | None:
     """The marker that shows an automatic reply (RFC 3834 and common practice), or None."""
     if report == "disposition-notification":
         return "multipart/report; report-type=disposition-notification"
-    submitted = _first(head, "auto-submitted")
+    submitted = mime.first(head, "auto-submitted")
     if submitted and submitted.split(";")[0].strip().lower() != "no":
         return f"Auto-Submitted: {submitted}"
     for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"):
         if name.lower() in head:
-            return f"{name}: {_first(head, name.lower())}"
-    precedence = _first(head, "precedence").lower()
+            return f"{name}: {mime.first(head, name.lower())}"
+    precedence = mime.first(head, "precedence").lower()
     if precedence in ("auto_reply", "bulk", "junk", "list"):
         return f"Precedence: {precedence}"
-    if _first(head, "x-autogenerated").lower() == "reply":
+    if mime.first(head, "x-autogenerated").lower() == "reply":
         return "X-Autogenerated: Reply"
     if _AUTO_SUBJECT.match(subject):
         return f"Subject: {subject}"
