@@ -3,8 +3,9 @@
 Unsubscribe replies suppress the token's recipient for the token's tenant. A reply to the plain
 unsubscribe@ address is matched by In-Reply-To/References to a sent copy; failing that, its From is
 suppressed for the tenants that mailed it, but only when the reply's DKIM signature verifies for the
-From domain (otherwise anyone could unsubscribe anyone). Other kinds are recorded here; acting on
-bounces and complaints belongs to their own handlers.
+From domain (otherwise anyone could unsubscribe anyone). Bounces go to the shared bounce rules
+(policy/bounces); ARF reports, human complaints and privacy requests to the desk (inbound/abuse);
+auto-replies and anything else are recorded only.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from email.utils import getaddresses
 
 import dkim
 
+from inbound.abuse import Desk
 from inbound.addresses import Role
 from inbound.classify import Classification
 from policy import bounces, optout, sent, suppression
-from policy.settings import Policy
+from policy.settings import Settings
 from policy.suppression import mask
 from policy.store import Store
 from policy.tokens import TokenKeys
@@ -30,14 +32,19 @@ _FROM = re.compile(rb"^From:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
 
 
 class Actions:
-    def __init__(self, store: Store, keys: TokenKeys, dnsfunc: DnsFunc | None = None, rules: Policy = Policy()):
-        self.store, self.keys, self.rules = store, keys, rules
+    def __init__(self, store: Store, keys: TokenKeys, settings: Settings, dnsfunc: DnsFunc | None = None):
+        self.store, self.keys, self.rules = store, keys, settings.policy
+        self.desk = Desk(store, keys, settings)
         self.dnsfunc = dnsfunc          # None: dkimpy's own DNS lookups; tests inject a resolver
 
-    def act(self, inbound_id: str, raw: bytes, roles: list[Role], found: Classification) -> str:
+    def act(self, inbound_id: str, raw: bytes, mail_from: str, roles: list[Role], found: Classification) -> str:
         """The action taken, as recorded in the mailbox row."""
         if found.kind == "bounce":
             return self._bounce(roles, found, f"inbound {inbound_id}")
+        if found.kind == "complaint":
+            return self.desk.feedback_report(inbound_id, found)
+        if found.kind in ("human_complaint", "privacy_request"):
+            return self.desk.case(inbound_id, raw, mail_from, found)
         if found.kind != "unsubscribe":
             return "recorded"
         tokens = [r.token for r in roles if r.kind == "unsubscribe" and r.token]

@@ -18,6 +18,7 @@ import email
 import email.parser
 import email.policy
 import email.utils
+import html
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -26,7 +27,9 @@ from typing import Sequence
 from inbound import bounce_reason, dsn, mime
 from inbound.bounce_reason import Failure
 from inbound.dsn import Fields
+from inbound.report import Report, describe
 
+_REPORTED = ("complaint", "human_complaint", "privacy_request")
 KINDS = ("bounce", "complaint", "auto_reply", "unsubscribe", "human_complaint", "privacy_request", "other")
 MAX_BYTES = 1 << 20          # only the first MiB is looked at
 MAX_DEPTH = 20               # multipart nesting followed
@@ -40,13 +43,17 @@ _BOUNCE_TOKEN = re.compile(_TOKEN.format("bounce"), re.I)
 _TOKEN_FIELDS = {"list-unsubscribe": _UNSUB_TOKEN, "return-path": _BOUNCE_TOKEN, "original-mail-from": _BOUNCE_TOKEN}
 _ROLE_TOKEN = re.compile(r"[a-z2-7]{1,64}")
 _MSGID = re.compile(r"<[^<>\s]{1,250}>")
-_PASTED = re.compile(r"^[ \t>]*(list-unsubscribe|return-path|original-mail-from)[ \t]*:"
-                     r"([^\r\n]*(?:\r?\n[ \t]+[^\r\n]*)*)", re.I | re.M)
+_PASTED_NAMES = r"(list-unsubscribe|return-path|original-mail-from|message-id|x-websofttt-tenant|feedback-id|to)"
+# An indented paste folds nothing: a continuation line that starts another of these fields is not one.
+_PASTED = re.compile(rf"^[ \t>]*{_PASTED_NAMES}[ \t]*:([^\r\n]*(?:\r?\n[ \t]+(?![ \t>]*{_PASTED_NAMES}[ \t]*:)[^\r\n]*)*)",
+                     re.I | re.M)
 _AUTO_SUBJECT = re.compile(
     r"\s*\[?(?:out of (?:the )?office|automatic reply|auto:|auto[- ]?reply|autoresponse|abwesenheitsnotiz"
     r"|automatische antwort|absence|réponse automatique|respuesta automática|risposta automatica|on vacation)",
     re.I)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+_BREAK = re.compile(r"<br\s*/?>|</(?:p|div|tr|li)>", re.I)
+_TAG = re.compile(r"<(?:[a-z/!][^<>]*)>", re.I)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -59,6 +66,7 @@ class Classification:
     tokens: tuple[str, ...]       # from role addresses, returned headers and ARF fields, in order found
     message_ids: tuple[str, ...]  # In-Reply-To and References ids, angle brackets kept
     failures: tuple[Failure, ...] = ()   # bounces: one per failed copy (none for delays)
+    report: Report | None = None         # complaints, human complaints, privacy requests: what they refer to
 
 
 @dataclass
@@ -99,8 +107,9 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
     ids = tuple(dict.fromkeys(ids))[:MAX_IDS]
 
     def result(kind: str, evidence: str, permanent: bool | None = None, recipients=(), failures=()) -> Classification:
+        about = describe(parts.feedback, parts.headers) if kind in _REPORTED else None
         return Classification(kind, _CONTROL.sub(" ", evidence)[:160], permanent, tuple(recipients), tokens, ids,
-                              tuple(failures))
+                              tuple(failures), about)
 
     def bounce(evidence: str, what: str | None, need_code: bool = False) -> Classification | None:
         """A bounce that is no RFC 3464 report: flufl.bounce and our detectors name the failed copies."""
@@ -127,7 +136,7 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
     arf = report == "feedback-report" or bool(parts.feedback)
     sender = dsn.daemon_sender(mime.first(head, "from"), mime.first(head, "return-path"))
     what = dsn.bounce_subject(subject)
-    marker = _auto_reply(head, subject, report)
+    marker = _auto_reply(head, subject, report, replies_only=bool({"abuse", "privacy"} & set(roles)))
     # An ARF report from postmaster@ stays one; RFC 3834 auto-replies come from the null sender too.
     if sender and not arf and (what or ("bounce" in roles and not (marker and sender == "null Return-Path"))):
         return bounce(f"non-standard bounce: {sender}, Subject: {subject}", what)
@@ -192,7 +201,9 @@ def _walk(msg: Message) -> _Parts:
         elif ctype == "text/plain" or ctype.startswith("multipart/"):     # a multipart whose boundary is lost
             text = mime.part_text(part)
             parts.texts.append(text)
-            parts.headers.extend({m.group(1).lower(): [_FOLD.sub("", m.group(2))]} for m in _PASTED.finditer(text))
+            parts.headers.extend(_pasted(text))
+        elif ctype == "text/html":                      # headers pasted into a webmail reply
+            parts.headers.extend(_pasted(_TAG.sub("\n", _BREAK.sub("\n", mime.part_text(part)))))
     return parts
 
 
@@ -212,6 +223,10 @@ def _blocks(part: Message, payload) -> list[Fields]:
     return blocks
 
 
+def _pasted(text: str) -> list[Fields]:
+    return [{m.group(1).lower(): [html.unescape(_FOLD.sub("", m.group(2))).strip()]} for m in _PASTED.finditer(text)]
+
+
 def _report_type(msg: Message) -> str:
     if msg.get_content_type() != "multipart/report":
         return ""
@@ -219,18 +234,23 @@ def _report_type(msg: Message) -> str:
     return mime.text_of(email.utils.collapse_rfc2231_value(value)).strip().lower()
 
 
-def _auto_reply(head: Fields, subject: str, report: str) -> str | None:
-    """The marker that shows an automatic reply (RFC 3834 and common practice), or None."""
+def _auto_reply(head: Fields, subject: str, report: str, replies_only: bool) -> str | None:
+    """The marker that shows an automatic reply (RFC 3834 and common practice), or None.
+
+    `replies_only` (the abuse and privacy addresses): report generators (Auto-Submitted: auto-generated)
+    and list or bulk mail still carry complaints; only responders (vacation, auto-replied) are dropped.
+    """
     if report == "disposition-notification":
         return "multipart/report; report-type=disposition-notification"
     submitted = mime.first(head, "auto-submitted")
-    if submitted and submitted.split(";")[0].strip().lower() != "no":
+    not_replies = ("no", "auto-generated", "auto-notified") if replies_only else ("no",)
+    if submitted and submitted.split(";")[0].strip().lower() not in not_replies:
         return f"Auto-Submitted: {submitted}"
-    for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"):
+    for name in ("X-Autoreply", "X-Autorespond", *(() if replies_only else ("X-Auto-Response-Suppress",))):
         if name.lower() in head:
             return f"{name}: {mime.first(head, name.lower())}"
     precedence = mime.first(head, "precedence").lower()
-    if precedence in ("auto_reply", "bulk", "junk", "list"):
+    if precedence in ("auto_reply",) + (() if replies_only else ("bulk", "junk", "list")):
         return f"Precedence: {precedence}"
     if mime.first(head, "x-autogenerated").lower() == "reply":
         return "X-Autogenerated: Reply"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from inbound.abuse import identify
 from inbound.addresses import Role, classify_rcpt
 from inbound.classify import classify
 from policy import sent
@@ -27,7 +28,7 @@ def roles_from_headers(raw: bytes, provider: Provider) -> list[Role]:
 
 
 def describe(raw: bytes, provider: Provider, store: Store, keys: TokenKeys, file: str) -> dict:
-    """The DESIGN §4 fields; the store is only read, to tell which tenant a token points to."""
+    """The DESIGN §4 fields; the store is only read, to tell which tenant a token or complaint points to."""
     roles = roles_from_headers(raw, provider)
     found = classify(raw, [r.kind for r in roles], [r.token for r in roles])
     copy = next((c for c in (sent.lookup(store, t) for t in found.tokens if keys.verify(t)) if c), None)
@@ -35,5 +36,9 @@ def describe(raw: bytes, provider: Provider, store: Store, keys: TokenKeys, file
     if found.kind == "bounce" and copy is not None:
         recipients = [copy.recipient]           # the token names the copy, whatever the report says
     reason = found.failures[0].reason if found.failures else None
-    return {"kind": found.kind, "permanent": found.permanent, "recipients": recipients,
-            "tenant": copy.tenant if copy else None, "reason": reason, "evidence": found.evidence, "file": file}
+    tenant = copy.tenant if copy else None
+    if found.kind in ("complaint", "human_complaint"):
+        who = identify(store, keys, found)
+        tenant = who.tenant if who else None
+    return {"kind": found.kind, "permanent": found.permanent, "recipients": recipients, "tenant": tenant,
+            "reason": reason, "evidence": found.evidence, "file": file}

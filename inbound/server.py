@@ -10,6 +10,7 @@ import asyncio
 import logging
 import ssl
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -27,6 +28,7 @@ class InboundHandler:
         self.settings, self.mailbox, self.actions = settings, mailbox, actions
         self.size = settings.inbound.max_message_size
         self._tasks: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbound-actions")  # one store connection
 
     async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str,
                           options: list[str]) -> str:
@@ -48,18 +50,20 @@ class InboundHandler:
         except Exception as e:          # disk full, store locked: the sender retries later
             log.error("cannot store inbound message: %s", e)
             return "451 4.3.0 Temporary failure storing the message, try again later"
-        task = asyncio.create_task(self.process(inbound_id, envelope.rcpt_tos, envelope.original_content))
+        task = asyncio.create_task(self.process(inbound_id, envelope.mail_from, envelope.rcpt_tos,
+                                                envelope.original_content))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return f"250 2.0.0 Message accepted as {inbound_id}"
 
-    async def process(self, inbound_id: str, recipients: list[str] | tuple[str, ...], raw: bytes) -> None:
+    async def process(self, inbound_id: str, mail_from: str, recipients: list[str] | tuple[str, ...],
+                      raw: bytes) -> None:
         """Classify, act, record; an error leaves the row unprocessed for the next start."""
         try:
             roles = [r for r in (classify_rcpt(a, self.settings.provider) for a in recipients) if isinstance(r, Role)]
             found = classify(raw, [r.kind for r in roles], [r.token for r in roles])
             action = await asyncio.get_running_loop().run_in_executor(
-                None, self.actions.act, inbound_id, raw, roles, found)
+                self._executor, self.actions.act, inbound_id, raw, mail_from, roles, found)
             await self.mailbox.conclude(inbound_id, found.kind, found.evidence, action)
             log.info("inbound id=%s kind=%s action=%s", inbound_id, found.kind, action)
         except Exception:
@@ -68,7 +72,7 @@ class InboundHandler:
     async def recover(self) -> None:
         """Process what was acknowledged before a stop but not processed."""
         for message in await self.mailbox.pending():
-            await self.process(message.id, message.recipients, message.raw)
+            await self.process(message.id, message.mail_from, message.recipients, message.raw)
 
     async def drain(self) -> None:
         if self._tasks:

@@ -39,11 +39,11 @@ class InboundService:
 
 
 async def start_inbound(settings: Settings, index: int, bind: Bind) -> InboundService:
-    # the actions run in a worker thread (DKIM checks may wait on DNS): they get a connection of their own
+    # the actions run in a thread of their own (DKIM checks may wait on DNS), with a connection of their own
     store = Store(settings.store_path, other_thread=True)
     mailbox = Mailbox(settings.data_dir / "inbound" / f"{settings.node.name}.sqlite", settings.inbound.retention)
     handler = InboundHandler(settings, mailbox, Actions(store, TokenKeys.load(store, settings.tokens.secret_file),
-                                                        rules=settings.policy))
+                                                        settings))
     tls = server_ssl_context(settings.tls_cert, settings.tls_key)
     loop = asyncio.get_running_loop()
     factory = protocol_factory(handler, tls, settings.node.workers)

@@ -5,14 +5,15 @@
   `soft_bounce_window` with no delivery in between → tenant-scope suppression that expires;
 - policy (5.7.x, 4.7.x: a block, not the recipient's fault) and other permanent failures → recorded
   against the tenant only.
-Every bounce is recorded first (table `bounces`), so rates per tenant can be computed from it.
+Every bounce is recorded first (table `bounces`), so rates per tenant can be computed from it; a hard
+bounce may push the tenant over `policy.bounce_rate` (policy/standing).
 """
 from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
 
-from policy import suppression
+from policy import standing, suppression
 from policy.settings import Policy
 from policy.store import Store, utcnow
 
@@ -38,7 +39,8 @@ def record(store: Store, rules: Policy, tenant: str, recipient: str, status: str
                   [utcnow(), tenant, recipient.lower(), status, kind, source])
     if kind == HARD:
         suppression.add(store, recipient, suppression.GLOBAL, "hard_bounce", source=source)
-        return "hard bounce: suppressed globally"
+        suspended = standing.enforce(store, rules, tenant)
+        return "hard bounce: suppressed globally" + (f"; tenant {suspended}" if suspended else "")
     if kind == SOFT:
         key = _soft_key(tenant, recipient)
         count = store.hit(key, rules.soft_bounce_window)

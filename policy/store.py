@@ -1,4 +1,4 @@
-"""The shared store: tenants, credentials, suppressions, counters, events, audit, secrets.
+"""The shared store: tenants, credentials, suppressions, counters, events, audit, secrets, complaints, cases.
 
 SQLite through sqlite-utils in WAL mode, one file in the data dir, shared by every worker
 process of the node. Only modules in policy/ touch it, so a PostgreSQL backend can replace it.
@@ -74,6 +74,26 @@ def _bounce_events(db: sqlite_utils.Database) -> None:
     db["bounces"].create_index(["tenant", "time"])
 
 
+def _abuse_desk(db: sqlite_utils.Database) -> None:
+    db["complaints"].create({
+        "id": int, "received": str, "tenant": str, "recipient": str, "feedback_type": str, "identified_by": str,
+        "counted": int, "token": str, "source": str, "case_id": str, "user_agent": str, "source_ip": str,
+        "reported_domain": str, "arrival_date": str,
+    }, pk="id", not_null={"received", "tenant", "feedback_type", "identified_by", "counted"})
+    db["complaints"].create_index(["tenant", "received"])
+    db["complaints"].create_index(["token"], unique=True)       # one complaint per copy, however often reported
+    db["cases"].create({
+        "id": str, "kind": str, "opened": str, "complainant": str, "subject": str, "evidence": str,
+        "tenant": str, "recipient": str, "status": str, "inbound_id": str, "acknowledged": int,
+    }, pk="id", not_null={"kind", "opened", "status"})
+    db["cases"].create_index(["opened"])
+    db["outbox"].create({"id": str, "created": str, "recipient": str, "raw": bytes, "claimed": float},
+                        pk="id", not_null={"created", "recipient", "raw"})
+    db["activity"].create({"tenant": str, "hour": str, "delivered": int, "failed": int},
+                          pk=("tenant", "hour"), defaults={"delivered": 0, "failed": 0})
+    db["tenants"].add_column("resumed", str)
+
+
 # Named migrations, applied in order; never edit one that has shipped, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial_schema", _initial_schema),
@@ -82,6 +102,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0004_tenant_names", _tenant_names),
     ("0005_sent_by_recipient", _sent_by_recipient),
     ("0006_bounce_events", _bounce_events),
+    ("0007_abuse_desk", _abuse_desk),
 ]
 
 

@@ -27,6 +27,7 @@ class Tenant:
     rate: str | None                # its own message rate ("N/PERIOD"), else the policy default
     created: str
     name: str | None = None         # display name shown to recipients (unsubscribe page)
+    resumed: str | None = None      # when it was last resumed: its rates count from then
 
     @property
     def active(self) -> bool:
@@ -42,7 +43,7 @@ class Tenant:
 def _from_row(row: dict) -> Tenant:
     return Tenant(id=row["id"], status=row["status"], reason=row["reason"], terms_version=row["terms_version"],
                   allowed_from=tuple(json.loads(row["allowed_from"])), networks=tuple(json.loads(row["networks"])),
-                  rate=row["rate"], created=row["created"], name=row["name"])
+                  rate=row["rate"], created=row["created"], name=row["name"], resumed=row["resumed"])
 
 
 def check_id(tenant_id: str) -> str:
@@ -76,7 +77,7 @@ def add(store: Store, tenant_id: str, allowed_from: list[str], networks: list[st
     row = {"id": tenant_id, "status": "active", "reason": None, "terms_version": None,
            "allowed_from": json.dumps(sorted({normalise_domain(d) for d in allowed_from})),
            "networks": json.dumps(sorted({normalise_network(n) for n in networks})),
-           "rate": rate, "created": utcnow(), "name": (name or "").strip()[:100] or None}
+           "rate": rate, "created": utcnow(), "name": (name or "").strip()[:100] or None, "resumed": None}
     with store.exclusive():
         if get(store, tenant_id):
             raise TenantError(f"tenant {tenant_id!r} already exists")
@@ -113,7 +114,7 @@ def suspend(store: Store, tenant_id: str, reason: str) -> Tenant:
 
 
 def resume(store: Store, tenant_id: str) -> Tenant:
-    return _update(store, tenant_id, status="active", reason=None)
+    return _update(store, tenant_id, status="active", reason=None, resumed=utcnow())
 
 
 def accept_terms(store: Store, tenant_id: str, version: str) -> Tenant:

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import click
 
-from policy import dkimkeys, tenants
 from policy.audit import ReasonRequired
 from policy.keys import KeyMaterialError, check_tls_files, generate_dkim_key, generate_tls_cert
 from policy.settings import ROLES, ConfigError, Settings
 from policy.suppression import SuppressionError
 from policy.tenants import TenantError
 from policy.tokens import TokenError, TokenKeys, ensure_secret
-from relay import cli_records
+from relay import cli_abuse, cli_records, cli_tenants
 from relay.cli_common import ServeError, emit, json_option, open_store, with_settings
 from relay.cli_records import provider_dkim_records
 from relay.signing import provider_keys
@@ -104,131 +103,6 @@ def serve(settings: Settings, role: str | None) -> None:
     sys.exit(serve_mod.serve(settings, (role,) if role else ROLES, starters()))
 
 
-# ---- tenants
-
-@cli.group()
-def tenant() -> None:
-    """Tenants: the provider's customers.
-
-    \b
-    Example:
-        websofttt tenant list
-    """
-
-
-def _tenant_lines(items: list[dict]) -> list[str]:
-    lines = []
-    for t in items:
-        extra = f" ({t['reason']})" if t["reason"] else ""
-        lines.append(f"{t['id']:<24} {t['status']}{extra}  terms={t['terms_version'] or '-'}  "
-                     f"from={','.join(t['allowed_from']) or '-'}  networks={','.join(t['networks']) or '-'}  "
-                     f"rate={t['rate'] or 'default'}")
-        if t["dmarc_unaligned"]:
-            lines.append(f"  not DMARC-aligned: mail From {', '.join(t['dmarc_unaligned'])} carries only the provider's "
-                         f"signature (websofttt dkim add-domain {t['id']} DOMAIN)")
-    return lines
-
-
-def _tenant_json(store, tenant: tenants.Tenant) -> dict:
-    """The tenant with its DKIM state: which From domains have their own key, which are not DMARC-aligned."""
-    signed = {k.domain for k in dkimkeys.all_keys(store, tenant.id)}
-    return tenant.as_json() | {"dkim_domains": sorted(signed),
-                               "dmarc_unaligned": [d for d in tenant.allowed_from if d not in signed]}
-
-
-@tenant.command("add")
-@click.argument("tenant_id")
-@click.option("--allow-from", "allow_from", multiple=True, metavar="DOMAIN", help="Domain it may use in From.")
-@click.option("--network", multiple=True, metavar="CIDR", help="Network it may submit from without AUTH.")
-@click.option("--rate", default=None, metavar="N/PERIOD", help="Message limit, e.g. 500/1h (default: policy).")
-@click.option("--name", default=None, help="Display name recipients see (unsubscribe page); default: the id.")
-@json_option
-@with_settings
-def tenant_add(settings, tenant_id, allow_from, network, rate, name, as_json) -> None:
-    """Add a tenant (it must still accept the terms).
-
-    \b
-    Example:
-        websofttt tenant add acme --name "Acme Inc." --allow-from acme.example --network 10.1.0.0/16
-    """
-    store = open_store(settings)
-    t = tenants.add(store, tenant_id, list(allow_from), list(network), rate, name)
-    emit(_tenant_json(store, t), as_json, lambda d: [f"added tenant {d['id']}; it must accept the terms: "
-                                          f"websofttt tenant accept-terms {d['id']}"])
-
-
-@tenant.command("list")
-@json_option
-@with_settings
-def tenant_list(settings, as_json) -> None:
-    """List tenants.
-
-    \b
-    Example:
-        websofttt tenant list --json
-    """
-    store = open_store(settings)
-    emit([_tenant_json(store, t) for t in tenants.all_tenants(store)], as_json, _tenant_lines)
-
-
-@tenant.command("show")
-@click.argument("tenant_id")
-@json_option
-@with_settings
-def tenant_show(settings, tenant_id, as_json) -> None:
-    """Show one tenant.
-
-    \b
-    Example:
-        websofttt tenant show acme
-    """
-    store = open_store(settings)
-    emit(_tenant_json(store, tenants.require(store, tenant_id)), as_json, lambda d: _tenant_lines([d]))
-
-
-@tenant.command("suspend")
-@click.argument("tenant_id")
-@click.option("--reason", required=True, help="Why (shown to the tenant in the SMTP reply).")
-@with_settings
-def tenant_suspend(settings, tenant_id, reason) -> None:
-    """Stop a tenant from sending (MAIL FROM answers 550 5.7.1 with the reason).
-
-    \b
-    Example:
-        websofttt tenant suspend acme --reason "spam complaints under review"
-    """
-    tenants.suspend(open_store(settings), tenant_id, reason)
-    click.echo(f"suspended {tenant_id}")
-
-
-@tenant.command("resume")
-@click.argument("tenant_id")
-@with_settings
-def tenant_resume(settings, tenant_id) -> None:
-    """Let a suspended tenant send again.
-
-    \b
-    Example:
-        websofttt tenant resume acme
-    """
-    tenants.resume(open_store(settings), tenant_id)
-    click.echo(f"resumed {tenant_id}")
-
-
-@tenant.command("accept-terms")
-@click.argument("tenant_id")
-@with_settings
-def tenant_accept_terms(settings, tenant_id) -> None:
-    """Record that the tenant accepted the current terms version (provider.terms_version).
-
-    \b
-    Example:
-        websofttt tenant accept-terms acme
-    """
-    tenants.accept_terms(open_store(settings), tenant_id, settings.provider.terms_version)
-    click.echo(f"{tenant_id} accepted terms {settings.provider.terms_version}")
-
-
 @cli.group("inbound")
 def inbound_group() -> None:
     """The inbound side (what comes back to the role addresses).
@@ -258,7 +132,7 @@ def inbound_classify(settings, files, as_json) -> None:
                                        + (f" tenant={r['tenant']}" if r["tenant"] else "") for r in items])
 
 
-for command in cli_records.COMMANDS:
+for command in [*cli_records.COMMANDS, *cli_tenants.COMMANDS, *cli_abuse.COMMANDS]:
     cli.add_command(command)
 
 

@@ -1,8 +1,12 @@
 """The delivery loop of one spool shard: each due recipient gets its own signed copy, then a recorded outcome.
 
-`deliver` is the whole outbound path for one recipient, in order: expiry, suppression re-check,
+`deliver` is the whole outbound path for one recipient, in order: hold, expiry, suppression re-check,
 token, per-recipient headers, DKIM, route, send, record. Everything it decides is recorded in the
 spool (state, attempts, next attempt) and as an event in the store.
+
+Mail of a suspended tenant is held: not tried, not expired, kept until `tenant resume` (re-checked every
+HOLD_RECHECK). The provider's own mail (acknowledgements, taken from the store's outbox into the spool)
+goes the same way without tenant headers or token, from the null sender (RFC 3834 §3.3).
 """
 from __future__ import annotations
 
@@ -13,14 +17,14 @@ import re
 import time
 from calendar import timegm
 
-from policy import bounces, dkimkeys, sent, suppression
+from policy import bounces, dkimkeys, outbox, sent, standing, suppression, tenants
 from policy.settings import Settings
 from policy.store import Store, utcnow
 from policy.tokens import TokenKeys
 from relay.routing import RouteError, Router
 from relay.signing import SigningError, SigningKey, sign
 from relay.smtp_out import Courier, Outcome
-from relay.spool import Due, Spool
+from relay.spool import Due, Message, Spool, SpoolError, new_queue_id
 
 log = logging.getLogger("websofttt.delivery")
 
@@ -28,6 +32,9 @@ _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.I | re.M)
 _CAMPAIGN = re.compile(r"[^A-Za-z0-9._-]")
 TENANT_KEY_TTL = 30.0         # seconds a loop caches a tenant domain's key (or its absence)
 CHECKPOINT_INTERVAL = 1.0     # seconds between WAL truncations while bodies are being erased
+TENANT_STATUS_TTL = 5.0       # seconds a loop trusts a tenant's status (suspension holds its mail)
+HOLD_RECHECK = 60.0           # seconds between looks at a suspended tenant's held mail
+OUTBOX_INTERVAL = 1.0         # seconds between looks at the store's outbox
 
 
 class DeliveryLoop:
@@ -43,11 +50,16 @@ class DeliveryLoop:
         self._checkpointed = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._tenant_keys: dict[tuple[str, str], tuple[float, SigningKey | None]] = {}
+        self._suspended: dict[str, tuple[float, bool]] = {}
+        self._outbox_checked = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start every due recipient (up to the concurrency limit) and sleep until the next is due or mail arrives."""
         limit = self.settings.delivery.concurrency
         while not stop.is_set():
+            if time.monotonic() - self._outbox_checked >= OUTBOX_INTERVAL:
+                self._outbox_checked = time.monotonic()
+                await self._take_outbox()
             for due in self.spool.due(time.time(), limit + len(self._inflight)):
                 key = (due.queue_id, due.recipient)
                 if key not in self._inflight and len(self._inflight) < limit:
@@ -78,8 +90,24 @@ class DeliveryLoop:
         finally:
             self._inflight.discard((due.queue_id, due.recipient))
 
+    async def _take_outbox(self) -> None:
+        """Move provider mail from the store's outbox into this shard's spool (durable before it leaves the outbox)."""
+        try:
+            if not outbox.waiting(self.store):
+                return
+            for item in outbox.claim(self.store):
+                await self.spool.enqueue(Message(new_queue_id(self.settings.node.name), outbox.PROVIDER, "",
+                                                 (item.recipient,), item.raw))
+                outbox.done(self.store, item.id)
+        except (SpoolError, OSError, RuntimeError) as e:     # the claim lapses and another try takes it
+            log.error("cannot take provider mail from the outbox: %s", e)
+
     async def deliver(self, due: Due) -> None:
         """The outbound path of one recipient, top to bottom."""
+        if self._held(due.tenant):
+            return await self.spool.record(due.queue_id, due.recipient, "deferred", due.attempts,
+                                           time.time() + HOLD_RECHECK, "451 4.7.1 Held: the tenant is suspended",
+                                           due.token)
         age = time.time() - timegm(time.strptime(due.received, "%Y-%m-%dT%H:%M:%SZ"))
         if age > self.settings.delivery.max_queue_lifetime:
             return await self._finish(due, "expired", "554 4.4.7 Message expired in the queue", due.token)
@@ -89,8 +117,9 @@ class DeliveryLoop:
         body = self.spool.body(due.queue_id)
         if body is None:
             return                                    # dropped by the operator meanwhile
-        token = due.token or self._new_token(due, body)
-        copy = self._headers(due, token) + body
+        provider = due.tenant == outbox.PROVIDER
+        token = None if provider else due.token or self._new_token(due, body)
+        copy = body if provider else self._headers(due, token) + body
         try:
             signed = sign(copy, self._signing_keys(due)) + copy
         except SigningError as e:
@@ -101,9 +130,18 @@ class DeliveryLoop:
         except RouteError as e:
             outcome = Outcome(False, e.permanent, f"{'550' if e.permanent else '451'} {e.status} {e.text}")
         else:
-            envelope_from = f"bounce+{token}@{self.settings.provider.bounce_domain}"
+            envelope_from = "" if provider else f"bounce+{token}@{self.settings.provider.bounce_domain}"
             outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed)
         await self._record(due, outcome, token)
+
+    def _held(self, tenant: str) -> bool:
+        if tenant == outbox.PROVIDER:
+            return False
+        cached = self._suspended.get(tenant)
+        if cached is None or time.monotonic() - cached[0] > TENANT_STATUS_TTL:
+            found = tenants.get(self.store, tenant)
+            cached = self._suspended[tenant] = (time.monotonic(), found is not None and not found.active)
+        return cached[1]
 
     def _signing_keys(self, due: Due) -> list[SigningKey]:
         """The tenant's key for its From domain first (DMARC alignment), then the provider's (identification)."""
@@ -154,6 +192,8 @@ class DeliveryLoop:
 
     async def _finish(self, due: Due, state: str, reply: str, token: str | None) -> None:
         await self.spool.record(due.queue_id, due.recipient, state, due.attempts + 1, 0, reply, token)
+        if state in standing.OUTCOMES and due.tenant != outbox.PROVIDER:
+            standing.note(self.store, due.tenant, state)
         self._erased = True
         self._event(state, due, reply)
 

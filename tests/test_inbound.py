@@ -128,10 +128,10 @@ def test_plain_unsubscribe_with_verified_dkim_suppresses_for_tenants_that_mailed
     relay.add_tenant()
     delivered_token(relay, sink)
     public = dkim_public_value(load_pem_private_key(pem, None)).encode()
-    actions = Actions(relay.store, TokenKeys.load(relay.store, None),
+    actions = Actions(relay.store, TokenKeys.load(relay.store, None), relay.settings,
                       dnsfunc=lambda name, timeout=5: b"v=DKIM1; k=rsa; p=" + public)
     found = classify(signed, ["unsubscribe"], [None])
-    action = actions.act("x1", signed, [], found)
+    action = actions.act("x1", signed, "you@example.net", [], found)
     assert action == "unsubscribed y***@example.net from tenants acme (DKIM-verified From)"
     assert suppression.find(relay.store, "acme", "you@example.net").cause == "unsubscribe"
 

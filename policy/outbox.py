@@ -1,0 +1,51 @@
+"""Mail the provider itself sends (acknowledgements of complaints and privacy requests).
+
+The inbound role writes it here; the delivery role moves it into its durable spool within a second and
+delivers it like any copy, signed with the provider's key and with a null envelope sender (RFC 3834
+§3.3: nobody replies to an auto-reply). The store carries it because inbound/ and relay/ never import
+each other (DESIGN §2). A row is claimed for `LEASE` seconds and deleted once spooled, so a delivery
+process that dies in between leaves it to another: at least once.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from policy.store import Store, utcnow
+
+PROVIDER = "_provider"      # the spool's tenant for provider mail (tenant ids cannot start with "_")
+LEASE = 300.0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    id: str
+    recipient: str
+    raw: bytes
+
+
+def put(store: Store, recipient: str, raw: bytes) -> str:
+    outgoing_id = os.urandom(8).hex()
+    store.db["outbox"].insert({"id": outgoing_id, "created": utcnow(), "recipient": recipient, "raw": raw,
+                               "claimed": None})
+    return outgoing_id
+
+
+def claim(store: Store, limit: int = 50) -> list[Outgoing]:
+    """Rows nobody claimed in the last LEASE seconds, now claimed by the caller."""
+    now = time.time()
+    with store.exclusive():
+        rows = store.all("SELECT id, recipient, raw FROM outbox WHERE claimed IS NULL OR claimed < ? "
+                         "ORDER BY created LIMIT ?", [now - LEASE, limit])
+        for row in rows:
+            store.execute("UPDATE outbox SET claimed = ? WHERE id = ?", [now, row["id"]])
+    return [Outgoing(r["id"], r["recipient"], bytes(r["raw"])) for r in rows]
+
+
+def done(store: Store, outgoing_id: str) -> None:
+    store.execute("DELETE FROM outbox WHERE id = ?", [outgoing_id])
+
+
+def waiting(store: Store) -> bool:
+    return store.one("SELECT 1 AS x FROM outbox LIMIT 1") is not None
