@@ -84,6 +84,8 @@ class Desk:
     def case(self, inbound_id: str, raw: bytes, envelope_sender: str, found: Classification) -> str:
         """A person wrote to the abuse or privacy address: open a case, act on a complaint, acknowledge."""
         kind = "abuse" if found.kind == "human_complaint" else "privacy"
+        if opened := cases.for_inbound(self.store, inbound_id):
+            return f"{kind} case {opened} was opened for this message before a restart: nothing more done"
         head = mime.fields(email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw[:MAX_HEADER]))
         pairs = getaddresses(head.get("from", [])[:1])
         complainant = (pairs[0][1] if pairs and "@" in pairs[0][1] else envelope_sender).strip().lower()

@@ -30,6 +30,12 @@ def open_case(store: Store, kind: str, complainant: str, subject: str, evidence:
     return case_id
 
 
+def for_inbound(store: Store, inbound_id: str) -> str | None:
+    """The case already opened for an inbound message (processing is repeated after a crash)."""
+    row = store.one("SELECT id FROM cases WHERE inbound_id = ?", [inbound_id])
+    return row["id"] if row else None
+
+
 def acknowledged(store: Store, case_id: str) -> None:
     store.execute("UPDATE cases SET acknowledged = 1 WHERE id = ?", [case_id])
 

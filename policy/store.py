@@ -87,6 +87,7 @@ def _abuse_desk(db: sqlite_utils.Database) -> None:
         "tenant": str, "recipient": str, "status": str, "inbound_id": str, "acknowledged": int,
     }, pk="id", not_null={"kind", "opened", "status"})
     db["cases"].create_index(["opened"])
+    db["cases"].create_index(["inbound_id"])
     db["outbox"].create({"id": str, "created": str, "recipient": str, "raw": bytes, "claimed": float},
                         pk="id", not_null={"created", "recipient", "raw"})
     db["activity"].create({"tenant": str, "hour": str, "delivered": int, "failed": int},

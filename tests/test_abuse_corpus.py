@@ -142,6 +142,8 @@ def test_acknowledgements_are_limited_per_complainant(desk: Desk):
     assert "acknowledgement queued" in first
     assert "not acknowledged: already acknowledged within policy.ack_interval" in second
     assert len(desk.store.all("SELECT id FROM outbox")) == 1
+    assert "was opened for this message before a restart" in desk.actions.act("in2", raw, spec["mail_from"],
+                                                                               [ROLE["abuse"]], found)
     assert len(desk.store.all("SELECT id FROM cases")) == 2
     assert [o.recipient for o in outbox.claim(desk.store)] == [spec["mail_from"].lower()]
     assert outbox.claim(desk.store) == []          # claimed: nobody else takes it within the lease
