@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 
 from inbound import acknowledge, mime
+from policy import logs, metrics
 from inbound.classify import Classification
 from inbound.dsn import Fields
 from policy import cases, complaints, outbox, sent, tenants
@@ -78,8 +79,17 @@ class Desk:
         if who is None:
             return f"feedback report ({feedback_type}): no copy of ours identified, recorded only"
         details = complaints.Details(report.user_agent, report.source_ip, report.reported_domain, report.arrival_date)
-        return complaints.record(self.store, self.settings.policy, who.tenant, who.recipient, feedback_type, who.by,
-                                 who.token, f"inbound {inbound_id}", details=details)
+        return self._complaint(who, feedback_type, inbound_id, None, details)
+
+    def _complaint(self, who: Identified, feedback_type: str, inbound_id: str, case_id: str | None,
+                   details: complaints.Details = complaints.Details()) -> str:
+        new, done = complaints.record(self.store, self.settings.policy, who.tenant, who.recipient, feedback_type,
+                                      who.by, who.token, f"inbound {inbound_id}", case_id, details)
+        if new:
+            metrics.complaints.labels(who.tenant, feedback_type).inc()
+            logs.event("complaint", tenant=who.tenant, recipient=who.recipient, feedback_type=feedback_type,
+                       identified_by=who.by, case=case_id, inbound_id=inbound_id)
+        return done
 
     def case(self, inbound_id: str, raw: bytes, envelope_sender: str, found: Classification) -> str:
         """A person wrote to the abuse or privacy address: open a case, act on a complaint, acknowledge."""
@@ -97,8 +107,7 @@ class Desk:
                                   who.recipient if who else None)
         done = [f"{kind} case {case_id} opened ({found_what})"]
         if who:
-            done.append(complaints.record(self.store, self.settings.policy, who.tenant, who.recipient, "abuse", who.by,
-                                          who.token, f"inbound {inbound_id}", case_id=case_id))
+            done.append(self._complaint(who, "abuse", inbound_id, case_id))
         done.append(self._acknowledge(kind, case_id, head, envelope_sender))
         return "; ".join(done)
 

@@ -1,4 +1,4 @@
-"""The one-click unsubscribe endpoint (RFC 8058) behind `{public_url}/u/{TOKEN}`, and a health check.
+"""The one-click unsubscribe endpoint (RFC 8058) behind `{public_url}/u/{TOKEN}`, /metrics and /healthz.
 
 Mailbox providers POST `List-Unsubscribe=One-Click` without a browser; people who open the link get a
 page with one button. A GET never unsubscribes: link scanners and previews follow GETs. The page names
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import html
 import logging
+import os
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
-from policy import optout
+from policy import logs, optout
 from policy.optout import Subscription
 from policy.suppression import mask
 from policy.store import Store
@@ -151,8 +154,34 @@ def _reply(request: web.Request, status: int, title_key: str, text_key: str,
     return web.Response(status=status, text=page, content_type="text/html", charset="utf-8", headers=headers)
 
 
-def make_app(store: Store, keys: TokenKeys) -> web.Application:
-    """The HTTP role. Store calls are synchronous: one indexed SQLite lookup, cheaper than a thread hop."""
+class _ThisProcess:
+    """The default registry of this process, when there are no worker files to sum (tests, one process)."""
+
+    def collect(self):
+        return REGISTRY.collect()
+
+
+def metrics_registry(collectors: Iterable = ()) -> CollectorRegistry:
+    """Every worker's counters (multiprocess mode) or this process's, plus the scrape-time collectors."""
+    registry = CollectorRegistry(auto_describe=False)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_ThisProcess())
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+def make_app(store: Store, keys: TokenKeys, collectors: Iterable = (),
+             checks: dict[str, Callable[[], None]] | None = None) -> web.Application:
+    """The HTTP role. Store calls are synchronous: one indexed SQLite lookup, cheaper than a thread hop.
+
+    `collectors` add scrape-time gauges to /metrics; `checks` are named health checks beyond the store,
+    each raising when its part cannot serve (both come from the composition root).
+    """
+    registry = metrics_registry(collectors)
+    checks = {"store": lambda: store.one("SELECT 1"), **(checks or {})}
 
     def not_found(request: web.Request) -> web.Response:
         log.warning("unknown, forged or expired unsubscribe token (%s %s)", request.method, request.remote)
@@ -173,16 +202,23 @@ def make_app(store: Store, keys: TokenKeys) -> web.Application:
         sub = optout.by_token(store, keys, token_of(request), source="one-click")
         if sub is None:
             return not_found(request)
-        log.info("one-click unsubscribe for tenant %s", sub.tenant)
+        logs.event("unsubscribe", tenant=sub.tenant, recipient=sub.recipient, via="one-click")
         return _reply(request, 200, "done_title", "done", sub)
 
     async def healthz(request: web.Request) -> web.Response:
-        try:
-            store.one("SELECT 1")
-        except Exception as e:          # a closed or broken store: take this node out of rotation
-            log.warning("health check failed: %s", e)
-            return web.Response(status=503, text="unavailable\n")
-        return web.Response(text="ok\n")
+        failed = []
+        for name, check in checks.items():
+            try:
+                check()
+            except Exception as e:      # a closed store, an unreadable spool: take this node out of rotation
+                log.warning("health check %s failed: %s", name, e)
+                failed.append(name)
+        if failed:
+            return web.Response(status=503, text=f"unavailable: {', '.join(failed)}\n")
+        return web.Response(text=f"ok: {', '.join(checks)}\n")
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def secure(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(SECURITY_HEADERS)
@@ -192,4 +228,5 @@ def make_app(store: Store, keys: TokenKeys) -> web.Application:
     app.router.add_get("/u/{token}", show)
     app.router.add_post("/u/{token}", unsubscribe)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     return app

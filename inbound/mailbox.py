@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy.store import utcnow
+from policy.store import enable_wal, utcnow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbound (
@@ -46,7 +46,7 @@ class Mailbox:
 
     def _open(self) -> None:
         self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.executescript(_SCHEMA)

@@ -18,9 +18,12 @@ from inbound.actions import Actions
 from inbound.addresses import Refusal, Role, classify_rcpt
 from inbound.classify import classify
 from inbound.mailbox import Mailbox
+from policy import logs, metrics
 from policy.settings import Settings
 
 log = logging.getLogger("websofttt.inbound")
+_EVENTS = {"unsubscribe": "unsubscribe", "bounce": "bounced", "complaint": "complaint_report",
+           "human_complaint": "complaint_report"}      # per-copy complaint events come from inbound/abuse
 
 
 class InboundHandler:
@@ -65,7 +68,8 @@ class InboundHandler:
             action = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self.actions.act, inbound_id, raw, mail_from, roles, found)
             await self.mailbox.conclude(inbound_id, found.kind, found.evidence, action)
-            log.info("inbound id=%s kind=%s action=%s", inbound_id, found.kind, action)
+            metrics.inbound_messages.labels(found.kind).inc()
+            logs.event(_EVENTS.get(found.kind, "inbound"), inbound_id=inbound_id, kind=found.kind, action=action)
         except Exception:
             log.exception("processing inbound message %s failed; it will be retried at the next start", inbound_id)
 

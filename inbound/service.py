@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -23,9 +24,14 @@ EXPIRE_EVERY = 3600.0
 
 class InboundService:
     def __init__(self, handler: InboundHandler, servers: list[asyncio.AbstractServer], store: Store,
-                 housekeeping: asyncio.Task):
+                 housekeeping: asyncio.Task, tls: ssl.SSLContext):
         self.handler, self.servers, self.store, self.housekeeping = handler, servers, store, housekeeping
+        self.tls = tls
         self.ports = [s.sockets[0].getsockname()[1] for s in servers]
+
+    def reload(self) -> None:
+        settings = self.handler.settings
+        self.tls.load_cert_chain(settings.tls_cert, settings.tls_key)
 
     async def close(self) -> None:
         for server in self.servers:
@@ -48,7 +54,7 @@ async def start_inbound(settings: Settings, index: int, bind: Bind) -> InboundSe
     loop = asyncio.get_running_loop()
     factory = protocol_factory(handler, tls, settings.node.workers)
     servers = [await loop.create_server(factory, sock=bind(address)) for address in settings.inbound.listen]
-    return InboundService(handler, servers, store, asyncio.create_task(_housekeeping(handler, index)))
+    return InboundService(handler, servers, store, asyncio.create_task(_housekeeping(handler, index)), tls)
 
 
 async def _housekeeping(handler: InboundHandler, index: int) -> None:
@@ -64,14 +70,23 @@ class HttpService:
     def __init__(self, runner: web.AppRunner, store: Store, ports: list[int]):
         self.runner, self.store, self.ports = runner, store, ports
 
+    def reload(self) -> None:
+        """Nothing to re-read: the http role listens without TLS, behind the operator's proxy."""
+
     async def close(self) -> None:
         await self.runner.cleanup()
         self.store.close()
 
 
-async def start_http(settings: Settings, index: int, bind: Bind) -> HttpService:
+# (settings, store) -> (collectors for /metrics, named checks for /healthz); given by the composition root
+Observers = Callable[[Settings, Store], tuple[list, dict[str, Callable[[], None]]]]
+
+
+async def start_http(settings: Settings, index: int, bind: Bind, observers: Observers | None = None) -> HttpService:
     store = Store(settings.store_path)
-    runner = web.AppRunner(make_app(store, TokenKeys.load(store, settings.tokens.secret_file)), access_log=None)
+    collectors, checks = observers(settings, store) if observers else ([], {})
+    runner = web.AppRunner(make_app(store, TokenKeys.load(store, settings.tokens.secret_file), collectors, checks),
+                           access_log=None)
     await runner.setup()
     ports = []
     for address in settings.http.listen:

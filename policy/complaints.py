@@ -33,8 +33,9 @@ class Details:
 
 
 def record(store: Store, rules: Policy, tenant: str, recipient: str | None, feedback_type: str, identified_by: str,
-           token: str | None, source: str, case_id: str | None = None, details: Details = Details()) -> str:
-    """Record one complaint and apply the rules; returns what was done, for the inbound record."""
+           token: str | None, source: str, case_id: str | None = None,
+           details: Details = Details()) -> tuple[bool, str]:
+    """Record one complaint and apply the rules; returns (new, what was done) for the inbound record."""
     if identified_by not in ROUTES:
         raise ValueError(f"identified_by {identified_by!r} is not one of {ROUTES}")
     acting = feedback_type in ACTING
@@ -48,9 +49,9 @@ def record(store: Store, rules: Policy, tenant: str, recipient: str | None, feed
         "ON CONFLICT(token) DO NOTHING", row)
     who = f"{mask(recipient)} ({tenant})" if recipient else f"tenant {tenant}, recipient unknown"
     if cur.rowcount == 0:
-        return f"complaint about {who} already recorded for this copy"
+        return False, f"complaint about {who} already recorded for this copy"
     if not acting:
-        return f"{feedback_type} report about {who}: recorded only"
+        return True, f"{feedback_type} report about {who}: recorded only"
     done = [f"complaint about {who} recorded ({identified_by})"]
     if recipient and identified_by != "header":
         suppression.add(store, recipient, tenant, "complaint", source=source)
@@ -59,7 +60,7 @@ def record(store: Store, rules: Policy, tenant: str, recipient: str | None, feed
         done.append("not counted towards the complaint rate (unverified)")
     elif reason := standing.enforce(store, rules, tenant):
         done.append(f"tenant {reason}")
-    return "; ".join(done)
+    return True, "; ".join(done)
 
 
 def entries(store: Store, tenant: str | None = None) -> list[dict]:

@@ -99,6 +99,7 @@ class Dkim:
     key_file: Path | None = None
     ed25519_selector: str = "e1"           # selector of the optional second, Ed25519 signature (RFC 8463)
     ed25519_key_file: Path | None = None   # empty: no Ed25519 signature; `init` creates the file if missing
+    rotation_delay: float = 48 * 3600      # `dkim rotate`: the new key signs once DNS had this long
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,13 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    mask_recipients: bool = True           # logs show j***@example.net instead of the address
+    stats_min_count: int = 5               # `stats` cells below this are suppressed (k-anonymity)
+    events_retention: float = 400 * 86400  # events, bounce records and hourly counts are purged after this
+
+
+@dataclass(frozen=True)
 class Settings:
     provider: Provider = Provider()
     node: Node = Node()
@@ -153,6 +161,7 @@ class Settings:
     tokens: Tokens = Tokens()
     delivery: Delivery = Delivery()
     policy: Policy = Policy()
+    privacy: Privacy = Privacy()
     source: str = "<defaults>"
 
     @property
@@ -200,7 +209,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                 "max_connections_per_ip": _count, "timeout": parse_duration, "retention": parse_duration},
     "http": {"listen": _listen_list, "public_url": _url},
     "tls": {"cert_file": _str, "key_file": _str},
-    "dkim": {"selector": _selector, "key_file": _str, "ed25519_selector": _selector, "ed25519_key_file": _str},
+    "dkim": {"selector": _selector, "key_file": _str, "ed25519_selector": _selector, "ed25519_key_file": _str,
+             "rotation_delay": parse_duration},
     "tokens": {"secret_file": _str},
     "delivery": {"mode": _mode, "smarthost": _optional_listen, "smarthost_tls": _bool, "smarthost_ca_file": _str,
                  "smarthost_username": _str, "smarthost_password_file": _str, "routes": _routes,
@@ -212,10 +222,11 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                "complaint_min_volume": _count, "bounce_rate": _fraction,
                "ack_interval": parse_duration, "tenant_rate": parse_rate, "soft_bounce_limit": _count,
                "soft_bounce_window": parse_duration, "soft_bounce_suppression": parse_duration},
+    "privacy": {"mask_recipients": _bool, "stats_min_count": _count, "events_retention": parse_duration},
 }
 _SECTION_CLASSES = {"provider": Provider, "node": Node, "paths": Paths, "store": Store,
                     "submission": Submission, "inbound": Inbound, "http": Http, "tls": Tls, "dkim": Dkim,
-                    "tokens": Tokens, "delivery": Delivery, "policy": Policy}
+                    "tokens": Tokens, "delivery": Delivery, "policy": Policy, "privacy": Privacy}
 _PATH_KEYS = {("paths", "data_dir"), ("tls", "cert_file"), ("tls", "key_file"),
               ("dkim", "key_file"), ("dkim", "ed25519_key_file"), ("tokens", "secret_file"), ("delivery", "smarthost_ca_file"),
               ("delivery", "smarthost_password_file")}

@@ -20,6 +20,20 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def enable_wal(conn: sqlite3.Connection, wait: float = 10.0) -> None:
+    """Switch a database file to WAL mode. The switch needs the file to itself, and SQLite does not wait
+    for that (no busy handler), so processes opening a new file together retry instead of failing."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _initial_schema(db: sqlite_utils.Database) -> None:
     db["tenants"].create({
         "id": str, "status": str, "reason": str, "terms_version": str, "allowed_from": str,
@@ -117,7 +131,7 @@ class Store:
                                check_same_thread=not other_thread)
         self.db = sqlite_utils.Database(conn)
         self.path = path
-        self.db.execute("PRAGMA journal_mode=WAL")
+        enable_wal(conn)
         # NORMAL is crash-safe in WAL mode (a power loss may lose the last commits, never corrupt);
         # the spool, which holds acknowledged mail, uses FULL.
         self.db.execute("PRAGMA synchronous=NORMAL")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from policy import credentials
+from policy import credentials, logs, metrics
 from policy.ratelimit import Limits
 from policy.store import Store
 
@@ -32,6 +32,7 @@ class Authenticator:
         """Lockout first (same answer for every user), then scrypt in a thread, then count the failure."""
         username = login.login.decode("utf-8", "replace")
         if self.limits.auth_locked(username, ip):
+            _failed("locked_out", ip)
             return AuthResult(success=False, handled=False, message=LOCKED)
         stored, tenant = credentials.lookup_hash(self.store, username)
         ok = await asyncio.get_running_loop().run_in_executor(
@@ -40,7 +41,14 @@ class Authenticator:
             credentials.touch(self.store, username)
             return AuthResult(success=True, auth_data=Authenticated(username, tenant))
         self.limits.auth_failed(username, ip)
+        _failed("bad_credentials", ip)
         return AuthResult(success=False, handled=False)
+
+
+def _failed(reason: str, ip: str) -> None:
+    """The username is not logged: users type passwords into it."""
+    metrics.auth_failures.labels(reason).inc()
+    logs.event("auth_failure", reason=reason, client=ip)
 
 
 class AsyncAuthSMTP(SMTP):

@@ -5,6 +5,8 @@ Commands that show individual records take --reason and write an audit row first
 """
 from __future__ import annotations
 
+import functools
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -27,7 +29,8 @@ from relay.signing import provider_keys
 def starters() -> dict:
     """The roles that live in inbound/, wired here (the composition root); imported only to serve."""
     from inbound import service
-    return {"inbound": service.start_inbound, "http": service.start_http}
+    from relay import scrape
+    return {"inbound": service.start_inbound, "http": functools.partial(service.start_http, observers=scrape.observers)}
 
 
 USER_ERRORS = (ConfigError, TokenError, TenantError, SuppressionError, ReasonRequired, KeyMaterialError)
@@ -97,10 +100,28 @@ def serve(settings: Settings, role: str | None) -> None:
     """
     check_tls_files(settings.tls_cert, settings.tls_key)
     provider_keys(settings)
+    prepare_metrics(settings)
     from relay import serve as serve_mod     # the servers' imports cost a second: only `serve` pays for them
     serve_mod.smarthost_auth(settings)
-    serve_mod.setup_logging()
+    serve_mod.setup_logging(settings)
     sys.exit(serve_mod.serve(settings, (role,) if role else ROLES, starters()))
+
+
+def prepare_metrics(settings: Settings) -> None:
+    """Point prometheus-client at data_dir/metrics, dropping the files of processes that are gone.
+
+    Must run before prometheus-client is imported. Every `serve` on the node (one per role under
+    systemd) writes there, so only files of dead processes are removed: their counts restart at 0,
+    which Prometheus reads as a counter reset.
+    """
+    directory = settings.data_dir / "metrics"
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.glob("*.db"):
+        pid = path.stem.rpartition("_")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            path.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
 
 
 @cli.group("inbound")

@@ -17,12 +17,12 @@ import re
 import time
 from calendar import timegm
 
-from policy import bounces, dkimkeys, outbox, sent, standing, suppression, tenants
+from policy import bounces, dkimkeys, logs, metrics, outbox, sent, standing, suppression, tenants
 from policy.settings import Settings
 from policy.store import Store, utcnow
 from policy.tokens import TokenKeys
 from relay.routing import RouteError, Router
-from relay.signing import SigningError, SigningKey, sign
+from relay.signing import SigningError, SigningKey, provider_keys, sign
 from relay.smtp_out import Courier, Outcome
 from relay.spool import Due, Message, Spool, SpoolError, new_queue_id
 
@@ -30,6 +30,7 @@ log = logging.getLogger("websofttt.delivery")
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.I | re.M)
 _CAMPAIGN = re.compile(r"[^A-Za-z0-9._-]")
+_ENHANCED = re.compile(r"^[245]\d\d[ -]([245]\.\d{1,3}\.\d{1,3})\b")
 TENANT_KEY_TTL = 30.0         # seconds a loop caches a tenant domain's key (or its absence)
 CHECKPOINT_INTERVAL = 1.0     # seconds between WAL truncations while bodies are being erased
 TENANT_STATUS_TTL = 5.0       # seconds a loop trusts a tenant's status (suspension holds its mail)
@@ -113,6 +114,7 @@ class DeliveryLoop:
             return await self._finish(due, "expired", "554 4.4.7 Message expired in the queue", due.token)
         entry = suppression.find(self.store, due.tenant, due.recipient)
         if entry is not None:
+            metrics.suppression_hits.labels("delivery", entry.cause).inc()
             return await self._finish(due, "suppressed", f"550 5.7.1 Recipient {entry.reason}", due.token)
         body = self.spool.body(due.queue_id)
         if body is None:
@@ -121,7 +123,8 @@ class DeliveryLoop:
         token = None if provider else due.token or self._new_token(due, body)
         copy = body if provider else self._headers(due, token) + body
         try:
-            signed = sign(copy, self._signing_keys(due)) + copy
+            with metrics.dkim_signing.time():
+                signed = sign(copy, self._signing_keys(due)) + copy
         except SigningError as e:
             return await self._defer(due, f"451 4.7.5 DKIM signing failed: {e}", token)
         domain = due.recipient.rpartition("@")[2]
@@ -131,8 +134,15 @@ class DeliveryLoop:
             outcome = Outcome(False, e.permanent, f"{'550' if e.permanent else '451'} {e.status} {e.text}")
         else:
             envelope_from = "" if provider else f"bounce+{token}@{self.settings.provider.bounce_domain}"
+            logs.event("attempt", queue_id=due.queue_id, tenant=due.tenant, recipient=due.recipient,
+                       attempt=due.attempts + 1, hosts=len(destinations))
             outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed)
         await self._record(due, outcome, token)
+
+    def reload_keys(self) -> None:
+        """Re-read the provider's DKIM keys (SIGHUP, rotation) and forget cached tenant keys."""
+        self.keys = provider_keys(self.settings)
+        self._tenant_keys.clear()
 
     def _held(self, tenant: str) -> bool:
         if tenant == outbox.PROVIDER:
@@ -188,6 +198,7 @@ class DeliveryLoop:
         delay = schedule[min(due.attempts, len(schedule) - 1)] * random.uniform(0.9, 1.1)
         await self.spool.record(due.queue_id, due.recipient, "deferred", due.attempts + 1, time.time() + delay,
                                 reply, token)
+        metrics.deferred.labels(due.tenant, _status(reply)).inc()
         self._event("deferred", due, reply)
 
     async def _finish(self, due: Due, state: str, reply: str, token: str | None) -> None:
@@ -195,11 +206,24 @@ class DeliveryLoop:
         if state in standing.OUTCOMES and due.tenant != outbox.PROVIDER:
             standing.note(self.store, due.tenant, state)
         self._erased = True
+        if state == "delivered":
+            metrics.delivered.labels(due.tenant).inc()
+        elif state in ("failed", "expired"):
+            kind = "expired" if state == "expired" else bounces.bounce_class(_status(reply), True)
+            metrics.bounced.labels(due.tenant, kind).inc()
         self._event(state, due, reply)
 
     def _event(self, kind: str, due: Due, detail: str) -> None:
+        """The event row (queue show) and the log line; a failed or expired copy is logged as `bounced`."""
         self.store.db["events"].insert({"time": utcnow(), "kind": kind, "tenant": due.tenant, "queue_id": due.queue_id,
                                         "recipient": due.recipient, "detail": detail})
-        log.info("%s id=%s tenant=%s reply=%s", kind, due.queue_id, due.tenant, detail)
+        logs.event({"failed": "bounced", "expired": "bounced"}.get(kind, kind), queue_id=due.queue_id,
+                   tenant=due.tenant, recipient=due.recipient, state=kind, reply=detail)
+
+
+def _status(reply: str) -> str:
+    """The enhanced status of a reply ("451 4.4.1 ..." -> "4.4.1"), else its class ("4.0.0"): a bounded label."""
+    m = _ENHANCED.match(reply)
+    return m.group(1) if m else f"{reply[:1] or '4'}.0.0"
 
 

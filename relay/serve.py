@@ -2,8 +2,11 @@
 
 One Python process cannot use a second core, so the node runs `node.workers` processes. Each binds
 every listener itself with SO_REUSEPORT (the kernel spreads connections), owns one spool shard and
-its own store connection. The parent only supervises: it restarts a worker that dies and, on
-SIGTERM or SIGINT, asks every worker to drain (finish open transactions) and exits 0.
+its own store connection. The parent only supervises: it tells systemd READY=1 once every worker
+listens, restarts a worker that dies, passes SIGHUP on (each worker reloads its TLS certificate and
+DKIM keys; open connections stay), and on SIGTERM or SIGINT asks every worker to drain (finish open
+transactions) and exits 0. Counters reach /metrics through prometheus-client's multiprocess files in
+data_dir/metrics (relay/cli.py points it there before this module is imported).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Protocol
 
 import dns.asyncresolver
 
+from policy import logs
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
 from relay.cli_common import ServeError
@@ -30,6 +34,7 @@ from relay.delivery import DeliveryLoop
 from relay.routing import Router
 from relay.signing import provider_keys
 from relay.smtp_out import Courier
+from relay.sdnotify import notify
 from relay.spool import Spool, shard_path, shard_paths
 from relay.submission import Sessions, SubmissionHandler, protocol_factory
 
@@ -37,10 +42,8 @@ log = logging.getLogger("websofttt.serve")
 
 
 
-def setup_logging() -> None:
-    """One line per event on stderr (journald adds the time); aiosmtpd's own log names addresses, so it is muted."""
-    logging.basicConfig(level=logging.INFO, format="%(processName)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.ERROR)
+def setup_logging(settings: Settings) -> None:
+    logs.setup(settings.privacy.mask_recipients)
 
 
 def bind(address: Listen) -> socket.socket:
@@ -98,10 +101,19 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
     workers: dict[int, multiprocessing.Process] = {}
     stopping = False
 
+    ready = {index: context.Event() for index in range(settings.node.workers)}
+
     def start(index: int) -> None:
-        proc = context.Process(target=run_worker, args=(settings, index, roles, starters), name=f"worker-{index}")
+        ready[index].clear()
+        proc = context.Process(target=run_worker, args=(settings, index, roles, starters, ready[index]),
+                               name=f"worker-{index}")
         proc.start()
         workers[index] = proc
+
+    def reload(signum, frame) -> None:
+        for proc in workers.values():
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGHUP)
 
     def stop(signum, frame) -> None:
         nonlocal stopping
@@ -109,14 +121,20 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
         for proc in workers.values():
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGTERM)
+        notify("STOPPING=1")
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     for index in range(settings.node.workers):
         start(index)
-    log.info("node %s serving %s with %d workers", settings.node.name, ",".join(roles), len(workers))
+    announced = False
     while workers:
         time.sleep(0.2)
+        if not announced and not stopping and all(event.is_set() for event in ready.values()):
+            announced = True
+            notify("READY=1")
+            log.info("node %s serving %s with %d workers", settings.node.name, ",".join(roles), len(workers))
         for index, proc in list(workers.items()):
             if proc.is_alive():
                 continue
@@ -128,9 +146,16 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
     return 0
 
 
-def run_worker(settings: Settings, index: int, roles: tuple[str, ...], starters: Mapping[str, Starter]) -> None:
+def run_worker(settings: Settings, index: int, roles: tuple[str, ...], starters: Mapping[str, Starter],
+               ready) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent turns ^C into SIGTERM for each worker
-    asyncio.run(worker_main(settings, index, roles, starters=starters))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # until the worker can reload
+
+    async def main() -> None:
+        started = asyncio.get_running_loop().create_future()
+        started.add_done_callback(lambda _: ready.set())
+        await worker_main(settings, index, roles, started=started, starters=starters)
+    asyncio.run(main())
 
 
 def owned_shards(settings: Settings, index: int) -> list[Path]:
@@ -167,6 +192,9 @@ class Service(Protocol):
 
     async def close(self) -> None: ...
 
+    def reload(self) -> None:
+        """Re-read certificates (SIGHUP)."""
+
 
 # (settings, worker index, bind) -> the running service; `bind` makes a SO_REUSEPORT listening socket
 Starter = Callable[[Settings, int, Callable[[Listen], socket.socket]], Awaitable[Service]]
@@ -200,6 +228,20 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
             protocol_factory(handler, sessions, tls, implicit), sock=bind(address),
             ssl=tls if implicit else None))
     services = {role: await start(settings, index, bind) for role, start in (starters or {}).items() if role in roles}
+
+    def reload() -> None:
+        """SIGHUP: new TLS certificate and DKIM keys for new connections and copies; nothing is dropped."""
+        try:
+            tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+            for service in services.values():
+                service.reload()
+            for d in deliveries:
+                d.reload_keys()
+            log.info("reloaded TLS certificate and DKIM keys")
+        except Exception as e:     # a half-written certificate: keep serving with the old one
+            log.error("reload failed, still using the previous certificate and keys: %s", e)
+    if own_stop:
+        loop.add_signal_handler(signal.SIGHUP, reload)
     if started is not None:
         started.set_result({"submission": [s.sockets[0].getsockname()[1] for s in servers]}
                            | {role: service.ports for role, service in services.items()})
@@ -217,3 +259,4 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
         store.close()
         if own_stop:
             loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGHUP)

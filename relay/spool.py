@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy.store import utcnow
+from policy.store import enable_wal, utcnow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -61,7 +61,7 @@ def new_queue_id(node: str) -> str:
 
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
+    enable_wal(conn)
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA secure_delete=ON")
     conn.executescript(_SCHEMA)
@@ -241,6 +241,21 @@ def queue_summary(spool_dir: Path) -> list[dict]:
         finally:
             conn.close()
     return rows
+
+
+def pending_stats(spool_dir: Path) -> tuple[int, str | None]:
+    """(recipients waiting, received time of the oldest message with one) over the node's shards, read-only."""
+    count, oldest = 0, None
+    for path in shard_paths(spool_dir):
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            n, first = conn.execute(f"SELECT count(*), min(m.received) FROM recipients r JOIN messages m "
+                                    f"ON m.id = r.queue_id WHERE r.{PENDING}").fetchone()
+        finally:
+            conn.close()
+        count += n
+        oldest = min(filter(None, (oldest, first)), default=None)
+    return count, oldest
 
 
 def message_detail(spool_dir: Path, queue_id: str) -> dict | None:

@@ -18,7 +18,7 @@ from email.utils import format_datetime
 from aiosmtpd.smtp import Envelope, Session
 from flanker.addresslib import address as flanker_address
 
-from policy import suppression, tenants
+from policy import logs, metrics, suppression, tenants
 from policy.headers import HeaderCheck, HeaderPolicy, check_headers
 from policy.ratelimit import Limits
 from policy.settings import Settings
@@ -70,19 +70,21 @@ class SubmissionHandler:
     async def handle_MAIL(self, server, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
         tenant_id, username = self._identify(session)
         if tenant_id is None:
-            return "530 5.7.0 Authentication required"
+            return _refused("mail", "unauthenticated", "530 5.7.0 Authentication required")
         tenant = tenants.get(self.store, tenant_id)
         if tenant is None:
-            return "550 5.7.1 This account no longer exists"
+            return _refused("mail", "unknown_tenant", "550 5.7.1 This account no longer exists", tenant_id)
         if not tenant.active:
-            return f"550 5.7.1 Sending is suspended for tenant {tenant.id}: {tenant.reason}"
+            return _refused("mail", "suspended", f"550 5.7.1 Sending is suspended for tenant {tenant.id}: "
+                                                 f"{tenant.reason}", tenant.id)
         version = self.settings.provider.terms_version
         if tenant.terms_version != version:
-            return (f"550 5.7.1 Tenant {tenant.id} has not accepted the terms of service version {version} "
-                    f"(websofttt tenant accept-terms {tenant.id})")
+            return _refused("mail", "terms", f"550 5.7.1 Tenant {tenant.id} has not accepted the terms of service "
+                                             f"version {version} (websofttt tenant accept-terms {tenant.id})", tenant.id)
         rate = tenant.message_rate(self.settings.policy.tenant_rate)
         if not self.limits.message_allowed(tenant.id, rate):
-            return f"451 4.7.1 Message rate limit for tenant {tenant.id} reached, try again later"
+            return _refused("mail", "rate_limit", f"451 4.7.1 Message rate limit for tenant {tenant.id} reached, "
+                                                  f"try again later", tenant.id)
         session.sender = Sender(tenant, username)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -96,14 +98,18 @@ class SubmissionHandler:
     # RCPT TO: a valid address, within limits, not suppressed for this tenant.
     async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str,
                           options: list[str]) -> str:
-        limit = self.settings.submission.max_recipients
+        limit, tenant_id = self.settings.submission.max_recipients, session.sender.tenant.id
         if len(envelope.rcpt_tos) >= limit:
-            return f"452 4.5.3 Too many recipients (at most {limit} per message)"
+            return _refused("rcpt", "too_many_recipients", f"452 4.5.3 Too many recipients (at most {limit} per "
+                                                           f"message)", tenant_id)
         if flanker_address.parse(address, addr_spec_only=True, strict=True) is None:
-            return f"553 5.1.3 Recipient address <{_shown(address)}> is not a valid address"
-        entry = suppression.find(self.store, session.sender.tenant.id, address)
+            return _refused("rcpt", "bad_address", f"553 5.1.3 Recipient address <{_shown(address)}> is not a valid "
+                                                   f"address", tenant_id)
+        entry = suppression.find(self.store, tenant_id, address)
         if entry is not None:
-            return f"550 5.7.1 Recipient <{_shown(address)}> {entry.reason}"
+            metrics.suppression_hits.labels("rcpt", entry.cause).inc()
+            return _refused("rcpt", "suppressed", f"550 5.7.1 Recipient <{_shown(address)}> {entry.reason}",
+                            tenant_id, address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Recipient OK"
@@ -114,8 +120,9 @@ class SubmissionHandler:
         raw: bytes = envelope.original_content
         check = check_headers(raw, self.header_policy, frozenset(sender.tenant.allowed_from), envelope.smtp_utf8)
         if check.reply:
-            return check.reply
+            return _refused("data", "header_policy", check.reply, sender.tenant.id)
         queue_id = new_queue_id(self.settings.node.name)
+        logs.event("received", queue_id=queue_id, tenant=sender.tenant.id, size=len(raw), client=session.peer[0])
         data = self._trace_headers(server, session, sender, queue_id, check) + raw
         message = Message(queue_id, sender.tenant.id, envelope.mail_from, tuple(envelope.rcpt_tos), data,
                           envelope.smtp_utf8, check.campaign, check.from_domain)
@@ -124,12 +131,16 @@ class SubmissionHandler:
         except SpoolError as e:
             log.error("spool write failed for %s: %s", queue_id, e)
             if e.disk_full:
-                return "452 4.3.1 Insufficient system storage, try again later"
-            return "451 4.3.0 Temporary failure writing the queue, try again later"
+                return _refused("data", "disk_full", "452 4.3.1 Insufficient system storage, try again later",
+                                sender.tenant.id)
+            return _refused("data", "spool_error", "451 4.3.0 Temporary failure writing the queue, try again later",
+                            sender.tenant.id)
         if self.on_queued:
             self.on_queued()
-        log.info("queued id=%s tenant=%s rcpts=%d size=%d", queue_id, sender.tenant.id, len(message.recipients),
-                 len(data))
+        metrics.received.labels(sender.tenant.id).inc()
+        metrics.queued.labels(sender.tenant.id).inc(len(message.recipients))
+        logs.event("queued", queue_id=queue_id, tenant=sender.tenant.id, recipients=len(message.recipients),
+                   size=len(data))
         return f"250 2.0.0 queued as {queue_id}"
 
     def _trace_headers(self, server: "SubmissionSMTP", session: Session, sender: Sender, queue_id: str,
@@ -147,6 +158,13 @@ class SubmissionHandler:
         if not check.has_date:
             lines.append(f"Date: {now}\r\n")
         return "".join(lines).encode("ascii")
+
+
+def _refused(stage: str, reason: str, reply: str, tenant: str | None = None, recipient: str | None = None) -> str:
+    """Count and log one refused command; returns its reply."""
+    metrics.rejected.labels(stage, reason).inc()
+    logs.event("rejected", tenant=tenant, recipient=recipient, stage=stage, reason=reason, reply=reply)
+    return reply
 
 
 def _shown(text: str) -> str:

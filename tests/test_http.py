@@ -316,5 +316,5 @@ def test_healthz(env):
         env.store.close()
         down = await client.get("/healthz")
         return ok.status, ok_text, down.status
-    assert env.run(scenario) == (200, "ok\n", 503)
+    assert env.run(scenario) == (200, "ok: store\n", 503)
     env.store = Store(env.store.path)          # so the fixture's close() has something to close

@@ -31,19 +31,28 @@ def node(tmp_path):
         assert run_cli(*args, cwd=tmp_path).returncode == 0
     assert run_cli("credential", "add", "acme", "app1", cwd=tmp_path, stdin=PASSWORD + "\n").returncode == 0
     procs: list[subprocess.Popen] = []
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(30)
 
     def start() -> subprocess.Popen:
-        proc = subprocess.Popen([WEBSOFTTT, "serve"], cwd=tmp_path, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        """Start `serve` as systemd would (Type=notify) and return once it said READY=1."""
+        with open(tmp_path / "serve.log", "a") as log:
+            proc = subprocess.Popen([WEBSOFTTT, "serve"], cwd=tmp_path, start_new_session=True, stdout=log,
+                                    stderr=subprocess.STDOUT, env={**os.environ, "NOTIFY_SOCKET": notify.getsockname()})
         procs.append(proc)
+        while notify.recv(100) != b"READY=1":     # a previous run's STOPPING=1 may come first
+            pass
         wait_for_port(port)
         return proc
-    start.port, start.dir = port, tmp_path
+    start.port, start.dir, start.notify = port, tmp_path, notify
+    start.log = lambda: (tmp_path / "serve.log").read_text()
     yield start
     for proc in procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    notify.close()
 
 
 def client(node) -> smtplib.SMTP:

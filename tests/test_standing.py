@@ -29,7 +29,7 @@ def deliver(store: Store, tenant: str, n: int, outcome: str = "delivered") -> No
 
 
 def complain(store: Store, tenant: str, n: int, by: str = "token", rules: Policy = RULES) -> list[str]:
-    return [complaints.record(store, rules, tenant, f"r{i}@example.net", "abuse", by, None, "test")
+    return [complaints.record(store, rules, tenant, f"r{i}@example.net", "abuse", by, None, "test")[1]
             for i in range(n)]
 
 
