@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,3 +94,29 @@ class Mailbox:
     def close(self) -> None:
         self._executor.submit(self._conn.close).result()
         self._executor.shutdown()
+
+
+def mailbox_path(data_dir: Path, node: str) -> Path:
+    return data_dir / "inbound" / f"{node}.sqlite"
+
+
+def records_from(path: Path, address: str) -> list[dict]:
+    """What this node received from one envelope sender, without the raw messages (subject access)."""
+    if not path.exists():
+        return []
+    with closing(sqlite3.connect(path, timeout=30)) as conn:
+        rows = conn.execute("SELECT id, received, recipients, kind, action FROM inbound WHERE lower(mail_from) = ?",
+                            (address,)).fetchall()
+    return [dict(zip(("id", "received", "recipients", "kind", "action"), r)) for r in rows]
+
+
+def erase_from(path: Path, address: str) -> int:
+    """Delete what this node received from one envelope sender (processed or not: the request decides)."""
+    if not path.exists():
+        return 0
+    with closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as conn:
+        conn.execute("PRAGMA secure_delete=ON")
+        count = conn.execute("DELETE FROM inbound WHERE lower(mail_from) = ?", (address,)).rowcount
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return count
+

@@ -49,7 +49,7 @@ def setup(mask_recipients: bool = True, stream=None) -> None:
     logging.captureWarnings(True)
 
 
-def event(kind: str, *, queue_id: str | None = None, tenant: str | None = None, recipient: str | None = None,
+def event(kind: str, /, *, queue_id: str | None = None, tenant: str | None = None, recipient: str | None = None,
           **fields: object) -> None:
     """Log one mail event as one JSON line; None-valued fields are left out."""
     data: dict[str, object] = {"event": kind, "queue_id": queue_id, "tenant": tenant,

@@ -25,6 +25,7 @@ from policy.store import Store, utcnow
 log = logging.getLogger("websofttt.policy")
 
 OUTCOMES = ("delivered", "failed")
+COUNTED = ("received", *OUTCOMES)       # per tenant and hour; `stats` reads them too
 
 
 def _stamp(seconds: float, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> str:
@@ -32,9 +33,9 @@ def _stamp(seconds: float, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> str:
 
 
 def note(store: Store, tenant: str, outcome: str) -> None:
-    """Count one final delivery outcome ("delivered" or "failed") in the current hour."""
-    if outcome not in OUTCOMES:
-        raise ValueError(f"outcome {outcome!r} is not one of {OUTCOMES}")
+    """Count one message received or one final delivery outcome (delivered, failed) in the current hour."""
+    if outcome not in COUNTED:
+        raise ValueError(f"outcome {outcome!r} is not one of {COUNTED}")
     store.execute(f"INSERT INTO activity (tenant, hour, {outcome}) VALUES (?, ?, 1) ON CONFLICT(tenant, hour) "
                   f"DO UPDATE SET {outcome} = {outcome} + 1", [tenant, _stamp(time.time(), "%Y-%m-%dT%H")])
 

@@ -109,6 +109,10 @@ def _abuse_desk(db: sqlite_utils.Database) -> None:
     db["tenants"].add_column("resumed", str)
 
 
+def _received_counts(db: sqlite_utils.Database) -> None:
+    db["activity"].add_column("received", int, not_null_default=0)
+
+
 # Named migrations, applied in order; never edit one that has shipped, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial_schema", _initial_schema),
@@ -118,6 +122,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0005_sent_by_recipient", _sent_by_recipient),
     ("0006_bounce_events", _bounce_events),
     ("0007_abuse_desk", _abuse_desk),
+    ("0008_received_counts", _received_counts),
 ]
 
 

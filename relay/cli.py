@@ -19,7 +19,7 @@ from policy.settings import ROLES, ConfigError, Settings
 from policy.suppression import SuppressionError
 from policy.tenants import TenantError
 from policy.tokens import TokenError, TokenKeys, ensure_secret
-from relay import cli_abuse, cli_records, cli_tenants
+from relay import cli_abuse, cli_privacy, cli_records, cli_tenants
 from relay.cli_common import ServeError, emit, json_option, open_store, with_settings
 from relay.cli_records import provider_dkim_records
 from relay.signing import provider_keys
@@ -153,7 +153,7 @@ def inbound_classify(settings, files, as_json) -> None:
                                        + (f" tenant={r['tenant']}" if r["tenant"] else "") for r in items])
 
 
-for command in [*cli_records.COMMANDS, *cli_tenants.COMMANDS, *cli_abuse.COMMANDS]:
+for command in [*cli_records.COMMANDS, *cli_tenants.COMMANDS, *cli_abuse.COMMANDS, *cli_privacy.COMMANDS]:
     cli.add_command(command)
 
 

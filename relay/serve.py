@@ -11,6 +11,7 @@ data_dir/metrics (relay/cli.py points it there before this module is imported).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import multiprocessing
@@ -24,7 +25,7 @@ from typing import Protocol
 
 import dns.asyncresolver
 
-from policy import logs
+from policy import logs, retention
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
 from relay.cli_common import ServeError
@@ -39,6 +40,7 @@ from relay.spool import Spool, shard_path, shard_paths
 from relay.submission import Sessions, SubmissionHandler, protocol_factory
 
 log = logging.getLogger("websofttt.serve")
+RETENTION_EVERY = 3600.0     # seconds between retention purges
 
 
 
@@ -186,6 +188,20 @@ def delivery_loop(settings: Settings, store: Store, spool: Spool,
                         Courier(settings.delivery, settings.provider.hostname))
 
 
+async def retention_loop(settings: Settings, store: Store, spools: list[Spool], stop: asyncio.Event) -> None:
+    """Worker 0 of the delivery role purges what is past its retention, at start and every RETENTION_EVERY."""
+    while not stop.is_set():
+        try:
+            counts = retention.purge(store, settings)
+            before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - settings.delivery.sent_retention))
+            counts["queue"] = sum([await spool.purge_finished(before) for spool in spools])
+            logs.event("purged", **counts)
+        except Exception:          # a busy store: the next round catches up
+            log.exception("retention purge failed")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), RETENTION_EVERY)
+
+
 class Service(Protocol):
     """A role started by the composition root (relay/cli.py), e.g. the inbound listener or the http role."""
     ports: list[int]
@@ -218,6 +234,8 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     deliveries = [delivery_loop(settings, store, spool, resolver) for spool in spools] if "delivery" in roles else []
     runs = [asyncio.create_task(d.run(stop)) for d in deliveries]
+    if deliveries and index == 0:
+        runs.append(asyncio.create_task(retention_loop(settings, store, spools, stop)))
     tls = server_ssl_context(settings.tls_cert, settings.tls_key)
     wake = deliveries[0].wake.set if deliveries else None
     handler = SubmissionHandler(settings, store, spools[0], on_queued=wake)

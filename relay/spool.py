@@ -150,6 +150,22 @@ class Spool:
         row = self._reader.execute("SELECT data FROM messages WHERE id = ?", (queue_id,)).fetchone()
         return row[0] if row else None
 
+    async def purge_finished(self, before: str) -> int:
+        """Delete messages finished before `before` (ISO time) with their recipient rows; returns how many."""
+        count = 0
+
+        def purge(conn: sqlite3.Connection) -> None:
+            nonlocal count
+            done = [r[0] for r in conn.execute(
+                "SELECT id FROM messages m WHERE data IS NULL AND received < ? AND NOT EXISTS "
+                "(SELECT 1 FROM recipients r WHERE r.queue_id = m.id AND r." + PENDING + ")", (before,))]
+            for queue_id in done:
+                conn.execute("DELETE FROM recipients WHERE queue_id = ?", (queue_id,))
+                conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
+            count = len(done)
+        await self._submit(purge)
+        return count
+
     def checkpoint(self) -> None:
         """Fold the WAL into the database and truncate it, so erased bodies leave no copy in the WAL."""
         self._writer_call(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
@@ -307,3 +323,36 @@ def drop(spool_dir: Path, queue_id: str) -> int:
         finally:
             conn.close()
     return -1
+
+
+def address_records(spool_dir: Path, address: str) -> list[dict]:
+    """This node's queue entries for one recipient address (subject access)."""
+    rows: list[dict] = []
+    for path in shard_paths(spool_dir):
+        conn = connect(path)
+        try:
+            rows += [dict(zip(("queue_id", "state", "attempts", "last_reply", "updated"), r)) for r in conn.execute(
+                "SELECT queue_id, state, attempts, last_reply, updated FROM recipients WHERE lower(recipient) = ?",
+                (address,))]
+        finally:
+            conn.close()
+    return rows
+
+
+def erase_address(spool_dir: Path, address: str) -> int:
+    """Forget one recipient address: its rows go (pending ones are not delivered), then bodies left without a
+    pending recipient; returns the rows removed."""
+    count = 0
+    for path in shard_paths(spool_dir):
+        conn = connect(path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            ids = [r[0] for r in conn.execute("SELECT queue_id FROM recipients WHERE lower(recipient) = ?", (address,))]
+            count += conn.execute("DELETE FROM recipients WHERE lower(recipient) = ?", (address,)).rowcount
+            for queue_id in ids:
+                erase_finished(conn, queue_id)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+    return count
+

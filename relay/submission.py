@@ -18,7 +18,7 @@ from email.utils import format_datetime
 from aiosmtpd.smtp import Envelope, Session
 from flanker.addresslib import address as flanker_address
 
-from policy import logs, metrics, suppression, tenants
+from policy import logs, metrics, standing, suppression, tenants
 from policy.headers import HeaderCheck, HeaderPolicy, check_headers
 from policy.ratelimit import Limits
 from policy.settings import Settings
@@ -137,6 +137,7 @@ class SubmissionHandler:
                             sender.tenant.id)
         if self.on_queued:
             self.on_queued()
+        standing.note(self.store, sender.tenant.id, "received")
         metrics.received.labels(sender.tenant.id).inc()
         metrics.queued.labels(sender.tenant.id).inc(len(message.recipients))
         logs.event("queued", queue_id=queue_id, tenant=sender.tenant.id, recipients=len(message.recipients),

@@ -1,0 +1,48 @@
+"""Subject access and erasure for one address, over the shared store.
+
+`export` returns every record the store holds about an address; `erase` removes them, except the
+suppressions: they are the opt-out itself and must persist to keep honouring it. Complaint and bounce
+records lose the address but stay as counts, so a tenant's rates (and a suspension they caused) do not
+change when a recipient asks to be forgotten. The node-local records (spool, inbound mailbox) are
+handled next to this by the command (relay/cli_privacy.py).
+"""
+from __future__ import annotations
+
+from policy.suppression import normalise
+from policy.store import Store
+
+ERASED = "(erased)"
+
+# table -> (columns shown, WHERE clause naming the address as :a)
+_RECORDS = {
+    "suppressions": ("address, scope, cause, source, created, expires", "address = :a"),
+    "sent": ("tenant, recipient, message_id, queue_id, created, expires", "recipient = :a"),
+    "complaints": ("received, tenant, recipient, feedback_type, identified_by, case_id, source", "recipient = :a"),
+    "cases": ("id, kind, opened, complainant, subject, tenant, recipient, status", "complainant = :a OR recipient = :a"),
+    "bounces": ("time, tenant, recipient, status, class, source", "recipient = :a"),
+    "events": ("time, kind, tenant, queue_id, recipient, detail", "recipient = :a"),
+    "counters": ("key, started, count", "substr(key, length(key) - length(:a)) = ':' || :a"),   # ack:, soft:T:
+}
+
+
+def export(store: Store, address: str) -> dict[str, list[dict]]:
+    a = normalise(address)
+    return {table: store.all(f"SELECT {columns} FROM {table} WHERE {where}", {"a": a})
+            for table, (columns, where) in _RECORDS.items()}
+
+
+def erase(store: Store, address: str) -> dict[str, int]:
+    """Remove or anonymise every record about `address` but its suppressions; returns rows changed per table."""
+    a = {"a": normalise(address), "erased": ERASED}
+    with store.exclusive():
+        return {
+            "sent": store.execute("DELETE FROM sent WHERE recipient = :a", a).rowcount,
+            "complaints": store.execute("UPDATE complaints SET recipient = NULL WHERE recipient = :a", a).rowcount,
+            "cases": store.execute(
+                "UPDATE cases SET complainant = CASE WHEN complainant = :a THEN :erased ELSE complainant END, "
+                "recipient = CASE WHEN recipient = :a THEN NULL ELSE recipient END, subject = NULL, "
+                "evidence = :erased WHERE complainant = :a OR recipient = :a", a).rowcount,
+            "bounces": store.execute("UPDATE bounces SET recipient = :erased WHERE recipient = :a", a).rowcount,
+            "events": store.execute("UPDATE events SET recipient = NULL WHERE recipient = :a", a).rowcount,
+            "counters": store.execute(f"DELETE FROM counters WHERE {_RECORDS['counters'][1]}", a).rowcount,
+        }
