@@ -1,10 +1,16 @@
-"""Tenants' own DKIM keys, one per From domain, kept in the store so every node signs alike.
+"""DKIM keys kept in the store so every node signs alike: tenants' own keys, and the provider's rotations.
 
-A copy From a domain with a key carries that domain's signature (DMARC-aligned) besides the
+A copy From a tenant domain with a key carries that domain's signature (DMARC-aligned) besides the
 provider's; a copy From a domain without one carries the provider's signature only.
+
+Rotation (`dkim rotate`): a new provider RSA key under a new selector, which signs from `active_from`
+(now + `dkim.rotation_delay`, so its DNS record is published and cached first). Until the first
+rotation the key file made by `init` signs. The key a rotation replaced stays published for
+RETIRED_KEEP, so copies signed with it still verify while they are read.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -56,3 +62,40 @@ def hosted_selector(key: TenantKey) -> str:
 def find(store: Store, tenant_id: str, domain: str) -> TenantKey | None:
     row = store.one("SELECT * FROM dkim_keys WHERE tenant = ? AND domain = ?", [tenant_id, domain.lower()])
     return TenantKey(**row) if row else None
+
+
+RETIRED_KEEP = 7 * 86400
+
+
+@dataclass(frozen=True)
+class ProviderKey:
+    selector: str
+    private_pem: str
+    created: str
+    active_from: str
+
+    def key(self) -> DkimKey:
+        return serialization.load_pem_private_key(self.private_pem.encode(), password=None)
+
+
+def rotate(store: Store, selector: str, delay: float) -> ProviderKey:
+    active_from = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + delay))
+    with store.exclusive():
+        if store.one("SELECT 1 AS x FROM provider_dkim_keys WHERE selector = ?", [selector]):
+            raise TenantError(f"selector {selector!r} is already in use; give another with --selector")
+        store.execute("INSERT INTO provider_dkim_keys (selector, private_pem, created, active_from) VALUES (?, ?, ?, ?)",
+                      [selector, new_dkim_pem().decode(), utcnow(), active_from])
+    return ProviderKey(**store.one("SELECT * FROM provider_dkim_keys WHERE selector = ?", [selector]))
+
+
+def provider_rotations(store: Store) -> list[ProviderKey]:
+    """Every rotated provider key, oldest first."""
+    return [ProviderKey(**r) for r in store.all("SELECT * FROM provider_dkim_keys ORDER BY active_from, selector")]
+
+
+def signing_rotation(store: Store) -> ProviderKey | None:
+    """The rotated key that signs now (the newest already active), or None: the key file signs."""
+    row = store.one("SELECT * FROM provider_dkim_keys WHERE active_from <= ? ORDER BY active_from DESC LIMIT 1",
+                    [utcnow()])
+    return ProviderKey(**row) if row else None
+

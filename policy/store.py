@@ -113,6 +113,11 @@ def _received_counts(db: sqlite_utils.Database) -> None:
     db["activity"].add_column("received", int, not_null_default=0)
 
 
+def _provider_key_rotation(db: sqlite_utils.Database) -> None:
+    db["provider_dkim_keys"].create({"selector": str, "private_pem": str, "created": str, "active_from": str},
+                                    pk="selector", not_null={"private_pem", "created", "active_from"})
+
+
 # Named migrations, applied in order; never edit one that has shipped, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0001_initial_schema", _initial_schema),
@@ -123,6 +128,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("0006_bounce_events", _bounce_events),
     ("0007_abuse_desk", _abuse_desk),
     ("0008_received_counts", _received_counts),
+    ("0009_provider_key_rotation", _provider_key_rotation),
 ]
 
 

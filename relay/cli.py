@@ -19,9 +19,8 @@ from policy.settings import ROLES, ConfigError, Settings
 from policy.suppression import SuppressionError
 from policy.tenants import TenantError
 from policy.tokens import TokenError, TokenKeys, ensure_secret
-from relay import cli_abuse, cli_privacy, cli_records, cli_tenants
+from relay import cli_abuse, cli_dkim, cli_privacy, cli_records, cli_tenants
 from relay.cli_common import ServeError, emit, json_option, open_store, with_settings
-from relay.cli_records import provider_dkim_records
 from relay.signing import provider_keys
 
 
@@ -76,15 +75,8 @@ def init(settings: Settings, if_new: bool) -> None:
     click.echo(f"DKIM key:     {settings.dkim_key}")
     click.echo(f"TLS:          {settings.tls_cert}{' (self-signed)' if settings.self_signed else ''}")
     click.echo("\nPublish these DNS records:")
-    for line in dns_records(settings):
+    for line in cli_dkim.provider_zone(settings, store):
         click.echo(line)
-
-
-def dns_records(settings: Settings) -> list[str]:
-    p = settings.provider
-    return [*provider_dkim_records(settings),
-            f"{p.bounce_domain}. IN MX 10 {p.hostname}.",
-            f'{p.bounce_domain}. IN TXT "v=spf1 a:{p.hostname} -all"']
 
 
 @cli.command()
@@ -153,7 +145,8 @@ def inbound_classify(settings, files, as_json) -> None:
                                        + (f" tenant={r['tenant']}" if r["tenant"] else "") for r in items])
 
 
-for command in [*cli_records.COMMANDS, *cli_tenants.COMMANDS, *cli_abuse.COMMANDS, *cli_privacy.COMMANDS]:
+for command in [*cli_records.COMMANDS, *cli_tenants.COMMANDS, *cli_abuse.COMMANDS, *cli_privacy.COMMANDS,
+                *cli_dkim.COMMANDS]:
     cli.add_command(command)
 
 

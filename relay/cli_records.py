@@ -1,4 +1,4 @@
-"""Commands over records: credentials, suppressions, the queue, DKIM DNS, the audit log.
+"""Commands over records: credentials, suppressions, the queue, the audit log.
 
 Individual records (addresses, message details) are shown only with --reason, audit-logged first.
 """
@@ -8,9 +8,7 @@ import sys
 
 import click
 
-from policy import audit, credentials, dkimkeys, suppression, tenants
-from policy.keys import dkim_dns_record
-from relay.signing import provider_keys
+from policy import audit, credentials, suppression, tenants
 from relay.cli_common import emit, json_option, open_store, reason_option, with_settings
 from relay.spool import drop, message_detail, queue_summary, retry_now
 
@@ -230,76 +228,7 @@ def queue_drop(settings, queue_id) -> None:
     click.echo(f"dropped {queue_id} ({count} pending recipient(s))")
 
 
-# ---- DKIM and audit
-
-@click.group()
-def dkim() -> None:
-    """DKIM keys and the DNS records to publish.
-
-    \b
-    Example:
-        websofttt dkim dns
-    """
-
-
-@dkim.command("dns")
-@click.option("--tenant", "tenant_id", default=None, help="The records this tenant publishes for its own domains.")
-@with_settings
-def dkim_dns(settings, tenant_id) -> None:
-    """Print DKIM records in zone-file syntax: the provider's, or with --tenant what a tenant publishes.
-
-    Without --tenant the provider's zone lines include the provider-hosted selectors that tenants
-    may CNAME to.
-
-    \b
-    Example:
-        websofttt dkim dns >> websofttt.com.zone
-        websofttt dkim dns --tenant acme
-    """
-    store = open_store(settings)
-    if tenant_id:
-        tenants.require(store, tenant_id)
-        for line in tenant_dns_lines(settings, dkimkeys.all_keys(store, tenant_id)):
-            click.echo(line)
-        return
-    for line in provider_dkim_records(settings):
-        click.echo(line)
-    for key in dkimkeys.all_keys(store):
-        click.echo(dkim_dns_record(dkimkeys.hosted_selector(key), settings.provider.domain, key.key()))
-
-
-def provider_dkim_records(settings) -> list[str]:
-    return [dkim_dns_record(k.selector, k.domain, k.key) for k in provider_keys(settings)]
-
-
-def tenant_dns_lines(settings, keys: list[dkimkeys.TenantKey]) -> list[str]:
-    """The TXT record for each of the tenant's domains, and the CNAME that may replace it."""
-    lines = []
-    for key in keys:
-        lines.append(dkim_dns_record(key.selector, key.domain, key.key()))
-        lines.append(f"; or, to let the provider rotate the key: {key.selector}._domainkey.{key.domain}. IN CNAME "
-                     f"{dkimkeys.hosted_selector(key)}._domainkey.{settings.provider.domain}.")
-    return lines
-
-
-@dkim.command("add-domain")
-@click.argument("tenant_id")
-@click.argument("domain")
-@with_settings
-def dkim_add_domain(settings, tenant_id, domain) -> None:
-    """Give one of a tenant's From domains its own DKIM key, so its mail is DMARC-aligned.
-
-    Prints the records the tenant publishes; copies From DOMAIN are then signed twice:
-    d=DOMAIN (aligned) and d= the provider domain.
-
-    \b
-    Example:
-        websofttt dkim add-domain acme acme.example
-    """
-    key = dkimkeys.add_domain(open_store(settings), tenant_id, domain, settings.dkim.selector)
-    for line in tenant_dns_lines(settings, [key]):
-        click.echo(line)
-
+# ---- audit
 
 @click.command("audit")
 @click.argument("action", type=click.Choice(["list"]))
@@ -317,4 +246,4 @@ def audit_cmd(settings, action, as_json) -> None:
                        for r in rows])
 
 
-COMMANDS = [credential, suppression_group, queue, dkim, audit_cmd]
+COMMANDS = [credential, suppression_group, queue, audit_cmd]

@@ -36,6 +36,7 @@ CHECKPOINT_INTERVAL = 1.0     # seconds between WAL truncations while bodies are
 TENANT_STATUS_TTL = 5.0       # seconds a loop trusts a tenant's status (suspension holds its mail)
 HOLD_RECHECK = 60.0           # seconds between looks at a suspended tenant's held mail
 OUTBOX_INTERVAL = 1.0         # seconds between looks at the store's outbox
+KEY_REFRESH = 60.0            # seconds between re-reads of the provider's keys (a rotation becomes active)
 
 
 class DeliveryLoop:
@@ -53,6 +54,7 @@ class DeliveryLoop:
         self._tenant_keys: dict[tuple[str, str], tuple[float, SigningKey | None]] = {}
         self._suspended: dict[str, tuple[float, bool]] = {}
         self._outbox_checked = 0.0
+        self._keys_loaded = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start every due recipient (up to the concurrency limit) and sleep until the next is due or mail arrives."""
@@ -68,6 +70,12 @@ class DeliveryLoop:
                     task = asyncio.create_task(self._attempt(due))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+            if time.monotonic() - self._keys_loaded >= KEY_REFRESH:
+                try:
+                    self.reload_keys()
+                except Exception as e:      # a busy store or a damaged key: keep signing with the keys we have
+                    log.error("cannot reload DKIM keys, keeping the current ones: %s", e)
+                    self._keys_loaded = time.monotonic()
             if self._erased and time.monotonic() - self._checkpointed >= CHECKPOINT_INTERVAL:
                 self._erased, self._checkpointed = False, time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, self.spool.checkpoint)
@@ -141,8 +149,9 @@ class DeliveryLoop:
 
     def reload_keys(self) -> None:
         """Re-read the provider's DKIM keys (SIGHUP, rotation) and forget cached tenant keys."""
-        self.keys = provider_keys(self.settings)
+        self.keys = provider_keys(self.settings, self.store)
         self._tenant_keys.clear()
+        self._keys_loaded = time.monotonic()
 
     def _held(self, tenant: str) -> bool:
         if tenant == outbox.PROVIDER:

@@ -183,7 +183,7 @@ def smarthost_auth(settings: Settings) -> tuple[str, str] | None:
 
 def delivery_loop(settings: Settings, store: Store, spool: Spool,
                   resolver: dns.asyncresolver.Resolver | None = None) -> DeliveryLoop:
-    return DeliveryLoop(settings, store, spool, provider_keys(settings), TokenKeys.load(store, settings.tokens.secret_file),
+    return DeliveryLoop(settings, store, spool, provider_keys(settings, store), TokenKeys.load(store, settings.tokens.secret_file),
                         Router(settings.delivery, resolver, smarthost_auth=smarthost_auth(settings)),
                         Courier(settings.delivery, settings.provider.hostname))
 

@@ -21,8 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, uti
 from dkim.canonicalization import Relaxed, correct_empty_body, strip_trailing_lines
 from dkim.crypto import HASH_ALGORITHMS
 
+from policy import dkimkeys
 from policy.keys import KeyMaterialError, load_private_key
 from policy.settings import Settings
+from policy.store import Store
 
 SIGNED_HEADERS: tuple[str, ...] = (
     "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id",
@@ -180,10 +182,15 @@ def _fold(atoms: list[tuple[bytes, bytes]], column: int) -> bytes:
     return b"".join(out)
 
 
-def provider_keys(settings: Settings) -> list[SigningKey]:
-    """The provider's signing keys, loaded once: RSA, plus Ed25519 when configured (both d= the provider domain)."""
+def provider_keys(settings: Settings, store: Store | None = None) -> list[SigningKey]:
+    """The provider's signing keys: RSA (the rotated key that is active, given the store, else the key file),
+    plus Ed25519 when configured; both d= the provider domain. A configured `[dkim] key_file` always signs."""
     domain, dkim = settings.provider.domain, settings.dkim
-    keys = [SigningKey(domain, dkim.selector, load_private_key(settings.dkim_key))]
+    rotated = dkimkeys.signing_rotation(store) if store is not None and dkim.key_file is None else None
+    if rotated:
+        keys = [SigningKey(domain, rotated.selector, rotated.key())]
+    else:
+        keys = [SigningKey(domain, dkim.selector, load_private_key(settings.dkim_key))]
     if dkim.ed25519_key_file is not None:
         key = load_private_key(dkim.ed25519_key_file)
         if not isinstance(key, ed25519.Ed25519PrivateKey):

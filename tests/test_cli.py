@@ -17,7 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from policy.credentials import verify_password
+from policy.settings import load_settings
+from policy.store import Store
 from relay import cli as cli_mod
+from relay.signing import provider_keys
 
 WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")
 TERMS = "2031-07"  # not the default, so accept-terms must use the configured version
@@ -103,7 +106,31 @@ def test_init_creates_store_keys_and_prints_dkim_record(tmp_path, config, ok):
     assert (var / "tls" / "cert.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
     record = DKIM_LINE.search(proc.stdout)
     assert record, proc.stdout
-    assert ok("dkim", "dns").strip() == record.group(0)
+    zone = ok("dkim", "dns").splitlines()
+    assert zone[0] == record.group(0)
+    assert {"websofttt.com. IN MX 10 relay.websofttt.com.", "bounces.websofttt.com. IN MX 10 relay.websofttt.com.",
+            'bounces.websofttt.com. IN TXT "v=spf1 a:relay.websofttt.com -all"'} <= set(zone)
+    assert any(line.startswith('_dmarc.websofttt.com. IN TXT "v=DMARC1; p=none;') for line in zone)
+
+
+def test_dkim_rotate_publishes_first_then_signs(tmp_path, config, ok, fails):
+    ok("init")
+    out = ok("dkim", "rotate", "--selector", "s2").splitlines()
+    assert out[0].startswith("; signs from ") and out[1].startswith('s2._domainkey.websofttt.com. IN TXT "v=DKIM1')
+    zone = ok("dkim", "dns")
+    assert zone.index("s1._domainkey") < zone.index("; signs from") < zone.index("s2._domainkey")
+    _, err = fails("dkim", "rotate", "--selector", "s2")
+    assert "selector 's2' is already in use" in err
+    config.write_text(config.read_text() + '\n[dkim]\nrotation_delay = "0s"\n')
+    ok("dkim", "rotate", "--selector", "s3")
+    zone = ok("dkim", "dns")
+    lines = zone.splitlines()                      # ordered by when each key signs: s1, s3 (now), s2 (in 48 h)
+    assert re.fullmatch(r"; replaced; keep published until \S+ for mail signed before", lines[0])
+    assert lines[1].startswith("s1._domainkey") and lines[2].startswith("s3._domainkey")
+    assert lines[3].startswith("; signs from ") and lines[4].startswith("s2._domainkey")
+    settings = load_settings(config)
+    with closing(Store(settings.store_path)) as store:
+        assert [k.selector for k in provider_keys(settings, store)] == ["s3"]
 
 
 def test_init_again_keeps_dkim_key_and_token_secret(tmp_path, ok, rows):
@@ -350,7 +377,8 @@ def test_ed25519_key_is_made_by_init_and_published(config, ok, fails, tmp_path):
     out = ok("init")
     assert re.search(r'^e1\._domainkey\.websofttt\.com\. IN TXT "v=DKIM1; k=ed25519; p=[A-Za-z0-9+/]{43}="$', out, re.M)
     assert DKIM_LINE.search(out)
-    assert ok("dkim", "dns").splitlines() == [line for line in out.splitlines() if "_domainkey" in line]
+    assert [line for line in ok("dkim", "dns").splitlines() if "_domainkey" in line] == [
+        line for line in out.splitlines() if "_domainkey" in line]
     (tmp_path / "var/dkim/e1.pem").write_bytes((tmp_path / "var/dkim/s1.pem").read_bytes())   # an RSA key
     _, err = fails("dkim", "dns")
     assert "ed25519_key_file is not an Ed25519 key" in err

@@ -288,3 +288,19 @@ def test_a_hanging_destination_does_not_hold_up_the_others(relay_factory, sink):
                 } == {"queued"}
     finally:
         controller.stop()
+
+
+def test_a_rotated_key_signs_once_active_without_a_restart(relay_factory, sink, monkeypatch):
+    from relay import delivery
+    monkeypatch.setattr(delivery, "KEY_REFRESH", 0.0)
+    relay = start(relay_factory, sink)
+    pending = dkimkeys.rotate(relay.store, "s2", 3600)                # published, not yet signing
+    wait_states(relay, submit(relay), {"delivered"})
+    assert b" s=s1;" in sink.received[-1][2]
+    active = dkimkeys.rotate(relay.store, "s3", 0)
+    wait_states(relay, submit(relay), {"delivered"})
+    data = sink.received[-1][2]
+    assert b" s=s3;" in data and pending.selector.encode() not in data.split(b"\r\n\r\n")[0]
+    public = dkim_public_value(active.key()).encode()
+    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: b"v=DKIM1; k=rsa; p=" + public
+                       if name == b"s3._domainkey.websofttt.com." else None)
