@@ -66,6 +66,12 @@ def test_logs_are_json_lines_without_secrets(node):
     with pytest.raises(smtplib.SMTPAuthenticationError):
         wrong.login("app1", "wrong-" + PASSWORD)
     wait_for_log(node, '"event": "auth_failure"')
+    inbound_port = int(re.search(r'\[inbound\]\nlisten = \["127\.0\.0\.1:(\d+)"\]',
+                                 (node.dir / "websofttt.toml").read_text()).group(1))
+    with smtplib.SMTP("127.0.0.1", inbound_port, timeout=10) as mx:
+        mx.sendmail("someone@example.org", ["postmaster@websofttt.com"],
+                    b"From: someone@example.org\r\nSubject: hello\r\n\r\nhi\r\n")
+    wait_for_log(node, '"event": "inbound"')
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(15)
     log = node.log()
@@ -75,6 +81,7 @@ def test_logs_are_json_lines_without_secrets(node):
     assert events["queued"]["queue_id"] == queue_id and events["queued"]["tenant"] == "acme"
     assert events["received"]["tenant"] == "acme"
     assert events["auth_failure"]["reason"] == "bad_credentials"
+    assert events["inbound"]["kind"] == "other" and not [e for e in entries if e["level"] == "error"]
     assert PASSWORD not in log and "app1" not in log
     assert "you@example.net" not in log and "y***@example.net" in log     # masked by default
     assert not re.search(r"(bounce|unsubscribe)\+[a-z2-7]{8}", log)
