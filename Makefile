@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install clean reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The long reliability runs (kill -9 loops, 100,000+ generated hostile inputs); figures in README, Reliability.
+reliability: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider -o timeout=3600 -s tests/reliability
 
 clean:
 	rm -rf $(VENV) var
