@@ -7,6 +7,7 @@ own copies. The answer is an `Outcome`: delivered, or a failure that is `permane
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import ssl
 import time
@@ -17,6 +18,7 @@ import aiosmtplib
 from policy.settings import Delivery
 from relay.routing import Destination
 
+log = logging.getLogger("websofttt.delivery")
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
 IDLE_SECONDS = 10.0
 
@@ -81,18 +83,36 @@ class Courier:
             return Outcome(False, False, f"451 4.4.1 {dest.host}:{dest.port}: {_describe(e)}", local=True)
 
     async def _connect(self, dest: Destination) -> aiosmtplib.SMTP:
+        """A ready session: TLS verified where required; otherwise STARTTLS when offered and, when its
+        handshake fails, a new session in clear (RFC 7435: encrypt when possible, deliver anyway)."""
         s = self.settings
-        required = dest.tls_required
-        smtp = aiosmtplib.SMTP(hostname=dest.host, port=dest.port, local_hostname=self.hostname,
-                               timeout=s.command_timeout, start_tls=True if required else None,
-                               tls_context=self._verified_tls if required else self._tls, validate_certs=required)
-        await asyncio.wait_for(smtp.connect(), s.connect_timeout + s.command_timeout)
+        if dest.tls_required:
+            smtp = await self._open(dest, start_tls=True, context=self._verified_tls)
+        else:
+            smtp = await self._open(dest, start_tls=False, context=self._tls)
+            await smtp.ehlo(timeout=s.command_timeout)
+            if smtp.supports_extension("starttls"):
+                try:
+                    await smtp.starttls(tls_context=self._tls, timeout=s.command_timeout)
+                except (aiosmtplib.SMTPException, OSError) as e:
+                    smtp.close()
+                    log.warning("STARTTLS to %s:%s failed (%s); delivering without TLS", dest.host, dest.port,
+                                _describe(e))
+                    smtp = await self._open(dest, start_tls=False, context=self._tls)
         if dest.auth:
             try:
                 await smtp.login(*dest.auth, timeout=s.command_timeout)
             except BaseException:
                 smtp.close()
                 raise
+        return smtp
+
+    async def _open(self, dest: Destination, start_tls: bool, context: ssl.SSLContext) -> aiosmtplib.SMTP:
+        s = self.settings
+        smtp = aiosmtplib.SMTP(hostname=dest.host, port=dest.port, local_hostname=self.hostname,
+                               timeout=s.command_timeout, start_tls=start_tls, tls_context=context,
+                               validate_certs=dest.tls_required)
+        await asyncio.wait_for(smtp.connect(), s.connect_timeout + s.command_timeout)
         return smtp
 
     async def _transaction(self, dest: Destination, conn: _Connection, mail_from: str, recipient: str,
