@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
+import smtplib
+import sqlite3
+import ssl
 import subprocess
 import threading
 import time
+from contextlib import closing
 
 import pytest
 
-from tests.conftest import RunningRelay, free_port, make_settings, message, prepare
+from tests.conftest import (PASSWORD, WEBSOFTTT, RunningRelay, free_port, make_settings, message, prepare, run_cli,
+                            wait_for_port)
 from tests.test_delivery import start, submit, wait_states
 
 
@@ -126,3 +132,57 @@ def test_a_full_spool_disk_refuses_with_452_431_and_loses_nothing(small_spool, s
         assert len(sink.received) == len(acknowledged) == 4
     finally:
         relay.stop()
+
+
+def test_roles_as_separate_processes_share_one_store(tmp_path, sink):
+    """submission, delivery and inbound as three `serve --only` processes on one SQLite store, under load."""
+    port, inbound_port = free_port(), free_port()
+    (tmp_path / "websofttt.toml").write_text(
+        f'[node]\nname = "n1"\nworkers = 2\n[submission]\nlisten = ["127.0.0.1:{port}"]\n'
+        f'[delivery]\nroutes = {{ "example.net" = "127.0.0.1:{sink.port}" }}\n'
+        f'[inbound]\nlisten = ["127.0.0.1:{inbound_port}"]\n')
+    for args in (["init"], ["tenant", "add", "acme", "--allow-from", "example.com"], ["tenant", "accept-terms", "acme"]):
+        assert run_cli(*args, cwd=tmp_path).returncode == 0
+    assert run_cli("credential", "add", "acme", "app1", cwd=tmp_path, stdin=PASSWORD + "\n").returncode == 0
+    log = open(tmp_path / "serve.log", "w")
+    procs = [subprocess.Popen([WEBSOFTTT, "serve", "--only", role], cwd=tmp_path, start_new_session=True,
+                              stdout=log, stderr=subprocess.STDOUT) for role in ("submission", "delivery", "inbound")]
+    try:
+        wait_for_port(port)
+        wait_for_port(inbound_port)
+        context = ssl.create_default_context(cafile=str(tmp_path / "var/tls/cert.pem"))
+
+        def submit_many(n: int) -> None:
+            for i in range(n):
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+                    c.starttls(context=context)
+                    c.login("app1", PASSWORD)
+                    assert c.sendmail("app@example.com", [f"r{i}@example.net"], message()) == {}
+
+        def inbound_many(n: int) -> None:
+            for i in range(n):
+                with smtplib.SMTP("127.0.0.1", inbound_port, timeout=30) as c:
+                    c.sendmail("someone@example.org", ["postmaster@websofttt.com"],
+                               b"From: someone@example.org\r\nSubject: note %d\r\n\r\nhi\r\n" % i)
+
+        threads = [threading.Thread(target=submit_many, args=(20,)) for _ in range(3)]
+        threads.append(threading.Thread(target=inbound_many, args=(20,)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        deadline = time.monotonic() + 60
+        while len(sink.received) < 60 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(sink.received) == 60
+        with closing(sqlite3.connect(tmp_path / "var/inbound/n1.sqlite")) as conn:
+            assert conn.execute("SELECT count(*), sum(processed) FROM inbound").fetchone() == (20, 20)
+        assert all(p.poll() is None for p in procs)
+        text = (tmp_path / "serve.log").read_text()
+        assert "locked" not in text and '"level": "error"' not in text
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(30)
+        log.close()
