@@ -12,7 +12,7 @@ import ssl
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import Envelope, Session
 
 from inbound.actions import Actions
 from inbound.addresses import Refusal, Role, classify_rcpt
@@ -20,6 +20,7 @@ from inbound.classify import classify
 from inbound.mailbox import Mailbox
 from policy import logs, metrics
 from policy.settings import Settings
+from policy.smtp import SaferSMTP
 
 log = logging.getLogger("websofttt.inbound")
 _EVENTS = {"unsubscribe": "unsubscribe", "bounce": "bounced", "complaint": "complaint_report",
@@ -83,7 +84,7 @@ class InboundHandler:
             await asyncio.wait(self._tasks, timeout=30)
 
 
-class InboundSMTP(SMTP):
+class InboundSMTP(SaferSMTP):
     """aiosmtpd without AUTH (nobody logs in here), with limits per client address and precise replies."""
 
     line_length_limit = 64 * 1024

@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from policy import credentials, logs, metrics
 from policy.ratelimit import Limits
+from policy.smtp import SaferSMTP
 from policy.store import Store
 
 LOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
@@ -51,7 +52,7 @@ def _failed(reason: str, ip: str) -> None:
     logs.event("auth_failure", reason=reason, client=ip)
 
 
-class AsyncAuthSMTP(SMTP):
+class AsyncAuthSMTP(SaferSMTP):
     """aiosmtpd's SMTP with PLAIN and LOGIN checked by an async `authenticator.check`."""
 
     def __init__(self, handler, *, authenticator: Authenticator, **kwargs):

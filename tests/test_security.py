@@ -140,3 +140,23 @@ def test_tenants_are_isolated(relay, sink):
     b = relay.connect(login=("app2", PASSWORD))
     b.mail("app@example.com")
     assert b.rcpt("shared@example.net")[0] == 250
+
+
+@pytest.mark.parametrize("listener", ["submission", "inbound"])
+def test_malformed_input_gets_a_clean_reply_with_an_enhanced_code(relay, listener):
+    client = Raw(relay.port if listener == "submission" else relay.ports["inbound"][0])
+    client.command("EHLO attacker.example")
+    assert client.command("MAIL FROM:<a@")[0].startswith("553 5.1.3")   # was an IndexError's name
+    echoed = client.command("\x1b[31mX\x07 hello")[0]
+    assert echoed.startswith("500 5.5.2") and "\x1b" not in echoed and "\x07" not in echoed
+    assert client.command("RCPT TO:<x@example.org>")[0].startswith("503 5.5.1")
+    assert client.command("NOOP")[0].startswith("250")                 # still serving
+
+
+def test_clean_reply():
+    from policy.smtp import INTERNAL_ERROR, clean_reply
+    assert clean_reply("503 Error: need MAIL command") == "503 5.5.1 Error: need MAIL command"
+    assert clean_reply("550 5.7.1 already coded") == "550 5.7.1 already coded"
+    assert clean_reply("250 OK") == "250 OK"
+    assert clean_reply("500 Error: (IndexError) string index out of range") == INTERNAL_ERROR
+    assert clean_reply('500 Error: command "\rX" not recognized') == '500 5.5.2 Error: command "?X" not recognized'

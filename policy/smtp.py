@@ -1,0 +1,43 @@
+"""What both SMTP listeners (submission, inbound) share: aiosmtpd made safe against hostile input.
+
+- address parsing never raises: the stdlib parser behind aiosmtpd throws IndexError on some malformed
+  paths (`MAIL FROM:<a@`), which aiosmtpd would answer with a Python exception name;
+- every reply is one printable line (a client's control characters are never echoed back) and every
+  4xx/5xx carries an enhanced status code (RFC 3463), also aiosmtpd's own ("503 Error: need MAIL
+  command" becomes "503 5.5.1 Error: need MAIL command");
+- an unexpected exception is answered 451 4.3.0 (try again), never with its name and message.
+"""
+from __future__ import annotations
+
+import re
+
+from aiosmtpd.smtp import SMTP
+
+_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DEFAULT = {"421": "4.3.2", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500": "5.5.2", "501": "5.5.4",
+            "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "530": "5.7.0", "535": "5.7.8", "550": "5.7.1",
+            "552": "5.3.4", "553": "5.1.3", "554": "5.6.0", "555": "5.5.4"}
+INTERNAL_ERROR = "451 4.3.0 Local error in processing, try again later"
+
+
+def clean_reply(status: str) -> str:
+    """One printable reply line with an enhanced code where a 4xx/5xx has none."""
+    status = _CONTROL.sub("?", status)
+    code, sep, text = status[:3], status[3:4], status[4:]
+    if status.startswith("500 Error: ("):
+        return INTERNAL_ERROR
+    if code in _DEFAULT and sep in (" ", "-") and not _ENHANCED.match(text):
+        return f"{code}{sep}{_DEFAULT[code]} {text}".rstrip()
+    return status
+
+
+class SaferSMTP(SMTP):
+    async def push(self, status: str | bytes) -> None:
+        await super().push(clean_reply(status) if isinstance(status, str) else status)   # bytes: AUTH challenges
+
+    def _getaddr(self, arg: str):
+        try:
+            return super()._getaddr(arg)
+        except (IndexError, ValueError, TypeError):    # the stdlib parser's failures on malformed paths
+            return None, None
