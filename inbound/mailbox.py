@@ -3,6 +3,9 @@
 A message is acknowledged (250) only once it is here, fsync'ed: an unsubscribe, complaint or bounce
 that was accepted is never lost, and one whose processing was cut short by a crash is processed on
 restart. Raw messages are evidence: kept `inbound.retention`, then deleted (secure_delete).
+Each row names the process working on it (`claimed_by`: the one that received it, or the one that
+recovers it): after a crash the row is taken over once that process is gone, never while it lives, so
+a message is not acted on twice by two workers of a starting node.
 """
 from __future__ import annotations
 
@@ -51,6 +54,9 @@ class Mailbox:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(inbound)")}
+        if "claimed_by" not in columns:                       # a mailbox from before claims
+            self._conn.execute("ALTER TABLE inbound ADD COLUMN claimed_by INTEGER")
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -62,9 +68,10 @@ class Mailbox:
         return inbound_id
 
     def _insert(self, inbound_id: str, peer: str, mail_from: str, recipients: list[str], raw: bytes) -> None:
-        self._conn.execute("INSERT INTO inbound (id, received, peer, mail_from, recipients, raw, expires) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?)", (inbound_id, utcnow(), peer, mail_from,
-                                                            json.dumps(recipients), raw, time.time() + self.retention))
+        self._conn.execute("INSERT INTO inbound (id, received, peer, mail_from, recipients, raw, expires, claimed_by) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (inbound_id, utcnow(), peer, mail_from,
+                                                               json.dumps(recipients), raw,
+                                                               time.time() + self.retention, os.getpid()))
 
     async def conclude(self, inbound_id: str, kind: str, evidence: str, action: str) -> None:
         await self._run(self._conclude, inbound_id, kind, evidence, action)
@@ -78,8 +85,18 @@ class Mailbox:
         return await self._run(self._pending)
 
     def _pending(self) -> list[Received]:
-        rows = self._conn.execute("SELECT id, mail_from, recipients, raw FROM inbound WHERE processed = 0").fetchall()
-        return [Received(i, f, tuple(json.loads(r)), raw) for i, f, r, raw in rows]
+        """Unprocessed rows whose process is gone, each claimed by this one (a claim another took is skipped)."""
+        rows = self._conn.execute("SELECT id, mail_from, recipients, raw, claimed_by FROM inbound "
+                                  "WHERE processed = 0").fetchall()
+        taken = []
+        for inbound_id, mail_from, recipients, raw, owner in rows:
+            if owner is not None and _alive(owner):
+                continue
+            claimed = self._conn.execute("UPDATE inbound SET claimed_by = ? WHERE id = ? AND processed = 0 AND "
+                                         "claimed_by IS ?", (os.getpid(), inbound_id, owner)).rowcount
+            if claimed:
+                taken.append(Received(inbound_id, mail_from, tuple(json.loads(recipients)), raw))
+        return taken
 
     async def expire(self) -> int:
         """Delete raw messages past their retention; the WAL is truncated so their bytes go too."""
@@ -94,6 +111,16 @@ class Mailbox:
     def close(self) -> None:
         self._executor.submit(self._conn.close).result()
         self._executor.shutdown()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # it exists, under another user
+        return True
+    return True
 
 
 def mailbox_path(data_dir: Path, node: str) -> Path:

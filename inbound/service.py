@@ -45,8 +45,9 @@ class InboundService:
 
 
 async def start_inbound(settings: Settings, index: int, bind: Bind) -> InboundService:
-    # the actions run in a thread of their own (DKIM checks may wait on DNS), with a connection of their own
-    store = Store(settings.store_path, other_thread=True)
+    # the actions run in a thread of their own (DKIM checks may wait on DNS), with a connection of their own,
+    # whose commits are fsync'ed before the mailbox marks the message processed
+    store = Store(settings.store_path, other_thread=True, durable=True)
     mailbox = Mailbox(mailbox_path(settings.data_dir, settings.node.name), settings.inbound.retention)
     handler = InboundHandler(settings, mailbox, Actions(store, TokenKeys.load(store, settings.tokens.secret_file),
                                                         settings))

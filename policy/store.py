@@ -135,8 +135,11 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
 class Store:
     """One connection per process (sqlite3 connections must not cross a fork or a thread)."""
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 10000, other_thread: bool = False):
-        """`other_thread`: the connection will be used by one thread other than the one opening it."""
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 10000, other_thread: bool = False,
+                 durable: bool = False):
+        """`other_thread`: the connection will be used by one thread other than the one opening it.
+        `durable`: every commit of this connection is fsync'ed (synchronous=FULL), for writers that mark
+        their input done elsewhere right after (the inbound listener), so power loss cannot drop one."""
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000,
                                check_same_thread=not other_thread)
@@ -145,7 +148,7 @@ class Store:
         enable_wal(conn)
         # NORMAL is crash-safe in WAL mode (a power loss may lose the last commits, never corrupt);
         # the spool, which holds acknowledged mail, uses FULL.
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
 
     def migrate(self) -> list[str]:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import re
+import sqlite3
 import time
 from calendar import timegm
 
@@ -192,10 +193,13 @@ class DeliveryLoop:
                 f"X-WebSoftTT-Tenant: {due.tenant}\r\n").encode("ascii")
 
     async def _record(self, due: Due, outcome: Outcome, token: str) -> None:
-        """One place decides what an outcome means: delivered, bounced (and maybe suppressed), or retried."""
+        """One place decides what an outcome means: delivered, bounced (and maybe suppressed), or retried.
+
+        Once the next hop said 250 the spool records it first; the store's bookkeeping after it may fail
+        (a lock held too long) without turning a delivered copy into a retry, that is a duplicate."""
         if outcome.delivered:
-            bounces.delivered(self.store, due.tenant, due.recipient)
-            return await self._finish(due, "delivered", outcome.reply, token)
+            await self._finish(due, "delivered", outcome.reply, token)
+            return self._bookkeeping(bounces.delivered, self.store, due.tenant, due.recipient)
         if not outcome.permanent:
             return await self._defer(due, outcome.reply, token)
         bounces.record(self.store, self.settings.policy, due.tenant, due.recipient, outcome.status, True, "",
@@ -213,7 +217,7 @@ class DeliveryLoop:
     async def _finish(self, due: Due, state: str, reply: str, token: str | None) -> None:
         await self.spool.record(due.queue_id, due.recipient, state, due.attempts + 1, 0, reply, token)
         if state in standing.OUTCOMES and due.tenant != outbox.PROVIDER:
-            standing.note(self.store, due.tenant, state)
+            self._bookkeeping(standing.note, self.store, due.tenant, state)
         self._erased = True
         if state == "delivered":
             metrics.delivered.labels(due.tenant).inc()
@@ -224,10 +228,19 @@ class DeliveryLoop:
 
     def _event(self, kind: str, due: Due, detail: str) -> None:
         """The event row (queue show) and the log line; a failed or expired copy is logged as `bounced`."""
-        self.store.db["events"].insert({"time": utcnow(), "kind": kind, "tenant": due.tenant, "queue_id": due.queue_id,
-                                        "recipient": due.recipient, "detail": detail})
+        self._bookkeeping(self.store.db["events"].insert, {
+            "time": utcnow(), "kind": kind, "tenant": due.tenant, "queue_id": due.queue_id,
+            "recipient": due.recipient, "detail": detail})
         logs.event({"failed": "bounced", "expired": "bounced"}.get(kind, kind), queue_id=due.queue_id,
                    tenant=due.tenant, recipient=due.recipient, state=kind, reply=detail)
+
+
+    def _bookkeeping(self, write, *args) -> None:
+        """A store write after the spool has the outcome: logged when it fails, never a reason to retry."""
+        try:
+            write(*args)
+        except sqlite3.Error as e:
+            log.error("store bookkeeping failed after the outcome was recorded (%s): %s", write.__name__, e)
 
 
 def _status(reply: str) -> str:

@@ -300,7 +300,26 @@ def test_a_rotated_key_signs_once_active_without_a_restart(relay_factory, sink, 
     active = dkimkeys.rotate(relay.store, "s3", 0)
     wait_states(relay, submit(relay), {"delivered"})
     data = sink.received[-1][2]
-    assert b" s=s3;" in data and pending.selector.encode() not in data.split(b"\r\n\r\n")[0]
+    assert b" s=s3;" in data and f" s={pending.selector};".encode() not in data
     public = dkim_public_value(active.key()).encode()
     assert dkim.verify(data, dnsfunc=lambda name, timeout=5: b"v=DKIM1; k=rsa; p=" + public
                        if name == b"s3._domainkey.websofttt.com." else None)
+
+
+def test_a_store_failure_after_the_remote_250_does_not_send_the_copy_again(relay_factory, sink, monkeypatch):
+    import sqlite3
+    from types import SimpleNamespace
+
+    from relay import delivery
+
+    def locked(*args):
+        raise sqlite3.OperationalError("database is locked")
+    # the delivery loop's store writes after the 250 fail (the submission's own are untouched)
+    monkeypatch.setattr(delivery, "bounces", SimpleNamespace(delivered=locked))
+    monkeypatch.setattr(delivery, "standing", SimpleNamespace(OUTCOMES=delivery.standing.OUTCOMES, note=locked))
+    relay = start(relay_factory, sink)
+    queue_id = submit(relay)
+    wait_states(relay, queue_id, {"delivered"})
+    time.sleep(1.5)                                                   # a retry would come after 0.5 s
+    assert len(sink.received) == 1
+    assert wait_states(relay, queue_id, {"delivered"})[0][1] == "delivered"

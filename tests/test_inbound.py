@@ -7,8 +7,10 @@ import json
 import re
 import smtplib
 import sqlite3
+import subprocess
 import time
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 
 import dkim
@@ -223,12 +225,35 @@ def test_acknowledged_but_unprocessed_messages_are_processed_at_the_next_start(r
         await mailbox.keep("192.0.2.9", "you@example.net", [address], reply(address))
     asyncio.run(keep_only())
     mailbox.close()
+    dead_pid(mailbox.path)
     restarted = RunningRelay(relay.settings, ("inbound",))
     try:
         (kind, _, action, processed), = mailbox_rows(restarted)
         assert (kind, processed) == ("unsubscribe", 1) and action.startswith("unsubscribed y***@example.net")
     finally:
         restarted.stop()
+
+
+def dead_pid(path: Path) -> None:
+    """Make the mailbox's rows look received by a process that is gone."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE inbound SET claimed_by = ?", (gone.pid,))
+
+
+def test_a_row_is_recovered_only_once_its_process_is_gone(tmp_path):
+    mailbox = Mailbox(tmp_path / "inbound.sqlite", 86400)
+
+    async def scenario() -> tuple[int, int, int]:
+        await mailbox.keep("192.0.2.9", "a@example.net", ["postmaster"], b"Subject: x\r\n\r\nx\r\n")
+        live = len(await mailbox.pending())         # the receiving process still works on it
+        dead_pid(mailbox.path)
+        return live, len(await mailbox.pending()), len(await mailbox.pending())
+    try:
+        assert asyncio.run(scenario()) == (0, 1, 0)   # taken over once, then ours
+    finally:
+        mailbox.close()
 
 
 def test_raw_messages_are_deleted_after_the_retention(tmp_path):
