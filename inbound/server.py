@@ -106,6 +106,9 @@ class InboundSMTP(SaferSMTP):
         await self.push("502 5.5.1 AUTH not available here")
 
     def connection_made(self, transport) -> None:
+        if getattr(self, "_ip", None) is not None:     # called again after STARTTLS: the same connection
+            super().connection_made(transport)
+            return
         peer = transport.get_extra_info("peername")
         self._ip = peer[0] if peer else "?"
         if not self.per_ip.enter(self._ip):

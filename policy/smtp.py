@@ -5,7 +5,8 @@
 - every reply is one printable line (a client's control characters are never echoed back) and every
   4xx/5xx carries an enhanced status code (RFC 3463), also aiosmtpd's own ("503 Error: need MAIL
   command" becomes "503 5.5.1 Error: need MAIL command");
-- an unexpected exception is answered 451 4.3.0 (try again), never with its name and message.
+- an unexpected exception is answered 451 4.3.0 (try again), never with its name and message;
+- nothing is written to a connection already closing (lines pipelined behind a 421/502 goodbye).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def clean_reply(status: str) -> str:
 
 class SaferSMTP(SMTP):
     async def push(self, status: str | bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return          # commands pipelined behind a closing reply: nobody to answer (and TLS would raise)
         await super().push(clean_reply(status) if isinstance(status, str) else status)   # bytes: AUTH challenges
 
     def _getaddr(self, arg: str):
