@@ -24,7 +24,7 @@ INTERNAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 
 def clean_reply(status: str) -> str:
     """One printable reply line with an enhanced code where a 4xx/5xx has none."""
-    status = _CONTROL.sub("?", status)
+    status = _CONTROL.sub("?", status.encode("utf-8", "backslashreplace").decode("utf-8"))   # undecodable bytes
     code, sep, text = status[:3], status[3:4], status[4:]
     if status.startswith("500 Error: ("):
         return INTERNAL_ERROR

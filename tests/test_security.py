@@ -160,3 +160,4 @@ def test_clean_reply():
     assert clean_reply("250 OK") == "250 OK"
     assert clean_reply("500 Error: (IndexError) string index out of range") == INTERNAL_ERROR
     assert clean_reply('500 Error: command "\rX" not recognized') == '500 5.5.2 Error: command "?X" not recognized'
+    assert clean_reply("501 Syntax: \udcff") == "501 5.5.4 Syntax: \\udcff"      # invalid UTF-8 from the client
