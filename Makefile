@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean reliability
+.PHONY: run test install clean reliability bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Relay vs Postfix on this machine (root: installs postfix/opendkim if missing); BENCH_ARGS=--quick for a short run.
+bench: $(STAMP)
+	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
 
 # The long reliability runs (kill -9 loops, 100,000+ generated hostile inputs); figures in README, Reliability.
 reliability: $(STAMP)

@@ -1,0 +1,117 @@
+"""The system under test: one `websofttt serve` node with its own data dir and config in the temp dir.
+
+(Named relay_node, not relay: run.py's directory is first on sys.path, and a module called `relay`
+there would shadow the project's own `relay` package.)
+
+Set up only through the CLI, as an operator would: `init`, a tenant bound to 127.0.0.0/8 (so
+smtp-source, which cannot AUTH, submits as a trusted network), accepted terms, and one credential
+for the authenticated path. Everything else is the embedded default: DKIM signing of every copy,
+the durable spool (fsync before 250), JSON logs (to a file here). The tenant gets a rate far above
+the default 10000/1h because one benchmark sends more than that; the limit itself is still
+checked (and counted in the store) for every message.
+"""
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from measure import Daemon, free_port, wait_port
+
+TENANT, USERNAME, PASSWORD = "bench", "app1", "bench password for app1, loopback only"
+RATE = "1000000000/1h"
+
+
+def websofttt_bin() -> str:
+    """The console script of the venv that runs this harness."""
+    return str(Path(sys.executable).parent / "websofttt")
+
+
+class RelayNode:
+    def __init__(self, root: Path, sink_port: int, workers: int):
+        self.dir = root / "relay"
+        self.dir.mkdir(parents=True)
+        self.data = self.dir / "var"
+        self.port, inbound, http = free_port(), free_port(), free_port()
+        self.config = self.dir / "websofttt.toml"
+        self.config.write_text(f"""\
+[node]
+name = "bench"
+workers = {workers}
+
+[paths]
+data_dir = "{self.data}"
+
+[submission]
+listen = ["127.0.0.1:{self.port}"]
+shutdown_grace = "5s"
+
+[inbound]
+listen = ["127.0.0.1:{inbound}"]
+
+[http]
+listen = ["127.0.0.1:{http}"]
+public_url = "http://127.0.0.1:{http}"
+
+[delivery]
+routes = {{ "example.net" = "127.0.0.1:{sink_port}" }}
+""")
+        self._cli("init")
+        self._cli("tenant", "add", TENANT, "--allow-from", "example.com", "--network", "127.0.0.0/8", "--rate", RATE)
+        self._cli("tenant", "accept-terms", TENANT)
+        self._cli("credential", "add", TENANT, USERNAME, stdin=PASSWORD + "\n")
+        self.password_file = self.dir / "password"
+        self.password_file.write_text(PASSWORD + "\n")
+        self.password_file.chmod(0o600)
+        self.log = self.dir / "serve.log"
+        self.daemon = Daemon("websofttt serve", [websofttt_bin(), "serve", "--config", str(self.config)], self.log)
+        wait_port(self.port, 60, self.daemon.proc)
+        self._wait_serving(60)
+
+    def _cli(self, *args: str, stdin: str | None = None) -> str:
+        run = subprocess.run([websofttt_bin(), *args, "--config", str(self.config)], input=stdin,
+                             capture_output=True, text=True, timeout=120)
+        if run.returncode != 0:
+            raise RuntimeError(f"websofttt {' '.join(args)} exited {run.returncode}: {run.stderr.strip()[-2000:]}")
+        return run.stdout
+
+    def _wait_serving(self, timeout: float) -> None:
+        """Every worker has bound its listeners once the supervisor logs 'serving ... with N workers'."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "serving" in self.log.read_text(errors="replace"):
+                return
+            if not self.daemon.alive():
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"websofttt serve is not serving: {self.log_tail()}")
+
+    def dns_txt(self) -> str:
+        """The provider key's DKIM TXT record (s1._domainkey.websofttt.com), for the correctness check."""
+        from cryptography.hazmat.primitives import serialization
+        pem = (self.data / "dkim" / "s1.pem").read_bytes()
+        public = serialization.load_pem_private_key(pem, None).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def refusals(self, limit: int = 5) -> list[str]:
+        """What the relay answered when it refused or deferred (from its JSON log), most recent last."""
+        import json
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") in ("rejected", "deferred", "bounced") or entry.get("level") in ("error", "critical"):
+                found.append(f"{entry.get('event') or entry.get('level')}: {entry.get('reply') or entry.get('message')}")
+        return found[-limit:]
+
+    def stop(self) -> None:
+        """SIGTERM (drain), then SIGKILL of the process group if it takes longer than the grace."""
+        self.daemon.stop(grace=15)
