@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 
 from policy.suppression import mask
@@ -47,6 +48,13 @@ def setup(mask_recipients: bool = True, stream=None) -> None:
     root.setLevel(logging.INFO)
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd logs every command, with addresses
     logging.captureWarnings(True)
+    # what Python itself would print to stderr as plain text goes through the same handler
+    uncaught = logging.getLogger("websofttt.uncaught")
+    sys.excepthook = lambda kind, value, tb: uncaught.critical("uncaught exception", exc_info=(kind, value, tb))
+    threading.excepthook = lambda a: uncaught.error("exception in thread %s", getattr(a.thread, "name", "?"),
+                                                    exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
+    sys.unraisablehook = lambda u: uncaught.warning("%s: %r", u.err_msg or "Exception ignored in", u.object,
+                                                    exc_info=(u.exc_type, u.exc_value, u.exc_traceback))
 
 
 def event(kind: str, /, *, queue_id: str | None = None, tenant: str | None = None, recipient: str | None = None,

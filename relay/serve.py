@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -157,7 +158,11 @@ def run_worker(settings: Settings, index: int, roles: tuple[str, ...], starters:
         started = asyncio.get_running_loop().create_future()
         started.add_done_callback(lambda _: ready.set())
         await worker_main(settings, index, roles, started=started, starters=starters)
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except Exception:               # logged as JSON, not printed by multiprocessing; the parent restarts it
+        log.exception("worker %d failed", index)
+        sys.exit(1)
 
 
 def owned_shards(settings: Settings, index: int) -> list[Path]:

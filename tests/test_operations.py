@@ -75,7 +75,12 @@ def test_logs_are_json_lines_without_secrets(node):
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(15)
     log = node.log()
-    entries = [json.loads(line) for line in log.splitlines()]      # every line is one JSON object
+    entries = []
+    for line in log.splitlines():                                  # every line is one JSON object
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"not a JSON line in the log: {line!r}")
     assert {"time", "level", "logger", "message"} <= set(entries[0])
     events = {e["event"]: e for e in entries if "event" in e}
     assert events["queued"]["queue_id"] == queue_id and events["queued"]["tenant"] == "acme"

@@ -28,23 +28,30 @@ MAX_ERRORS = 20
 
 
 class Probe:
-    """Remembers when the DATA content was handed to the transport (a write ending with CRLF.CRLF)."""
+    """Remembers when the DATA content was handed to the transport (a write ending with CRLF.CRLF).
+
+    The protocol's write is wrapped once per connection; each message only points the wrapper at
+    its own probe (wrapping again per message would nest the wrappers on a reused connection).
+    """
 
     def __init__(self) -> None:
         self.data_end = 0.0
 
     def hook(self, smtp: aiosmtplib.SMTP) -> None:
         proto = smtp.protocol
-        if proto is None or getattr(proto, "_bench_probe", None) is self:
+        if proto is None:
+            return
+        proto._bench_probe = self
+        if getattr(proto, "_bench_hooked", False):
             return
         write = proto.write
 
         def timed_write(data: bytes) -> None:
             write(data)
             if data.endswith(b"\r\n.\r\n"):
-                self.data_end = time.perf_counter()
+                proto._bench_probe.data_end = time.perf_counter()
         proto.write = timed_write
-        proto._bench_probe = self
+        proto._bench_hooked = True
 
 
 class Client:
