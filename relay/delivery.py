@@ -38,6 +38,8 @@ TENANT_STATUS_TTL = 5.0       # seconds a loop trusts a tenant's status (suspens
 HOLD_RECHECK = 60.0           # seconds between looks at a suspended tenant's held mail
 OUTBOX_INTERVAL = 1.0         # seconds between looks at the store's outbox
 KEY_REFRESH = 60.0            # seconds between re-reads of the provider's keys (a rotation becomes active)
+SIGN_IN_THREAD = 256 * 1024   # bytes over which a copy is signed in a thread: hashing megabytes would hold
+                              # every session of this worker's event loop
 
 
 class DeliveryLoop:
@@ -132,8 +134,10 @@ class DeliveryLoop:
         token = None if provider else due.token or self._new_token(due, body)
         copy = body if provider else self._headers(due, token) + body
         try:
+            keys = self._signing_keys(due)
             with metrics.dkim_signing.time():
-                signed = sign(copy, self._signing_keys(due)) + copy
+                signed = (await asyncio.to_thread(sign, copy, keys) if len(copy) > SIGN_IN_THREAD
+                          else sign(copy, keys)) + copy
         except SigningError as e:
             return await self._defer(due, f"451 4.7.5 DKIM signing failed: {e}", token)
         domain = due.recipient.rpartition("@")[2]
