@@ -6,13 +6,22 @@
   4xx/5xx carries an enhanced status code (RFC 3463), also aiosmtpd's own ("503 Error: need MAIL
   command" becomes "503 5.5.1 Error: need MAIL command");
 - an unexpected exception is answered 451 4.3.0 (try again), never with its name and message;
-- nothing is written to a connection already closing (lines pipelined behind a 421/502 goodbye).
+- nothing is written to a connection already closing (lines pipelined behind a 421/502 goodbye);
+- STARTTLS inside TLS is refused (RFC 3207 §4.2): aiosmtpd would start TLS over TLS, which asyncio's
+  SSLProtocol cannot abort (CPython 3.11 raises TypeError in `eof_received`) and which hangs the client;
+- a TLS connection is closed once: aiosmtpd closes again for each command pipelined behind a goodbye, and
+  asyncio's TLS transport, closed twice, drops its protocol (CPython 3.11 `_SSLProtocolTransport.close`),
+  so reading the lines still buffered raised AttributeError;
+- a client pipelining thousands of commands in one write cannot monopolise the worker: lines already
+  buffered are read without a pause, so the server yields to the event loop every `YIELD_EVERY` replies.
 """
 from __future__ import annotations
 
 import re
 
-from aiosmtpd.smtp import SMTP
+import asyncio
+
+from aiosmtpd.smtp import SMTP, syntax
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -20,6 +29,7 @@ _DEFAULT = {"421": "4.3.2", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500
             "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "530": "5.7.0", "535": "5.7.8", "550": "5.7.1",
             "552": "5.3.4", "553": "5.1.3", "554": "5.6.0", "555": "5.5.4"}
 INTERNAL_ERROR = "451 4.3.0 Local error in processing, try again later"
+YIELD_EVERY = 16
 
 
 def clean_reply(status: str) -> str:
@@ -34,10 +44,28 @@ def clean_reply(status: str) -> str:
 
 
 class SaferSMTP(SMTP):
+    _replies = 0
+
     async def push(self, status: str | bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             return          # commands pipelined behind a closing reply: nobody to answer (and TLS would raise)
         await super().push(clean_reply(status) if isinstance(status, str) else status)   # bytes: AUTH challenges
+        self._replies += 1
+        if self._replies % YIELD_EVERY == 0:
+            await asyncio.sleep(0)      # let the other sessions of this worker run
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if hasattr(self.transport, "_ssl_protocol") and "close" not in vars(self.transport):
+            tls, close = self.transport, self.transport.close
+            tls.close = lambda: None if tls.is_closing() else close()
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None or self.transport.get_extra_info("sslcontext") is not None:
+            await self.push("554 5.5.1 Error: TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
 
     def _getaddr(self, arg: str):
         try:
