@@ -15,7 +15,7 @@ from inbound.mailbox import Mailbox, mailbox_path
 from inbound.server import InboundHandler, protocol_factory
 from policy.keys import server_ssl_context
 from policy.settings import Listen, Settings
-from policy.store import Store
+from policy.store import Store, open_store
 from policy.tokens import TokenKeys
 
 Bind = Callable[[Listen], socket.socket]
@@ -47,7 +47,7 @@ class InboundService:
 async def start_inbound(settings: Settings, index: int, bind: Bind) -> InboundService:
     # the actions run in a thread of their own (DKIM checks may wait on DNS), with a connection of their own,
     # whose commits are fsync'ed before the mailbox marks the message processed
-    store = Store(settings.store_path, other_thread=True, durable=True)
+    store = open_store(settings, other_thread=True, durable=True)
     mailbox = Mailbox(mailbox_path(settings.data_dir, settings.node.name), settings.inbound.retention)
     handler = InboundHandler(settings, mailbox, Actions(store, TokenKeys.load(store, settings.tokens.secret_file),
                                                         settings))
@@ -84,7 +84,7 @@ Observers = Callable[[Settings, Store], tuple[list, dict[str, Callable[[], None]
 
 
 async def start_http(settings: Settings, index: int, bind: Bind, observers: Observers | None = None) -> HttpService:
-    store = Store(settings.store_path)
+    store = open_store(settings)
     collectors, checks = observers(settings, store) if observers else ([], {})
     runner = web.AppRunner(make_app(store, TokenKeys.load(store, settings.tokens.secret_file), collectors, checks),
                            access_log=None)

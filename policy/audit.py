@@ -22,7 +22,7 @@ def record(store: Store, command: str, shown: str, reason: str | None) -> None:
     """Write the audit row before anything is shown; refuse without a reason."""
     if not reason or not reason.strip():
         raise ReasonRequired(f"'{command}' shows individual records: give --reason TEXT (it is audit-logged)")
-    store.db["audit"].insert({"time": utcnow(), "os_user": _os_user(), "command": command, "shown": shown,
+    store.insert("audit", {"time": utcnow(), "os_user": _os_user(), "command": command, "shown": shown,
                               "reason": reason.strip()})
 
 

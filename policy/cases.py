@@ -23,7 +23,7 @@ def open_case(store: Store, kind: str, complainant: str, subject: str, evidence:
         raise ValueError(f"case kind {kind!r} is not one of {tuple(KINDS)}")
     case_id = (f"{KINDS[kind]}-{time.strftime('%Y%m%d', time.gmtime())}-"
                f"{base64.b32encode(os.urandom(5)).decode()[:6]}")
-    store.db["cases"].insert({"id": case_id, "kind": kind, "opened": utcnow(), "complainant": complainant.lower(),
+    store.insert("cases", {"id": case_id, "kind": kind, "opened": utcnow(), "complainant": complainant.lower(),
                               "subject": subject[:300], "evidence": evidence[:1000], "tenant": tenant,
                               "recipient": recipient.lower() if recipient else None, "status": "open",
                               "inbound_id": inbound_id, "acknowledged": 0})

@@ -66,6 +66,6 @@ def record(store: Store, rules: Policy, tenant: str, recipient: str | None, feed
 def entries(store: Store, tenant: str | None = None) -> list[dict]:
     """Complaints, newest first (individual records: callers audit before showing them)."""
     where, params = ("WHERE tenant = ?", [tenant]) if tenant else ("", [])
-    return store.all(f"SELECT id, received, tenant, recipient, feedback_type, identified_by, counted, case_id AS 'case', "
+    return store.all(f"SELECT id, received, tenant, recipient, feedback_type, identified_by, counted, case_id AS \"case\", "
                      f"source, user_agent, source_ip, reported_domain, arrival_date FROM complaints {where} "
                      f"ORDER BY id DESC", params)

@@ -50,7 +50,7 @@ def add(store: Store, tenant_id: str, username: str, password: str) -> None:
     with store.exclusive():
         if store.one("SELECT 1 AS x FROM credentials WHERE username = ?", [username]):
             raise TenantError(f"username {username!r} already exists")
-        store.db["credentials"].insert(row)
+        store.insert("credentials", row)
 
 
 def remove(store: Store, username: str) -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 
-from policy.keys import DkimKey, new_dkim_pem
+from policy.keys import DkimKey, generate_dkim_key, new_dkim_pem
+from policy.settings import Settings
 from policy.store import Store, utcnow
 from policy.tenants import TenantError, normalise_domain, require
 
@@ -65,6 +66,20 @@ def find(store: Store, tenant_id: str, domain: str) -> TenantKey | None:
 
 
 RETIRED_KEEP = 7 * 86400
+ALWAYS = "1970-01-01T00:00:00Z"     # active_from of a first key kept in the store
+
+
+def ensure_provider_key(store: Store, settings: Settings) -> str:
+    """Create the provider's first RSA key if there is none; return where it lives. Nodes sharing a
+    PostgreSQL store keep it in the store (the first `init` makes it, later ones find it), so every node
+    signs with the same key; otherwise, or when `[dkim] key_file` is configured, it is a file."""
+    if settings.store.url and settings.dkim.key_file is None:
+        store.execute("INSERT INTO provider_dkim_keys (selector, private_pem, created, active_from) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT(selector) DO NOTHING", [settings.dkim.selector, new_dkim_pem().decode(), utcnow(),
+                                                           ALWAYS])
+        return f"{store.where} (provider_dkim_keys, selector {settings.dkim.selector})"
+    generate_dkim_key(settings.dkim_key)
+    return str(settings.dkim_key)
 
 
 @dataclass(frozen=True)

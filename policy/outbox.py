@@ -27,7 +27,7 @@ class Outgoing:
 
 def put(store: Store, recipient: str, raw: bytes) -> str:
     outgoing_id = os.urandom(8).hex()
-    store.db["outbox"].insert({"id": outgoing_id, "created": utcnow(), "recipient": recipient, "raw": raw,
+    store.insert("outbox", {"id": outgoing_id, "created": utcnow(), "recipient": recipient, "raw": raw,
                                "claimed": None})
     return outgoing_id
 

@@ -37,7 +37,7 @@ def note(store: Store, tenant: str, outcome: str) -> None:
     if outcome not in COUNTED:
         raise ValueError(f"outcome {outcome!r} is not one of {COUNTED}")
     store.execute(f"INSERT INTO activity (tenant, hour, {outcome}) VALUES (?, ?, 1) ON CONFLICT(tenant, hour) "
-                  f"DO UPDATE SET {outcome} = {outcome} + 1", [tenant, _stamp(time.time(), "%Y-%m-%dT%H")])
+                  f"DO UPDATE SET {outcome} = activity.{outcome} + 1", [tenant, _stamp(time.time(), "%Y-%m-%dT%H")])
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,6 @@ def enforce(store: Store, rules: Policy, tenant: str) -> str | None:
         return None
     reason = f"automatically suspended: {reason}"
     tenants.suspend(store, tenant, reason)
-    store.db["events"].insert({"time": utcnow(), "kind": "suspended", "tenant": tenant, "detail": reason})
+    store.insert("events", {"time": utcnow(), "kind": "suspended", "tenant": tenant, "detail": reason})
     log.warning("tenant %s %s", tenant, reason)
     return reason

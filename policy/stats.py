@@ -20,7 +20,7 @@ SELECT tenant, day, SUM(received) AS received, SUM(delivered) AS delivered, SUM(
     UNION ALL SELECT tenant, substr(time, 1, 10), 0, 0, 1, 0, 0 FROM bounces WHERE time >= :since
     UNION ALL SELECT tenant, substr(received, 1, 10), 0, 0, 0, 1, 0 FROM complaints WHERE received >= :since
     UNION ALL SELECT scope, substr(created, 1, 10), 0, 0, 0, 0, 1 FROM suppressions
-              WHERE cause = 'unsubscribe' AND scope != 'global' AND created >= :since)
+              WHERE cause = 'unsubscribe' AND scope != 'global' AND created >= :since) AS counts
 GROUP BY tenant, day ORDER BY day, tenant
 """
 

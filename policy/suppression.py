@@ -70,7 +70,7 @@ def remove(store: Store, address: str, scope: str = GLOBAL) -> bool:
 
 
 def find(store: Store, tenant: str, address: str) -> Suppression | None:
-    """The entry that stops `tenant` from mailing `address`: its own scope first, then global."""
+    """The entry that stops `tenant` from mailing `address`: a global one first, else its own scope's."""
     row = store.one(
         "SELECT * FROM suppressions WHERE address = ? AND scope IN (?, ?) AND (expires IS NULL OR expires > ?) "
         "ORDER BY scope = ? DESC LIMIT 1", [normalise(address), tenant, GLOBAL, utcnow(), GLOBAL])

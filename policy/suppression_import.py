@@ -59,9 +59,9 @@ def import_lines(store: Store, lines: Iterable[str], scope: str, cause: str, sou
 def _write(store: Store, batch: list[tuple], result: ImportResult) -> None:
     if not batch:
         return
-    with store.exclusive() as conn:
-        added = conn.executemany("INSERT INTO suppressions (address, scope, cause, source, created) "
-                                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(address, scope) DO NOTHING", batch).rowcount
+    with store.exclusive():
+        added = store.executemany("INSERT INTO suppressions (address, scope, cause, source, created) "
+                                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(address, scope) DO NOTHING", batch)
     result.added += added
     result.present += len(batch) - added
     batch.clear()

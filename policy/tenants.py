@@ -81,7 +81,7 @@ def add(store: Store, tenant_id: str, allowed_from: list[str], networks: list[st
     with store.exclusive():
         if get(store, tenant_id):
             raise TenantError(f"tenant {tenant_id!r} already exists")
-        store.db["tenants"].insert(row)
+        store.insert("tenants", row)
     return _from_row(row)
 
 
@@ -103,7 +103,7 @@ def all_tenants(store: Store) -> list[Tenant]:
 
 def _update(store: Store, tenant_id: str, **values: object) -> Tenant:
     require(store, tenant_id)
-    store.db["tenants"].update(tenant_id, values)
+    store.update("tenants", ("id", tenant_id), values)
     return require(store, tenant_id)
 
 

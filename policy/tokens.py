@@ -34,7 +34,7 @@ def ensure_secret(store: Store, secret_file: Path | None) -> str:
         return str(secret_file)
     store.execute("INSERT INTO secrets (name, value, created) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING",
                   [KEY_PREFIX + "1", base64.b64encode(os.urandom(32)).decode(), utcnow()])
-    return f"{store.path} (secrets table)"
+    return f"{store.where} (secrets table)"
 
 
 class TokenKeys:

@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import functools
 import os
-import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import click
 
+from policy import dkimkeys
 from policy.audit import ReasonRequired
 from policy.keys import KeyMaterialError, check_tls_files, generate_dkim_key, generate_tls_cert
 from policy.settings import ROLES, ConfigError, Settings
+from policy.store import StoreError, is_set_up
 from policy.suppression import SuppressionError
 from policy.tenants import TenantError
 from policy.tokens import TokenError, TokenKeys, ensure_secret
 from relay import cli_abuse, cli_dkim, cli_privacy, cli_records, cli_tenants
-from relay.cli_common import ServeError, emit, json_option, open_store, with_settings
+from relay.cli_common import ServeError, emit, json_option, migrated_store, with_settings
 from relay.signing import provider_keys
 
 
@@ -58,21 +60,21 @@ def init(settings: Settings, if_new: bool) -> None:
     Example:
         websofttt init --config /etc/websofttt/websofttt.toml
     """
-    if if_new and settings.store_path.exists():
+    if if_new and is_set_up(settings):
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings)
+    store = migrated_store(settings)
     secret_at = ensure_secret(store, settings.tokens.secret_file)
-    generate_dkim_key(settings.dkim_key)
+    dkim_at = dkimkeys.ensure_provider_key(store, settings)
     if settings.dkim.ed25519_key_file is not None:
         generate_dkim_key(settings.dkim.ed25519_key_file, ed25519_key=True)
     if settings.self_signed:
         generate_tls_cert(settings.tls_cert, settings.tls_key, settings.provider.hostname)
     check_tls_files(settings.tls_cert, settings.tls_key)
     click.echo(f"data dir:     {settings.data_dir}")
-    click.echo(f"store:        {settings.store_path}")
+    click.echo(f"store:        {store.where}")
     click.echo(f"token secret: {secret_at}")
-    click.echo(f"DKIM key:     {settings.dkim_key}")
+    click.echo(f"DKIM key:     {dkim_at}")
     click.echo(f"TLS:          {settings.tls_cert}{' (self-signed)' if settings.self_signed else ''}")
     click.echo("\nPublish these DNS records:")
     for line in cli_dkim.provider_zone(settings, store):
@@ -91,7 +93,8 @@ def serve(settings: Settings, role: str | None) -> None:
         websofttt serve --only submission
     """
     check_tls_files(settings.tls_cert, settings.tls_key)
-    provider_keys(settings)
+    with closing(migrated_store(settings)) as store:     # closed before the workers fork
+        provider_keys(settings, store)
     prepare_metrics(settings)
     from relay import serve as serve_mod     # the servers' imports cost a second: only `serve` pays for them
     serve_mod.smarthost_auth(settings)
@@ -137,7 +140,7 @@ def inbound_classify(settings, files, as_json) -> None:
     Example:
         websofttt inbound classify reply.eml bounce.eml --json
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     keys = TokenKeys.load(store, settings.tokens.secret_file)
     from inbound import offline as inbound_offline
     rows = [inbound_offline.describe(Path(f).read_bytes(), settings.provider, store, keys, f) for f in files]
@@ -165,6 +168,6 @@ def main() -> None:
     except USER_ERRORS as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except (sqlite3.Error, OSError, ServeError) as e:
+    except (*StoreError, OSError, ServeError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

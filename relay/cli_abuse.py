@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from policy import audit, cases, complaints
-from relay.cli_common import emit, json_option, open_store, reason_option, with_settings
+from relay.cli_common import emit, json_option, migrated_store, reason_option, with_settings
 
 
 @click.group()
@@ -36,7 +36,7 @@ def complaint_list(settings, tenant_id, reason, as_json) -> None:
     Example:
         websofttt complaint list --tenant acme --json --reason "ticket 4711"
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     audit.record(store, "complaint list", f"tenant={tenant_id or 'all'}", reason)
     emit(complaints.entries(store, tenant_id), as_json,
          lambda rows: [f"{r['received']}  {r['tenant']:<16} {r['recipient'] or '(redacted)':<36} "
@@ -65,7 +65,7 @@ def case_list(settings, kind, as_json) -> None:
     Example:
         websofttt case list --kind privacy --json
     """
-    emit(cases.entries(open_store(settings), kind), as_json,
+    emit(cases.entries(migrated_store(settings), kind), as_json,
          lambda rows: [f"{r['id']}  {r['kind']:<7} {r['opened']}  {r['status']:<6} tenant={r['tenant'] or '-'}  "
                        f"{'acknowledged' if r['acknowledged'] else 'not acknowledged'}" for r in rows] or ["no cases"])
 
@@ -82,7 +82,7 @@ def case_show(settings, case_id, reason, as_json) -> None:
     Example:
         websofttt case show A-20261125-7KQ2MD --reason "answering the complainant"
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     audit.record(store, "case show", case_id, reason)
     found = cases.get(store, case_id)
     if found is None:

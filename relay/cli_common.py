@@ -7,7 +7,7 @@ import json
 import click
 
 from policy.settings import Settings, find_config, load_settings
-from policy.store import Store
+from policy.store import Store, open_store
 
 
 class ServeError(Exception):
@@ -33,8 +33,8 @@ def reason_option(f):
     return click.option("--reason", default=None, help="Why you need to see individual records (audit-logged).")(f)
 
 
-def open_store(settings: Settings) -> Store:
-    store = Store(settings.store_path)
+def migrated_store(settings: Settings) -> Store:
+    store = open_store(settings)
     store.migrate()
     return store
 

@@ -10,7 +10,7 @@ from policy import dkimkeys, tenants
 from policy.keys import dkim_dns_record, load_private_key
 from policy.settings import Settings
 from policy.store import Store
-from relay.cli_common import open_store, with_settings
+from relay.cli_common import migrated_store, with_settings
 from relay.signing import provider_keys
 
 
@@ -27,7 +27,8 @@ def dkim() -> None:
 def dkim_zone(settings: Settings, store: Store) -> list[str]:
     """The provider's DKIM records: the key that signs, keys that will (publish them now), keys just replaced."""
     domain, now = settings.provider.domain, time.time()
-    schedule = [(settings.dkim.selector, load_private_key(settings.dkim_key), "")]     # (selector, key, active_from)
+    schedule = [(settings.dkim.selector, load_private_key(settings.dkim_key), "")] \
+        if settings.dkim.key_file or settings.dkim_key.exists() else []              # (selector, key, active_from)
     if settings.dkim.key_file is None:
         schedule += [(k.selector, k.key(), k.active_from) for k in dkimkeys.provider_rotations(store)]
     signing = max((i for i, (_, _, start) in enumerate(schedule) if _epoch(start) <= now), default=0)
@@ -41,7 +42,7 @@ def dkim_zone(settings: Settings, store: Store) -> list[str]:
         elif i > signing:
             lines.append(f"; signs from {start} (dkim rotate): publish now")
         lines.append(dkim_dns_record(selector, domain, key))
-    lines += [dkim_dns_record(k.selector, k.domain, k.key) for k in provider_keys(settings)[1:]]    # Ed25519
+    lines += [dkim_dns_record(k.selector, k.domain, k.key) for k in provider_keys(settings, store)[1:]]    # Ed25519
     lines += [dkim_dns_record(dkimkeys.hosted_selector(k), domain, k.key()) for k in dkimkeys.all_keys(store)]
     return lines
 
@@ -82,7 +83,7 @@ def dkim_dns(settings, tenant_id) -> None:
         websofttt dkim dns >> websofttt.com.zone
         websofttt dkim dns --tenant acme
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     if tenant_id:
         tenants.require(store, tenant_id)
         lines = tenant_dns_lines(settings, dkimkeys.all_keys(store, tenant_id))
@@ -116,7 +117,7 @@ def dkim_add_domain(settings, tenant_id, domain) -> None:
     Example:
         websofttt dkim add-domain acme acme.example
     """
-    key = dkimkeys.add_domain(open_store(settings), tenant_id, domain, settings.dkim.selector)
+    key = dkimkeys.add_domain(migrated_store(settings), tenant_id, domain, settings.dkim.selector)
     for line in tenant_dns_lines(settings, [key]):
         click.echo(line)
 
@@ -140,7 +141,7 @@ def dkim_rotate(settings, selector) -> None:
     selector = selector or time.strftime("s%Y%m%d", time.gmtime())
     if selector in (settings.dkim.selector, settings.dkim.ed25519_selector):
         raise click.BadParameter(f"{selector!r} is a configured selector", param_hint="--selector")
-    key = dkimkeys.rotate(open_store(settings), selector, settings.dkim.rotation_delay)
+    key = dkimkeys.rotate(migrated_store(settings), selector, settings.dkim.rotation_delay)
     click.echo(f"; signs from {key.active_from}: publish now")
     click.echo(dkim_dns_record(key.selector, settings.provider.domain, key.key()))
 

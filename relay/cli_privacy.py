@@ -12,7 +12,7 @@ from inbound import mailbox
 from policy import audit, privacy, stats
 from policy.suppression import mask, normalise
 from relay import spool
-from relay.cli_common import emit, json_option, open_store, reason_option, with_settings
+from relay.cli_common import emit, json_option, migrated_store, reason_option, with_settings
 
 
 @click.command("stats")
@@ -30,7 +30,7 @@ def stats_cmd(settings, days, as_json) -> None:
         websofttt stats --days 7 --json
     """
     k = settings.privacy.stats_min_count
-    rows = stats.daily(open_store(settings), days, k)
+    rows = stats.daily(migrated_store(settings), days, k)
 
     def lines(items: list[dict]) -> list[str]:
         head = f"{'day':<10}  {'tenant':<20} " + " ".join(f"{f:>12}" for f in stats.FIELDS)
@@ -68,7 +68,7 @@ def privacy_export(settings, address, reason) -> None:
         websofttt privacy export jane@example.net --reason "subject access request P-20261125-4KD2QX"
     """
     address = _address(address)
-    store = open_store(settings)
+    store = migrated_store(settings)
     audit.record(store, "privacy export", mask(address), reason)
     records = privacy.export(store, address) | {
         "queue": spool.address_records(settings.spool_dir, address),
@@ -92,7 +92,7 @@ def privacy_erase(settings, address, reason, as_json) -> None:
         websofttt privacy erase jane@example.net --reason "erasure request P-20261125-4KD2QX"
     """
     address = _address(address)
-    store = open_store(settings)
+    store = migrated_store(settings)
     audit.record(store, "privacy erase", mask(address), reason)
     counts = privacy.erase(store, address) | {
         "queue": spool.erase_address(settings.spool_dir, address),

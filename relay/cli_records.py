@@ -12,7 +12,7 @@ import click
 
 from policy import audit, credentials, suppression, tenants
 from policy.suppression_import import import_lines
-from relay.cli_common import emit, json_option, open_store, reason_option, with_settings
+from relay.cli_common import emit, json_option, migrated_store, reason_option, with_settings
 from relay.spool import drop, message_detail, queue_summary, retry_now
 
 # ---- credentials
@@ -43,7 +43,7 @@ def credential_add(settings, tenant_id, username) -> None:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    credentials.add(open_store(settings), tenant_id, username, password)
+    credentials.add(migrated_store(settings), tenant_id, username, password)
     click.echo(f"added credential {username} for tenant {tenant_id}")
 
 
@@ -57,7 +57,7 @@ def credential_remove(settings, username) -> None:
     Example:
         websofttt credential remove app1
     """
-    credentials.remove(open_store(settings), username)
+    credentials.remove(migrated_store(settings), username)
     click.echo(f"removed credential {username}")
 
 
@@ -71,7 +71,7 @@ def credential_list(settings, as_json) -> None:
     Example:
         websofttt credential list --json
     """
-    emit(credentials.all_credentials(open_store(settings)), as_json,
+    emit(credentials.all_credentials(migrated_store(settings)), as_json,
          lambda rows: [f"{r['username']:<32} {r['tenant']:<24} created={r['created']} "
                        f"last_used={r['last_used'] or '-'}" for r in rows])
 
@@ -104,7 +104,7 @@ def suppression_add(settings, address, tenant_id, cause) -> None:
     Example:
         websofttt suppression add someone@example.net --tenant acme --cause unsubscribe
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     if tenant_id:
         tenants.require(store, tenant_id)
     added = suppression.add(store, address, _scope(tenant_id), cause, source="cli")
@@ -122,7 +122,7 @@ def suppression_remove(settings, address, tenant_id) -> None:
     Example:
         websofttt suppression remove someone@example.net --tenant acme
     """
-    if not suppression.remove(open_store(settings), address, _scope(tenant_id)):
+    if not suppression.remove(migrated_store(settings), address, _scope(tenant_id)):
         raise click.UsageError(f"{address} is not suppressed in scope {_scope(tenant_id)}")
     click.echo("removed")
 
@@ -143,7 +143,7 @@ def suppression_import(settings, file, tenant_id, cause, as_json) -> None:
     Example:
         websofttt suppression import optouts.csv --tenant acme --cause unsubscribe
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     if tenant_id:
         tenants.require(store, tenant_id)
     try:
@@ -172,7 +172,7 @@ def suppression_list(settings, tenant_id, reason, as_json) -> None:
     Example:
         websofttt suppression list --tenant acme --reason "ticket 4711: customer asks why mail stopped"
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     audit.record(store, "suppression list", f"scope={tenant_id or 'all'}", reason)
     emit([e.as_json() for e in suppression.entries(store, tenant_id)], as_json,
          lambda rows: [f"{r['address']:<40} {r['scope']:<16} {r['cause']:<12} {r['created']}" for r in rows])
@@ -218,7 +218,7 @@ def queue_show(settings, queue_id, reason, as_json) -> None:
     Example:
         websofttt queue show 01abc.node1 --reason "ticket 4712: delivery delay"
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     audit.record(store, "queue show", queue_id, reason)
     detail = message_detail(settings.spool_dir, queue_id)
     if detail is None:
@@ -277,7 +277,7 @@ def audit_cmd(settings, action, as_json) -> None:
     Example:
         websofttt audit list --json
     """
-    emit(audit.entries(open_store(settings)), as_json,
+    emit(audit.entries(migrated_store(settings)), as_json,
          lambda rows: [f"{r['time']} {r['os_user']:<12} {r['command']:<18} {r['shown']:<30} {r['reason']}"
                        for r in rows])
 

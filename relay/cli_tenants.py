@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from policy import dkimkeys, standing, tenants
-from relay.cli_common import emit, json_option, open_store, with_settings
+from relay.cli_common import emit, json_option, migrated_store, with_settings
 
 
 @click.group()
@@ -62,7 +62,7 @@ def tenant_add(settings, tenant_id, allow_from, network, rate, name, as_json) ->
     Example:
         websofttt tenant add acme --name "Acme Inc." --allow-from acme.example --network 10.1.0.0/16
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     t = tenants.add(store, tenant_id, list(allow_from), list(network), rate, name)
     emit(_tenant_json(store, t, settings.policy), as_json, lambda d: [f"added tenant {d['id']}; it must accept the terms: "
                                           f"websofttt tenant accept-terms {d['id']}"])
@@ -78,7 +78,7 @@ def tenant_list(settings, as_json) -> None:
     Example:
         websofttt tenant list --json
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     emit([_tenant_json(store, t, settings.policy) for t in tenants.all_tenants(store)], as_json, _tenant_lines)
 
 
@@ -93,7 +93,7 @@ def tenant_show(settings, tenant_id, as_json) -> None:
     Example:
         websofttt tenant show acme
     """
-    store = open_store(settings)
+    store = migrated_store(settings)
     emit(_tenant_json(store, tenants.require(store, tenant_id), settings.policy), as_json, lambda d: _tenant_lines([d]))
 
 
@@ -108,7 +108,7 @@ def tenant_suspend(settings, tenant_id, reason) -> None:
     Example:
         websofttt tenant suspend acme --reason "spam complaints under review"
     """
-    tenants.suspend(open_store(settings), tenant_id, reason)
+    tenants.suspend(migrated_store(settings), tenant_id, reason)
     click.echo(f"suspended {tenant_id}")
 
 
@@ -122,7 +122,7 @@ def tenant_resume(settings, tenant_id) -> None:
     Example:
         websofttt tenant resume acme
     """
-    tenants.resume(open_store(settings), tenant_id)
+    tenants.resume(migrated_store(settings), tenant_id)
     click.echo(f"resumed {tenant_id}")
 
 
@@ -136,7 +136,7 @@ def tenant_accept_terms(settings, tenant_id) -> None:
     Example:
         websofttt tenant accept-terms acme
     """
-    tenants.accept_terms(open_store(settings), tenant_id, settings.provider.terms_version)
+    tenants.accept_terms(migrated_store(settings), tenant_id, settings.provider.terms_version)
     click.echo(f"{tenant_id} accepted terms {settings.provider.terms_version}")
 
 

@@ -14,13 +14,12 @@ import asyncio
 import logging
 import random
 import re
-import sqlite3
 import time
 from calendar import timegm
 
 from policy import bounces, dkimkeys, logs, metrics, outbox, sent, standing, suppression, tenants
 from policy.settings import Settings
-from policy.store import Store, utcnow
+from policy.store import Store, StoreError, utcnow
 from policy.tokens import TokenKeys
 from relay.routing import RouteError, Router
 from relay.signing import SigningError, SigningKey, provider_keys, sign
@@ -232,7 +231,7 @@ class DeliveryLoop:
 
     def _event(self, kind: str, due: Due, detail: str) -> None:
         """The event row (queue show) and the log line; a failed or expired copy is logged as `bounced`."""
-        self._bookkeeping(self.store.db["events"].insert, {
+        self._bookkeeping(self.store.insert, "events", {
             "time": utcnow(), "kind": kind, "tenant": due.tenant, "queue_id": due.queue_id,
             "recipient": due.recipient, "detail": detail})
         logs.event({"failed": "bounced", "expired": "bounced"}.get(kind, kind), queue_id=due.queue_id,
@@ -243,7 +242,7 @@ class DeliveryLoop:
         """A store write after the spool has the outcome: logged when it fails, never a reason to retry."""
         try:
             write(*args)
-        except sqlite3.Error as e:
+        except StoreError as e:
             log.error("store bookkeeping failed after the outcome was recorded (%s): %s", write.__name__, e)
 
 

@@ -30,7 +30,7 @@ from policy import logs, retention
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
 from relay.cli_common import ServeError
-from policy.store import Store
+from policy.store import Store, open_store
 from policy.tokens import TokenKeys
 from relay.delivery import DeliveryLoop
 from relay.routing import Router
@@ -97,7 +97,7 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
     addresses += [*settings.inbound.listen] * ("inbound" in roles) + [*settings.http.listen] * ("http" in roles)
     for address in addresses:          # fail fast, in the parent, with a clear message
         bind(address).close()
-    store = Store(settings.store_path)
+    store = open_store(settings)
     store.migrate()
     store.close()
     context = multiprocessing.get_context("fork")
@@ -231,7 +231,7 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
     system's DNS resolver for MX lookups (tests have no public DNS).
     """
     loop = asyncio.get_running_loop()
-    store = Store(settings.store_path)
+    store = open_store(settings)
     spools = [Spool(path) for path in owned_shards(settings, index)]
     own_stop = stop is None
     if own_stop:

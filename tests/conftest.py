@@ -1,4 +1,5 @@
-"""Shared fixtures: a real submission worker on ephemeral loopback ports, real TLS, a real SQLite store."""
+"""Shared fixtures: a real submission worker on ephemeral loopback ports, real TLS, a real SQLite store, and
+a private PostgreSQL server for the tests of the shared store."""
 from __future__ import annotations
 
 import asyncio
@@ -20,10 +21,11 @@ from aiosmtpd.smtp import SMTP
 from policy import credentials, tenants
 from policy.keys import generate_dkim_key, generate_tls_cert
 from policy.settings import Node, Paths, Settings, Submission, load_settings
-from policy.store import Store
+from policy.store import SqliteStore, Store, open_store
 from policy.tokens import ensure_secret
 from relay.cli import starters
 from relay.serve import worker_main
+from tests.postgres import PostgresServer
 
 PASSWORD = "correct horse battery"
 WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")
@@ -45,7 +47,7 @@ def make_settings(data_dir: Path, delivery: dict | None = None, dkim: dict | Non
 
 def prepare(settings: Settings) -> None:
     """What `websofttt init` makes: store, DKIM key, TLS certificate."""
-    store = Store(settings.store_path)
+    store = open_store(settings)
     store.migrate()
     ensure_secret(store, None)
     store.close()
@@ -60,7 +62,7 @@ class RunningRelay:
         self.settings = settings
         self.roles = roles
         self.resolver = resolver
-        self.store = Store(settings.store_path)
+        self.store = open_store(settings)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self._thread.start()
@@ -220,3 +222,35 @@ def sink():
     handler.sessions = 0      # the controller's own start-up probe is not a delivery
     yield handler
     controller.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The private PostgreSQL server; its tests are skipped, with the reason, when none can start here."""
+    server = PostgresServer()
+    try:
+        server.start()
+    except RuntimeError as e:
+        server.stop()
+        pytest.skip(f"PostgreSQL store tests skipped: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """A fresh database on the private server."""
+    return postgres.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request, tmp_path) -> Store:
+    """The same store tests on both engines, migrated and empty."""
+    if request.param == "sqlite":
+        store = SqliteStore(tmp_path / "store.sqlite")
+    else:
+        from policy.store_postgres import PostgresStore
+        store = PostgresStore(request.getfixturevalue("pg_url"))
+    store.migrate()
+    yield store
+    store.close()

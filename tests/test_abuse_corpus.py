@@ -14,7 +14,7 @@ from inbound.actions import Actions
 from inbound.addresses import Role
 from inbound.classify import classify
 from policy import complaints, outbox, sent, suppression, tenants
-from policy.store import Store
+from policy.store import SqliteStore, Store
 from policy.tokens import TokenKeys
 from tests.conftest import make_settings, prepare
 
@@ -44,7 +44,7 @@ class Desk:
 def desk(tmp_path) -> Desk:
     settings = make_settings(tmp_path / "var")
     prepare(settings)
-    store = Store(settings.store_path)
+    store = SqliteStore(settings.store_path)
     tenants.add(store, "acme", [], [], None)
     tenants.add(store, "other", [], [], None)
     keys = TokenKeys.load(store, None)

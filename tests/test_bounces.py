@@ -7,17 +7,14 @@ import pytest
 
 from policy import bounces, suppression
 from policy.settings import Policy
-from policy.store import Store
+from policy.store import SqliteStore
 
 RULES = dataclasses.replace(Policy(), soft_bounce_limit=3)
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "store.sqlite")
-    s.migrate()
-    yield s
-    s.close()
+def store(any_store):
+    return any_store
 
 
 @pytest.mark.parametrize("status,permanent,reason,expected", [

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from policy.credentials import verify_password
 from policy.settings import load_settings
-from policy.store import Store
+from policy.store import SqliteStore
 from relay import cli as cli_mod
 from relay.signing import provider_keys
 
@@ -129,7 +129,7 @@ def test_dkim_rotate_publishes_first_then_signs(tmp_path, config, ok, fails):
     assert lines[1].startswith("s1._domainkey") and lines[2].startswith("s3._domainkey")
     assert lines[3].startswith("; signs from ") and lines[4].startswith("s2._domainkey")
     settings = load_settings(config)
-    with closing(Store(settings.store_path)) as store:
+    with closing(SqliteStore(settings.store_path)) as store:
         assert [k.selector for k in provider_keys(settings, store)] == ["s3"]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from policy import cases, complaints, standing
 from policy.settings import Policy
-from policy.store import Store
+from policy.store import SqliteStore
 from tests.test_cli import ISO_UTC, acme, config, fails, ok, ok_json, rows  # noqa: F401  (fixtures)
 
 
@@ -16,7 +16,7 @@ from tests.test_cli import ISO_UTC, acme, config, fails, ok, ok_json, rows  # no
 def desk(tmp_path: Path, acme, ok) -> str:
     """acme with 4 deliveries, one counted complaint and one header-only one; `other` with one; a case."""
     ok("tenant", "add", "other")
-    with closing(Store(tmp_path / "var" / "websofttt.sqlite")) as store:
+    with closing(SqliteStore(tmp_path / "var" / "websofttt.sqlite")) as store:
         for _ in range(4):
             standing.note(store, "acme", "delivered")
         case_id = cases.open_case(store, "abuse", "jane@example.net", "Spam from your service",

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from inbound.http import choose_language, make_app
 from policy.suppression import mask
 from policy import sent, suppression, tenants
-from policy.store import Store
+from policy.store import SqliteStore, Store
 from policy.tokens import TokenKeys, ensure_secret
 
 RECIPIENT = "jane@example.net"
@@ -51,7 +51,7 @@ class Env:
 
 @pytest.fixture
 def env(tmp_path: Path):
-    store = Store(tmp_path / "store.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
     store.migrate()
     ensure_secret(store, None)
     keys = TokenKeys.load(store, None)
@@ -317,4 +317,4 @@ def test_healthz(env):
         down = await client.get("/healthz")
         return ok.status, ok_text, down.status
     assert env.run(scenario) == (200, "ok: store\n", 503)
-    env.store = Store(env.store.path)          # so the fixture's close() has something to close
+    env.store = SqliteStore(env.store.path)          # so the fixture's close() has something to close

@@ -11,7 +11,7 @@ import pytest
 
 from policy import bounces, complaints, retention, standing, suppression, tenants
 from policy.settings import Policy
-from policy.store import Store
+from policy.store import SqliteStore
 from relay.spool import Message, Spool
 from tests.conftest import make_settings, run_cli
 from tests.test_abuse import human_complaint, send_inbound, wait_for
@@ -26,7 +26,7 @@ def write_config(tmp_path, data_dir) -> None:
 def test_stats_are_aggregates_with_small_counts_suppressed(tmp_path):
     settings = make_settings(tmp_path / "var")
     write_config(tmp_path, settings.data_dir)
-    with closing(Store(settings.store_path)) as store:
+    with closing(SqliteStore(settings.store_path)) as store:
         store.migrate()
         for tenant in ("acme", "tiny"):
             tenants.add(store, tenant, [], [], None)
@@ -94,12 +94,12 @@ def test_export_then_erase_keeps_only_the_opt_out(relay_factory, sink, tmp_path)
 def test_retention_purge_deletes_only_what_is_past_it(tmp_path):
     settings = make_settings(tmp_path / "var")
     old, new = "2020-01-01T00:00:00Z", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with closing(Store(settings.store_path)) as store:
+    with closing(SqliteStore(settings.store_path)) as store:
         store.migrate()
         for when in (old, new):
-            store.db["events"].insert({"time": when, "kind": "delivered", "tenant": "acme"})
-            store.db["bounces"].insert({"time": when, "tenant": "acme", "recipient": "x@example.net", "class": "hard"})
-            store.db["sent"].insert({"token": when, "tenant": "acme", "recipient": "x@example.net", "queue_id": "q",
+            store.insert("events", {"time": when, "kind": "delivered", "tenant": "acme"})
+            store.insert("bounces", {"time": when, "tenant": "acme", "recipient": "x@example.net", "class": "hard"})
+            store.insert("sent", {"token": when, "tenant": "acme", "recipient": "x@example.net", "queue_id": "q",
                                      "created": when, "expires": "2020-06-01T00:00:00Z" if when == old else "2999-01-01T00:00:00Z"})
         assert retention.purge(store, settings) == {"sent": 1, "events": 1, "bounces": 1, "activity": 0}
         assert [r["time"] for r in store.all("SELECT time FROM events")] == [new]

@@ -8,19 +8,16 @@ import pytest
 
 from policy import bounces, complaints, standing, tenants
 from policy.settings import Policy
-from policy.store import Store
+from policy.store import SqliteStore, Store
 
 RULES = Policy(complaint_rate=0.01, complaint_min_volume=100, bounce_rate=0.10)
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "store.sqlite")
-    s.migrate()
-    tenants.add(s, "acme", [], [], None)
-    tenants.add(s, "other", [], [], None)
-    yield s
-    s.close()
+def store(any_store):
+    tenants.add(any_store, "acme", [], [], None)
+    tenants.add(any_store, "other", [], [], None)
+    return any_store
 
 
 def deliver(store: Store, tenant: str, n: int, outcome: str = "delivered") -> None:

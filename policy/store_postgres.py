@@ -1,0 +1,118 @@
+"""The PostgreSQL store (`store.url = "postgresql://…"`): what several nodes share.
+
+psycopg 3 with a small connection pool per Store (a broken connection is replaced, not fatal).
+Statements run in autocommit; `exclusive()` is a transaction holding a transaction-scoped advisory
+lock, the counterpart of SQLite's BEGIN IMMEDIATE, so read-modify-write sections (migrations included)
+are serialised across every node. The SQL of policy/ is translated once per statement: `?` and
+`:name` parameters to psycopg's, and numeric sums back to Python ints.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg.types.numeric import NumericLoader
+from psycopg_pool import ConnectionPool
+
+from policy.schema import to_postgres
+from policy.store import Params, Store
+
+EXCLUSIVE_LOCK = 0x5773_5454   # the advisory lock key of exclusive sections ("WsTT")
+POOL_SIZE = 4                  # per Store: the event loop's statements, plus a CLI's or a thread's
+CONNECT_TIMEOUT = 10.0         # seconds to wait for a connection from the pool
+
+_TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?|(?<!:):([A-Za-z_]\w*)|%")
+
+
+@lru_cache(maxsize=512)
+def translate(sql: str) -> str:
+    """`?` -> `%s`, `:name` -> `%(name)s`, `%` -> `%%`; quoted strings and names keep their `?` and `:`."""
+    def one(m: re.Match) -> str:
+        token = m.group(0)
+        if token == "?":
+            return "%s"
+        if token == "%":
+            return "%%"
+        if m.group(1):
+            return f"%({m.group(1)})s"
+        return token.replace("%", "%%")          # a quoted string or name
+    return _TOKENS.sub(one, sql)
+
+
+class _IntegralNumeric(NumericLoader):
+    """SUM() over BIGINT is NUMERIC in PostgreSQL; policy/ expects the int SQLite gives."""
+
+    def load(self, data: Any) -> int | Decimal:
+        value = super().load(data)
+        return int(value) if value == value.to_integral_value() else value
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    conn.adapters.register_loader("numeric", _IntegralNumeric)
+
+
+class _Result:
+    """A cursor's results, read before its connection goes back to the pool."""
+
+    def __init__(self, cur: psycopg.Cursor):
+        self.rowcount = cur.rowcount
+        self.description = cur.description
+        self._rows = list(cur.fetchall()) if cur.description else []
+
+    def fetchone(self):
+        return self._rows.pop(0) if self._rows else None
+
+    def fetchall(self):
+        rows, self._rows = self._rows, []
+        return rows
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str):
+        info = psycopg.conninfo.conninfo_to_dict(url)
+        self.where = f"postgresql://{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+        self.pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT, open=True,
+                                   kwargs={"autocommit": True}, configure=_configure, name="websofttt")
+        self._held = threading.local()      # the connection of this thread's exclusive section
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        held = getattr(self._held, "conn", None)
+        if held is not None:
+            yield held
+            return
+        with self.pool.connection() as conn:
+            yield conn
+
+    def execute(self, sql: str, params: Params = ()) -> _Result:
+        with self._connection() as conn:
+            return _Result(conn.execute(translate(sql), params or None))
+
+    def executemany(self, sql: str, rows: Iterable[Params]) -> int:
+        with self._connection() as conn, conn.cursor() as cur:
+            cur.executemany(translate(sql), list(rows))
+            return cur.rowcount
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        if getattr(self._held, "conn", None) is not None:
+            raise RuntimeError("exclusive sections do not nest")
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [EXCLUSIVE_LOCK])
+            self._held.conn = conn
+            try:
+                yield
+            finally:
+                self._held.conn = None
+
+    def ddl(self, statement: str) -> str:
+        return to_postgres(statement)
+
+    def close(self) -> None:
+        self.pool.close()
