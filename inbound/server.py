@@ -12,6 +12,7 @@ import ssl
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import Envelope, Session
 
 from inbound.actions import Actions
@@ -20,7 +21,7 @@ from inbound.classify import classify
 from inbound.mailbox import Mailbox
 from policy import logs, metrics
 from policy.settings import Settings
-from policy.smtp import SaferSMTP
+from policy.smtp import PROXY_TIMEOUT, SaferSMTP
 
 log = logging.getLogger("websofttt.inbound")
 _EVENTS = {"unsubscribe": "unsubscribe", "bounce": "bounced", "complaint": "complaint_report",
@@ -31,8 +32,14 @@ class InboundHandler:
     def __init__(self, settings: Settings, mailbox: Mailbox, actions: Actions):
         self.settings, self.mailbox, self.actions = settings, mailbox, actions
         self.size = settings.inbound.max_message_size
+
         self._tasks: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbound-actions")  # one store connection
+
+    async def handle_PROXY(self, server: "InboundSMTP", session: Session, envelope: Envelope,
+                           proxy: ProxyData) -> bool:
+        server.take_proxy_address(proxy)
+        return server.admit(session.peer[0], server.transport)
 
     async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str,
                           options: list[str]) -> str:
@@ -88,6 +95,7 @@ class InboundSMTP(SaferSMTP):
     """aiosmtpd without AUTH (nobody logs in here), with limits per client address and precise replies."""
 
     line_length_limit = 64 * 1024
+    _ip: str | None = None      # the address this session is counted against
 
     def __init__(self, handler: InboundHandler, per_ip: "PerAddress", **kwargs):
         self.per_ip = per_ip
@@ -106,17 +114,22 @@ class InboundSMTP(SaferSMTP):
         await self.push("502 5.5.1 AUTH not available here")
 
     def connection_made(self, transport) -> None:
-        if getattr(self, "_ip", None) is not None:     # called again after STARTTLS: the same connection
-            super().connection_made(transport)
+        if self._ip is not None or self._proxy_timeout is not None:
+            super().connection_made(transport)        # again after STARTTLS; or behind a balancer: see admit
             return
         peer = transport.get_extra_info("peername")
-        self._ip = peer[0] if peer else "?"
-        if not self.per_ip.enter(self._ip):
+        if self.admit(peer[0] if peer else "?", transport):
+            super().connection_made(transport)
+
+    def admit(self, ip: str, transport) -> bool:
+        """Count the session against its client's address (the PROXY header's, behind a balancer); over
+        the limit it gets 421 and is closed."""
+        if not self.per_ip.enter(ip):
             transport.write(b"421 4.7.0 Too many connections from your address, try again later\r\n")
             transport.close()
-            self._ip = None
-            return
-        super().connection_made(transport)
+            return False
+        self._ip = ip
+        return True
 
     def connection_lost(self, error) -> None:
         if self._ip is not None:
@@ -151,5 +164,6 @@ def protocol_factory(handler: InboundHandler, tls: ssl.SSLContext, workers: int)
     def make() -> InboundSMTP:
         return InboundSMTP(handler, per_ip, hostname=handler.settings.provider.hostname, ident="WebSoftTT Relay",
                            data_size_limit=inbound.max_message_size, enable_SMTPUTF8=True, decode_data=False,
-                           tls_context=tls, timeout=inbound.timeout)
+                           tls_context=tls, timeout=inbound.timeout,
+                           proxy_protocol_timeout=PROXY_TIMEOUT if inbound.proxy_protocol else None)
     return make

@@ -69,6 +69,7 @@ class Submission:
     timeout: float = 300.0                 # idle seconds before the server closes a session
     trust_cache_ttl: float = 5.0           # seconds a worker caches tenants' trusted networks
     shutdown_grace: float = 30.0           # on SIGTERM, how long open transactions may take to finish
+    proxy_protocol: bool = False           # `listen` addresses expect a PROXY header (v1/v2) first
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Inbound:
     max_connections_per_ip: int = 20       # per node, divided among the workers
     timeout: float = 120.0                 # idle seconds before a session is closed
     retention: float = 30 * 86400          # raw inbound messages are kept this long (evidence), then deleted
+    proxy_protocol: bool = False           # every connection starts with a PROXY header (v1/v2)
 
 
 @dataclass(frozen=True)
@@ -204,9 +206,10 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "submission": {"listen": _listen_list, "tls_listen": _listen_list, "max_message_size": _count,
                    "max_recipients": _count, "auth_failures": _count, "auth_failure_window": parse_duration,
                    "timeout": parse_duration, "trust_cache_ttl": parse_duration,
-                   "shutdown_grace": parse_duration},
+                   "shutdown_grace": parse_duration, "proxy_protocol": _bool},
     "inbound": {"listen": _listen_list, "max_message_size": _count, "max_recipients": _count,
-                "max_connections_per_ip": _count, "timeout": parse_duration, "retention": parse_duration},
+                "max_connections_per_ip": _count, "timeout": parse_duration, "retention": parse_duration,
+                "proxy_protocol": _bool},
     "http": {"listen": _listen_list, "public_url": _url},
     "tls": {"cert_file": _str, "key_file": _str},
     "dkim": {"selector": _selector, "key_file": _str, "ed25519_selector": _selector, "ed25519_key_file": _str,

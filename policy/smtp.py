@@ -20,7 +20,9 @@ from __future__ import annotations
 import re
 
 import asyncio
+import ipaddress
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, syntax
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
@@ -30,6 +32,7 @@ _DEFAULT = {"421": "4.3.2", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500
             "552": "5.3.4", "553": "5.1.3", "554": "5.6.0", "555": "5.5.4"}
 INTERNAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 YIELD_EVERY = 16
+PROXY_TIMEOUT = 10.0     # seconds a listener with `proxy_protocol` waits for the PROXY header
 
 
 def clean_reply(status: str) -> str:
@@ -45,6 +48,16 @@ def clean_reply(status: str) -> str:
 
 class SaferSMTP(SMTP):
     _replies = 0
+    _proxied: tuple[str, int] | None = None
+
+    def take_proxy_address(self, proxy: ProxyData) -> None:
+        """Behind HAProxy (PROXY protocol v1 or v2), the session's peer becomes the client the balancer
+        accepted, so trusted networks, brute-force counting, per-address limits, Received and the logs see
+        the real address, also after STARTTLS. A LOCAL connection (the balancer's health check) keeps
+        the balancer's."""
+        if isinstance(proxy.src_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            self._proxied = (str(proxy.src_addr), proxy.src_port)
+            self.session.peer = self._proxied
 
     async def push(self, status: str | bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -56,6 +69,8 @@ class SaferSMTP(SMTP):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        if self._proxied is not None:            # a new session after STARTTLS (RFC 3207): the same client
+            self.session.peer = self._proxied
         if hasattr(self.transport, "_ssl_protocol") and "close" not in vars(self.transport):
             tls, close = self.transport, self.transport.close
             tls.close = lambda: None if tls.is_closing() else close()

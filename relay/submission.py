@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import Envelope, Session
 from flanker.addresslib import address as flanker_address
 
@@ -22,6 +23,7 @@ from policy import logs, metrics, standing, suppression, tenants
 from policy.headers import HeaderCheck, HeaderPolicy, check_headers
 from policy.ratelimit import Limits
 from policy.settings import Settings
+from policy.smtp import PROXY_TIMEOUT
 from policy.store import Store
 from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator
 from relay.spool import Message, Spool, SpoolError, new_queue_id
@@ -65,6 +67,10 @@ class SubmissionHandler:
         self.header_policy = HeaderPolicy(settings.provider.domains, settings.provider.hostname)
         self.authenticator = Authenticator(store, self.limits)
         self.replies = _reply_map(settings.submission.max_message_size)
+
+    async def handle_PROXY(self, server, session: Session, envelope: Envelope, proxy: ProxyData) -> bool:
+        server.take_proxy_address(proxy)
+        return True
 
     # MAIL FROM: who is sending, and may they send now?
     async def handle_MAIL(self, server, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
@@ -265,5 +271,6 @@ def protocol_factory(handler: SubmissionHandler, sessions: Sessions, tls: ssl.SS
             handler, sessions, hostname=handler.settings.provider.hostname, ident="WebSoftTT Relay",
             data_size_limit=sub.max_message_size, enable_SMTPUTF8=True, decode_data=False,
             tls_context=None if implicit_tls else tls, auth_require_tls=not implicit_tls,
-            timeout=sub.timeout)
+            timeout=sub.timeout, proxy_protocol_timeout=PROXY_TIMEOUT if sub.proxy_protocol and not implicit_tls
+            else None)
     return make
