@@ -110,7 +110,7 @@ class DeliveryLoop:
                 await self.spool.enqueue(Message(new_queue_id(self.settings.node.name), outbox.PROVIDER, "",
                                                  (item.recipient,), item.raw))
                 outbox.done(self.store, item.id)
-        except (SpoolError, OSError, RuntimeError) as e:     # the claim lapses and another try takes it
+        except (SpoolError, OSError, RuntimeError, *StoreError) as e:     # the claim lapses; another try takes it
             log.error("cannot take provider mail from the outbox: %s", e)
 
     async def deliver(self, due: Due) -> None:

@@ -323,3 +323,12 @@ def test_a_store_failure_after_the_remote_250_does_not_send_the_copy_again(relay
     time.sleep(1.5)                                                   # a retry would come after 0.5 s
     assert len(sink.received) == 1
     assert wait_states(relay, queue_id, {"delivered"})[0][1] == "delivered"
+
+
+def test_a_failing_store_does_not_stop_the_delivery_loop(relay_factory, sink):
+    """The outbox read fails (a store that is down, or its table gone): logged, and delivery goes on."""
+    relay = start(relay_factory, sink)
+    relay.store.execute("ALTER TABLE outbox RENAME TO outbox_elsewhere")
+    time.sleep(2.5)                          # the loop looks at the outbox every second
+    relay.store.execute("ALTER TABLE outbox_elsewhere RENAME TO outbox")
+    wait_states(relay, submit(relay), {"delivered"})
