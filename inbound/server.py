@@ -72,8 +72,10 @@ class InboundHandler:
         """Classify, act, record; an error leaves the row unprocessed for the next start."""
         try:
             roles = [r for r in (classify_rcpt(a, self.settings.provider) for a in recipients) if isinstance(r, Role)]
-            found = classify(raw, [r.kind for r in roles], [r.token for r in roles])
-            action = await asyncio.get_running_loop().run_in_executor(
+            loop = asyncio.get_running_loop()      # classify is pure CPU (parsing, flufl.bounce): off the event loop
+            found = await loop.run_in_executor(self._executor, classify, raw, [r.kind for r in roles],
+                                               [r.token for r in roles])
+            action = await loop.run_in_executor(
                 self._executor, self.actions.act, inbound_id, raw, mail_from, roles, found)
             await self.mailbox.conclude(inbound_id, found.kind, found.evidence, action)
             metrics.inbound_messages.labels(found.kind).inc()

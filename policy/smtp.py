@@ -85,5 +85,6 @@ class SaferSMTP(SMTP):
     def _getaddr(self, arg: str):
         try:
             return super()._getaddr(arg)
-        except (IndexError, ValueError, TypeError):    # the stdlib parser's failures on malformed paths
+        except (IndexError, ValueError, TypeError, AttributeError):   # the stdlib parser's failures on malformed
+            # paths; AttributeError: `MAIL FROM:a@[` (a defect in the parsed token list has no .value)
             return None, None

@@ -67,7 +67,8 @@ def test_zz_report(hostile):
           f"max RSS growth: {s['peak_rss_growth_mb']:.0f} MB (after the run: {s['rss_growth_untrimmed_mb']:.0f} MB, "
           f"{s['rss_growth_mb']:.0f} MB once glibc returns its free arena memory)")
     print(f"by strategy: {s['by_strategy']}; seconds: {s['seconds_by_strategy']}; slowest answer to another "
-          f"client: {s['slowest_heartbeat_s']} s ({s['slowest_during']})")
+          f"client: {s['slowest_heartbeat_s']} s ({s['slowest_during']}; not counted: {s['slowest_heartbeat_gc_s']} s "
+          f"in the garbage collector, {s['gc_seconds']} s in all)")
     quarter = max(1, len(LIVE) // 4)
     growth = LIVE[-1] - max(LIVE[:quarter])
     print(f"live memory after each chunk (MB): {[round(m) for m in LIVE]}; growth after the first quarter: "
