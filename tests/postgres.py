@@ -46,13 +46,15 @@ class PostgresServer:
             os.chown(self.dir, account.pw_uid, account.pw_gid)
             run_as = {"user": account.pw_uid, "group": account.pw_gid}
         data = self.dir / "data"
-        done = subprocess.run([initdb, "-D", str(data), "-U", USER, "-A", "trust", "--no-sync", "-E", "UTF8"],
-                              capture_output=True, text=True, **run_as)
-        if done.returncode:
-            raise RuntimeError(f"initdb failed: {done.stderr.strip()[-300:]}")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        if not data.exists():
+            done = subprocess.run([initdb, "-D", str(data), "-U", USER, "-A", "trust", "--no-sync", "-E", "UTF8"],
+                                  capture_output=True, text=True, **run_as)
+            if done.returncode:
+                raise RuntimeError(f"initdb failed: {done.stderr.strip()[-300:]}")
+        if not self.port:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
         self.process = subprocess.Popen(
             [postgres, "-D", str(data), "-p", str(self.port), "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
@@ -80,12 +82,16 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: sessions are cut); `start()` brings it back on the same port."""
         if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)       # fast shutdown
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -136,3 +136,35 @@ def _dns_from(zone: str):
         if m:
             records[m.group(1).encode() + b"."] = "".join(re.findall(r'"([^"]*)"', m.group(2))).encode()
     return lambda name, timeout=5: records.get(name)
+
+
+def test_a_store_outage_is_answered_451_and_service_resumes(tmp_path, sink):
+    """The database restarts under a running relay: AUTH gets 451 4.3.0 (try again) meanwhile, nothing
+    crashes, and the same processes accept and deliver mail once it is back (the pool reconnects)."""
+    from tests.postgres import PostgresServer
+    server = PostgresServer()
+    try:
+        server.start()
+    except RuntimeError as e:
+        server.stop()
+        pytest.skip(f"PostgreSQL store tests skipped: {e}")
+    node = Node(tmp_path, "a", server.new_database(), sink.port)
+    try:
+        node.cli("init")
+        node.cli("tenant", "add", "acme", "--allow-from", "example.com")
+        node.cli("tenant", "accept-terms", "acme")
+        node.cli("credential", "add", "acme", "app1", stdin=PASSWORD + "\n")
+        node.start()
+        assert node.mail()[0] == 250
+        wait_for(lambda: len(sink.received) == 1)
+        server.halt()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:     # AUTH needs the store
+            node.client()
+        assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (451, b"4.3.0")
+        server.start()
+        assert wait_for(lambda: node.mail()[0] == 250)
+        wait_for(lambda: len(sink.received) == 2)
+        assert node.proc.poll() is None
+    finally:
+        node.stop()
+        server.stop()
