@@ -92,7 +92,7 @@ class PostgresStore(Store):
 
     def execute(self, sql: str, params: Params = ()) -> _Result:
         with self._connection() as conn:
-            return _Result(conn.execute(translate(sql), params or None))
+            return _Result(conn.execute(translate(sql), params))     # even (): psycopg then undoubles %%
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> int:
         with self._connection() as conn, conn.cursor() as cur:

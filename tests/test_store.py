@@ -154,6 +154,7 @@ def test_parameters_next_to_percent_signs_and_quoted_marks(store):
     row = store.one("SELECT address, source FROM suppressions WHERE address LIKE '%\\%b@%' ESCAPE '\\' "
                     "AND source = :s", {"s": "50% '?' :x"})
     assert row == {"address": "a%b@example.net", "source": "50% '?' :x"}
+    assert store.one("SELECT '100%' AS p") == {"p": "100%"}                # no parameters at all
 
 
 def test_an_exclusive_section_rolls_back_on_error(store):
