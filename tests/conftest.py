@@ -25,7 +25,7 @@ from policy.store import SqliteStore, Store, open_store
 from policy.tokens import ensure_secret
 from relay.cli import starters
 from relay.serve import worker_main
-from tests.postgres import PostgresServer
+from tests.postgres import start_or_skip
 
 PASSWORD = "correct horse battery"
 WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")
@@ -227,12 +227,7 @@ def sink():
 @pytest.fixture(scope="session")
 def postgres():
     """The private PostgreSQL server; its tests are skipped, with the reason, when none can start here."""
-    server = PostgresServer()
-    try:
-        server.start()
-    except RuntimeError as e:
-        server.stop()
-        pytest.skip(f"PostgreSQL store tests skipped: {e}")
+    server = start_or_skip()
     yield server
     server.stop()
 

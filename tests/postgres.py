@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 USER = "websofttt"
 
@@ -95,3 +96,14 @@ class PostgresServer:
     def stop(self) -> None:
         self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_or_skip() -> PostgresServer:
+    """A started server, or the test is skipped with the reason none can start here."""
+    server = PostgresServer()
+    try:
+        server.start()
+    except RuntimeError as e:
+        server.stop()
+        pytest.skip(f"PostgreSQL store tests skipped: {e}")
+    return server

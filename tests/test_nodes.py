@@ -18,6 +18,7 @@ import dkim
 import pytest
 
 from tests.conftest import PASSWORD, WEBSOFTTT, free_port, message, run_cli, wait_for_port
+from tests.postgres import start_or_skip
 
 
 class Node:
@@ -56,8 +57,8 @@ class Node:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def client(self) -> smtplib.SMTP:
-        c = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
+    def client(self, timeout: float = 10) -> smtplib.SMTP:
+        c = smtplib.SMTP("127.0.0.1", self.port, timeout=timeout)
         c.starttls(context=ssl.create_default_context(cafile=str(self.dir / "var/tls/cert.pem")))
         c.login("app1", PASSWORD)
         return c
@@ -138,16 +139,11 @@ def _dns_from(zone: str):
     return lambda name, timeout=5: records.get(name)
 
 
+@pytest.mark.timeout(120)        # a server of its own, two restarts and the pool's 10 s wait
 def test_a_store_outage_is_answered_451_and_service_resumes(tmp_path, sink):
     """The database restarts under a running relay: AUTH gets 451 4.3.0 (try again) meanwhile, nothing
     crashes, and the same processes accept and deliver mail once it is back (the pool reconnects)."""
-    from tests.postgres import PostgresServer
-    server = PostgresServer()
-    try:
-        server.start()
-    except RuntimeError as e:
-        server.stop()
-        pytest.skip(f"PostgreSQL store tests skipped: {e}")
+    server = start_or_skip()
     node = Node(tmp_path, "a", server.new_database(), sink.port)
     try:
         node.cli("init")
@@ -158,8 +154,8 @@ def test_a_store_outage_is_answered_451_and_service_resumes(tmp_path, sink):
         assert node.mail()[0] == 250
         wait_for(lambda: len(sink.received) == 1)
         server.halt()
-        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:     # AUTH needs the store
-            node.client()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:     # AUTH needs the store, which
+            node.client(timeout=30)                                          # the pool waits 10 s for
         assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (451, b"4.3.0")
         server.start()
         assert wait_for(lambda: node.mail()[0] == 250)
