@@ -49,16 +49,20 @@ def _children_map() -> dict[int, list[int]]:
     """ppid -> pids, from one scan of /proc (processes come and go: vanished ones are skipped)."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        fields = _stat_fields(entry.name) if entry.name.isdigit() else None
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     return children
+
+
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """/proc/PID/stat after the command name (field 3 of stat(5) first); None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2:].split()
 
 
 def tree(roots: Iterable[int]) -> list[int]:
@@ -76,13 +80,9 @@ def cpu_seconds(roots: Iterable[int]) -> float:
     """utime + stime + cutime + cstime of the whole tree under `roots`, in seconds (see module doc)."""
     ticks = 0
     for pid in tree(roots):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        ticks += sum(int(x) for x in fields[11:15])   # utime stime cutime cstime (fields 14-17 of stat(5))
+        fields = _stat_fields(pid)
+        if fields is not None:
+            ticks += sum(int(x) for x in fields[11:15])   # utime stime cutime cstime (fields 14-17 of stat(5))
     return ticks / CLK_TCK
 
 
