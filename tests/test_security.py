@@ -181,3 +181,19 @@ def test_the_plain_path_fast_path_says_what_the_stdlib_parser_says(arg):
     except (IndexError, ValueError, TypeError, AttributeError):
         stdlib = (None, None)
     assert smtp._getaddr(arg) == stdlib
+
+
+def test_sessions_find_the_same_commands_and_mechanisms_as_full_introspection():
+    from relay.submission import SubmissionSMTP
+
+    class Authenticator:
+        async def check(self, *_):
+            raise AssertionError("not called")
+
+    loop = asyncio.new_event_loop()
+    handler = type("Handler", (), {"replies": {}, "authenticator": Authenticator()})()
+    smtp = SubmissionSMTP(handler, sessions=None, loop=loop)
+    full = {name[5:] for name in object.__dir__(smtp) if name.startswith("smtp_")}
+    assert set(smtp._smtp_methods) == full and "STARTTLS" in full and "AUTH" in full
+    assert set(smtp._auth_methods) == {"LOGIN", "PLAIN"}
+    loop.close()
