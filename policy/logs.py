@@ -23,6 +23,8 @@ _masked = True
 
 
 def _untokened(text: str) -> str:
+    if "+" not in text and "/u/" not in text:
+        return text                      # most lines: the scan for a token costs more than the rest of the line
     return _TOKEN.sub(lambda m: f"{m.group(1)}+…" if m.group(1) else "/u/…", text)
 
 
@@ -46,6 +48,9 @@ def setup(mask_recipients: bool = True, stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    # the lines carry no source file, line or thread: skip their lookup per record (logging HOWTO, Optimization)
+    logging._srcfile = None
+    logging.logThreads = False
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd logs every command, with addresses
     logging.captureWarnings(True)
     # what Python itself would print to stderr as plain text goes through the same handler
