@@ -1,7 +1,7 @@
 """The courier: hands one signed copy to the next hop over SMTP and says what happened.
 
-Connections are reused per destination (up to `messages_per_connection` copies), held within global
-and per-destination limits, and every step has a timeout, so a slow or dead host holds up only its
+Connections are reused per destination (up to `messages_per_connection` copies) and pipeline their
+commands where the peer offers it (RFC 2920), held within global and per-destination limits, and every step has a timeout, so a slow or dead host holds up only its
 own copies. The answer is an `Outcome`: delivered, or a failure that is `permanent` (bounce) or not.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from policy.settings import Delivery
+from relay.pipelining import PipeliningSMTP
 from relay.routing import Destination
 
 log = logging.getLogger("websofttt.delivery")
@@ -39,7 +40,7 @@ class Outcome:
 
 @dataclass
 class _Connection:
-    smtp: aiosmtplib.SMTP
+    smtp: PipeliningSMTP
     used: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -82,7 +83,7 @@ class Courier:
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
             return Outcome(False, False, f"451 4.4.1 {dest.host}:{dest.port}: {_describe(e)}", local=True)
 
-    async def _connect(self, dest: Destination) -> aiosmtplib.SMTP:
+    async def _connect(self, dest: Destination) -> PipeliningSMTP:
         """A ready session: TLS verified where required; otherwise STARTTLS when offered and, when its
         handshake fails, a new session in clear (RFC 7435: encrypt when possible, deliver anyway)."""
         s = self.settings
@@ -107,9 +108,9 @@ class Courier:
                 raise
         return smtp
 
-    async def _open(self, dest: Destination, start_tls: bool, context: ssl.SSLContext) -> aiosmtplib.SMTP:
+    async def _open(self, dest: Destination, start_tls: bool, context: ssl.SSLContext) -> PipeliningSMTP:
         s = self.settings
-        smtp = aiosmtplib.SMTP(hostname=dest.host, port=dest.port, local_hostname=self.hostname,
+        smtp = PipeliningSMTP(hostname=dest.host, port=dest.port, local_hostname=self.hostname,
                                timeout=s.command_timeout, start_tls=start_tls, tls_context=context,
                                validate_certs=dest.tls_required)
         await asyncio.wait_for(smtp.connect(), s.connect_timeout + s.command_timeout)
@@ -119,9 +120,7 @@ class Courier:
                            data: bytes) -> Outcome:
         s, smtp = self.settings, conn.smtp
         try:
-            await smtp.mail(mail_from, timeout=s.command_timeout)
-            await smtp.rcpt(recipient, timeout=s.command_timeout)
-            response = await smtp.data(data, timeout=s.data_timeout)
+            response = await smtp.transaction(mail_from, recipient, data, s.command_timeout, s.data_timeout)
         except aiosmtplib.SMTPResponseException as e:
             outcome = Outcome(False, e.code >= 500, f"{e.code} {_one_line(e.message)}")
             if e.code == 421:

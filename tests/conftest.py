@@ -167,13 +167,19 @@ def run_cli(*args: str, cwd: Path, stdin: str | None = None, env: dict | None = 
 
 
 class Sink:
-    """An SMTP next hop whose answer to DATA is `self.mode`; counts sessions and concurrency."""
+    """An SMTP next hop whose answer to DATA is `self.mode`; counts sessions and concurrency. It offers
+    PIPELINING (RFC 2920) as real MTAs do, unless `pipelining` is False."""
 
-    def __init__(self, mode: str = "accept"):
+    def __init__(self, mode: str = "accept", pipelining: bool = True):
         self.mode = mode
+        self.pipelining = pipelining
         self.received: list[tuple[str, list[str], bytes]] = []
         self.sessions = self.active = self.peak = 0
         self.lock = threading.Lock()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
 
     async def handle_DATA(self, server, session, envelope):
         if self.mode == "hang":

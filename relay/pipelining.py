@@ -1,0 +1,114 @@
+"""aiosmtplib's client with RFC 2920 command pipelining: one write for MAIL, RCPT and DATA, one for the body.
+
+aiosmtplib sends one command and waits for its reply before the next, so a copy costs four round trips
+(and four wake-ups of the event loop) where a pipelining peer needs two. Its protocol keeps one reply
+and drops data that arrives while that reply awaits pickup, so several replies read in order need a
+small protocol subclass; a session is switched to it once connected (it adds no state of its own that
+a connected protocol would lack). Peers that do not offer PIPELINING get the command-by-command
+transaction, and the answers are the same exceptions either way.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import aiosmtplib
+from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
+from aiosmtplib.response import SMTPResponse
+
+
+class PipeliningProtocol(SMTPProtocol):
+    _more: asyncio.Future | None = None     # set while `pipeline` waits: data for it wakes it, none is dropped
+
+    def data_received(self, data: bytes) -> None:
+        if self._more is None:
+            return super().data_received(data)
+        self._buffer.extend(data)
+        if not self._more.done():
+            self._more.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._fail_waiting("Unexpected EOF received")
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_waiting("Connection lost")
+        super().connection_lost(exc)
+
+    def _fail_waiting(self, why: str) -> None:
+        if self._more is not None and not self._more.done():
+            self._more.set_exception(aiosmtplib.SMTPServerDisconnected(why))
+            self._more.exception()      # retrieved: nobody may await it any more
+
+    async def pipeline(self, data: bytes, replies: int, timeout: float) -> list[SMTPResponse]:
+        """Write `data` (commands, or a message body) at once and read `replies` replies, in order; fewer
+        when one is 421 (the server closes: nothing follows it)."""
+        if self._command_lock is None:
+            raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+        async with self._command_lock:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            self._more = loop.create_future()
+            read: list[SMTPResponse] = []
+            try:
+                self.write(data)
+                while len(read) < replies:
+                    reply = self._read_response_from_buffer()
+                    if reply is not None:
+                        read.append(reply)
+                        if reply.code == 421:
+                            break
+                        continue
+                    if len(self._buffer) > MAX_RESPONSE_LENGTH:
+                        raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+                    try:
+                        await asyncio.wait_for(self._more, deadline - loop.time())
+                    except asyncio.TimeoutError as e:
+                        raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from e
+                    self._more = loop.create_future()
+            finally:
+                self._more = None
+        return read
+
+
+class PipeliningSMTP(aiosmtplib.SMTP):
+    async def connect(self, **kwargs) -> SMTPResponse:
+        response = await super().connect(**kwargs)
+        self.protocol.__class__ = PipeliningProtocol
+        return response
+
+    async def transaction(self, mail_from: str, recipient: str, message: bytes, command_timeout: float,
+                          data_timeout: float) -> SMTPResponse:
+        """MAIL, RCPT, DATA and the message; raises what aiosmtplib's mail(), rcpt() and data() raise."""
+        await self._ehlo_or_helo_if_needed()     # after STARTTLS the extensions are asked for again
+        if not self.supports_extension("pipelining"):
+            await self.mail(mail_from, timeout=command_timeout)
+            await self.rcpt(recipient, timeout=command_timeout)
+            return await self.data(message, timeout=data_timeout)
+        commands = b"MAIL FROM:%s\r\nRCPT TO:%s\r\nDATA\r\n" % (
+            quote_address(mail_from).encode("ascii"), quote_address(recipient).encode("ascii"))
+        replies = await self._guarded(commands, 3, command_timeout)
+        mail, rcpt, data = (replies + replies[-1:] * 2)[:3]    # a 421 stands for the replies that never came
+        if data.code == 354 and (mail.code != 250 or rcpt.code not in (250, 251)):
+            await self._guarded(b".\r\n", 1, command_timeout)    # RFC 2920 §3.1: end the data nobody wanted
+        if mail.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message, mail_from)
+        if rcpt.code not in (250, 251):
+            raise aiosmtplib.SMTPRecipientRefused(rcpt.code, rcpt.message, recipient)
+        if data.code != 354:
+            raise aiosmtplib.SMTPDataError(data.code, data.message)
+        body = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+        (done,) = await self._guarded(body, 1, data_timeout)
+        if done.code != 250:
+            raise aiosmtplib.SMTPDataError(done.code, done.message)
+        return done
+
+    async def _guarded(self, data: bytes, replies: int, timeout: float) -> list[SMTPResponse]:
+        """A pipelined exchange; a lost connection or a timeout leaves the session unusable, so close it."""
+        if self.protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+        try:
+            return await self.protocol.pipeline(data, replies, timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPResponseException):
+            self.close()
+            raise
