@@ -21,14 +21,14 @@ from inbound.classify import classify
 from inbound.mailbox import Mailbox
 from policy import logs, metrics
 from policy.settings import Settings
-from policy.smtp import PROXY_TIMEOUT, SaferSMTP
+from policy.smtp import PROXY_TIMEOUT, Handler, SaferSMTP
 
 log = logging.getLogger("websofttt.inbound")
 _EVENTS = {"unsubscribe": "unsubscribe", "bounce": "bounced", "complaint": "complaint_report",
            "human_complaint": "complaint_report"}      # per-copy complaint events come from inbound/abuse
 
 
-class InboundHandler:
+class InboundHandler(Handler):
     def __init__(self, settings: Settings, mailbox: Mailbox, actions: Actions):
         self.settings, self.mailbox, self.actions = settings, mailbox, actions
         self.size = settings.inbound.max_message_size

@@ -16,9 +16,9 @@
   (which costs ~30 µs a call);
 - a client pipelining thousands of commands in one write cannot monopolise the worker: lines already
   buffered are read without a pause, so the server yields to the event loop every `YIELD_EVERY` replies;
-- aiosmtpd's `__init__` looks up its command and AUTH methods with `inspect.getmembers(self)` and
-  `dir(self)` on every connection, which evaluates every attribute (~300 µs); `dir()` of a session lists
-  only those methods, computed once per class.
+- aiosmtpd's `__init__` looks up its command, AUTH and hook methods with `inspect.getmembers` and `dir`
+  of the session and its handler on every connection, which evaluates every attribute (~300 µs); `dir()`
+  of a session or a `Handler` lists only those methods, computed once per class.
 """
 from __future__ import annotations
 
@@ -57,8 +57,15 @@ def clean_reply(status: str) -> str:
 
 @functools.cache
 def _command_methods(cls: type) -> list[str]:
-    """The smtp_* and auth_* methods aiosmtpd's __init__ collects by introspection."""
-    return sorted(name for name in dir(cls) if name.startswith(("smtp_", "auth_")))
+    """The smtp_*, auth_* and handle_* methods aiosmtpd's __init__ collects by introspection."""
+    return sorted(name for name in dir(cls) if name.startswith(("smtp_", "auth_", "handle_")))
+
+
+class Handler:
+    """Base of the listeners' aiosmtpd handlers (see the module doc on `dir`)."""
+
+    def __dir__(self) -> list[str]:
+        return _command_methods(type(self))
 
 
 class SaferSMTP(SMTP):

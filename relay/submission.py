@@ -23,7 +23,7 @@ from policy import logs, metrics, standing, suppression, tenants
 from policy.headers import HeaderCheck, HeaderPolicy, check_headers
 from policy.ratelimit import Limits
 from policy.settings import Settings
-from policy.smtp import PROXY_TIMEOUT
+from policy.smtp import PROXY_TIMEOUT, Handler
 from policy.store import Store
 from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator
 from relay.spool import Message, Spool, SpoolError, new_queue_id
@@ -56,7 +56,7 @@ class TrustedNetworks:
         return next((tenant for net, tenant in self._nets if addr in net), None)
 
 
-class SubmissionHandler:
+class SubmissionHandler(Handler):
     def __init__(self, settings: Settings, store: Store, spool: Spool, on_queued: Callable[[], None] | None = None):
         self.settings = settings
         self.store = store

@@ -184,7 +184,8 @@ def test_the_plain_path_fast_path_says_what_the_stdlib_parser_says(arg):
 
 
 def test_sessions_find_the_same_commands_and_mechanisms_as_full_introspection():
-    from relay.submission import SubmissionSMTP
+    from inbound.server import InboundHandler
+    from relay.submission import SubmissionHandler, SubmissionSMTP
 
     class Authenticator:
         async def check(self, *_):
@@ -197,3 +198,6 @@ def test_sessions_find_the_same_commands_and_mechanisms_as_full_introspection():
     assert set(smtp._smtp_methods) == full and "STARTTLS" in full and "AUTH" in full
     assert set(smtp._auth_methods) == {"LOGIN", "PLAIN"}
     loop.close()
+    for cls in (SubmissionHandler, InboundHandler):
+        hooks = {name for name in object.__dir__(cls.__new__(cls)) if name.startswith("handle_")}
+        assert set(dir(cls.__new__(cls))) == hooks and "handle_DATA" in hooks
