@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,8 +30,21 @@ StoreError = (sqlite3.Error, psycopg.Error)      # what a failing store raises, 
 
 
 def utcnow() -> str:
-    """Timestamps are ISO 8601 UTC strings: sortable, readable in `--json`, unambiguous across nodes."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Timestamps are ISO 8601 UTC strings: sortable, readable in `--json`, unambiguous across nodes.
+    Formatted once per second (several rows are stamped per message)."""
+    global _stamped
+    second = int(time.time())
+    if _stamped[0] != second:
+        _stamped = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+    return _stamped[1]
+
+
+_stamped = (0, "")
+
+
+def epoch(stamp: str) -> float:
+    """Seconds since the epoch of a `utcnow()` stamp ("" is 0)."""
+    return datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
 
 
 class Result(Protocol):

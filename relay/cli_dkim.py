@@ -1,7 +1,6 @@
 """`websofttt dkim …`: the DNS records to publish, tenants' own keys, and rotating the provider's key."""
 from __future__ import annotations
 
-import calendar
 import time
 
 import click
@@ -9,7 +8,7 @@ import click
 from policy import dkimkeys, tenants
 from policy.keys import dkim_dns_record, load_private_key
 from policy.settings import Settings
-from policy.store import Store
+from policy.store import Store, epoch
 from relay.cli_common import migrated_store, with_settings
 from relay.signing import provider_keys
 
@@ -31,11 +30,11 @@ def dkim_zone(settings: Settings, store: Store) -> list[str]:
         if settings.dkim.key_file or settings.dkim_key.exists() else []              # (selector, key, active_from)
     if settings.dkim.key_file is None:
         schedule += [(k.selector, k.key(), k.active_from) for k in dkimkeys.provider_rotations(store)]
-    signing = max((i for i, (_, _, start) in enumerate(schedule) if _epoch(start) <= now), default=0)
+    signing = max((i for i, (_, _, start) in enumerate(schedule) if epoch(start) <= now), default=0)
     lines = []
     for i, (selector, key, start) in enumerate(schedule):
         if i < signing:
-            until = _epoch(schedule[i + 1][2]) + dkimkeys.RETIRED_KEEP
+            until = epoch(schedule[i + 1][2]) + dkimkeys.RETIRED_KEEP
             if until < now:
                 continue
             lines.append(f"; replaced; keep published until {_iso(until)} for mail signed before")
@@ -60,12 +59,8 @@ def provider_zone(settings: Settings, store: Store) -> list[str]:
             f'_dmarc.{p.domain}. IN TXT "v=DMARC1; p=none; adkim=r; aspf=r; rua=mailto:postmaster@{p.domain}"']
 
 
-def _epoch(iso: str) -> float:
-    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")) if iso else 0.0
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 @dkim.command("dns")

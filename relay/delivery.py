@@ -15,11 +15,10 @@ import logging
 import random
 import re
 import time
-from calendar import timegm
 
 from policy import bounces, dkimkeys, logs, metrics, outbox, sent, standing, suppression, tenants
 from policy.settings import Settings
-from policy.store import Store, StoreError, utcnow
+from policy.store import Store, StoreError, epoch, utcnow
 from policy.tokens import TokenKeys
 from relay.routing import RouteError, Router
 from relay.signing import SigningError, SigningKey, provider_keys, sign
@@ -119,7 +118,7 @@ class DeliveryLoop:
             return await self.spool.record(due.queue_id, due.recipient, "deferred", due.attempts,
                                            time.time() + HOLD_RECHECK, "451 4.7.1 Held: the tenant is suspended",
                                            due.token)
-        age = time.time() - timegm(time.strptime(due.received, "%Y-%m-%dT%H:%M:%SZ"))
+        age = time.time() - epoch(due.received)
         if age > self.settings.delivery.max_queue_lifetime:
             return await self._finish(due, "expired", "554 4.4.7 Message expired in the queue", due.token)
         entry = suppression.find(self.store, due.tenant, due.recipient)

@@ -7,7 +7,6 @@ composition root (relay/cli.py), since inbound/ cannot import relay/.
 """
 from __future__ import annotations
 
-import calendar
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from policy import standing, tenants
 from policy.metrics import SCRAPED
 from policy.settings import Settings
-from policy.store import Store
+from policy.store import Store, epoch
 from relay.spool import pending_stats
 
 
@@ -27,7 +26,7 @@ class NodeCollector:
 
     def collect(self) -> Iterator[Metric]:
         depth, oldest = pending_stats(self.settings.spool_dir)
-        age = time.time() - calendar.timegm(time.strptime(oldest, "%Y-%m-%dT%H:%M:%SZ")) if oldest else 0.0
+        age = time.time() - epoch(oldest) if oldest else 0.0
         yield _gauge("websofttt_queue_depth", depth)
         yield _gauge("websofttt_queue_oldest_age_seconds", max(0.0, age))
         rules = self.settings.policy
