@@ -214,7 +214,9 @@ class Spool:
 
     def _commit(self, ops: list[Op]) -> SpoolError | None:
         try:
-            self._writer.execute("BEGIN")
+            # IMMEDIATE: the write lock first. A deferred transaction that reads before it writes (purge) fails
+            # at once with "database is locked" when another process (`serve --only`) wrote in between.
+            self._writer.execute("BEGIN IMMEDIATE")
             for op in ops:
                 op(self._writer)
             self._writer.execute("COMMIT")

@@ -134,6 +134,35 @@ def test_a_full_spool_disk_refuses_with_452_431_and_loses_nothing(small_spool, s
         relay.stop()
 
 
+def test_a_spool_batch_that_reads_first_survives_a_write_from_another_process(tmp_path):
+    """Purge reads before it deletes; under `serve --only` the submission process may commit to the same shard
+    in between. The batch holds the write lock from its start, so that writer waits instead of the batch
+    failing at once with "database is locked"."""
+    from relay.spool import Spool
+    path = tmp_path / "shard-0.sqlite"
+
+    async def scenario() -> None:
+        spool = Spool(path)
+        other = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        writer = threading.Thread(target=other.execute, args=(
+            "INSERT INTO messages (id, tenant, mail_from, size, received) VALUES ('other', 'acme', '', 0, 'now')",))
+
+        def read_then_write(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT count(*) FROM messages").fetchone()
+            writer.start()
+            writer.join(0.3)                        # the other process commits now, if it can
+            conn.execute("DELETE FROM messages WHERE id = 'none'")
+        try:
+            await spool._submit(read_then_write)
+        finally:
+            spool.close()
+            writer.join(10)
+            other.close()
+    asyncio.run(scenario())
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT id FROM messages").fetchall() == [("other",)]
+
+
 def test_roles_as_separate_processes_share_one_store(tmp_path, sink):
     """submission, delivery and inbound as three `serve --only` processes on one SQLite store, under load."""
     port, inbound_port = free_port(), free_port()
