@@ -29,6 +29,7 @@ import functools
 import ipaddress
 
 from aiosmtpd.proxy_protocol import ProxyData
+from flanker.addresslib import address as flanker_address
 from aiosmtpd.smtp import SMTP, syntax
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
@@ -39,9 +40,18 @@ _DEFAULT = {"421": "4.3.2", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500
 INTERNAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 YIELD_EVERY = 16
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-# <dot-atom@domain>, as nearly every MAIL and RCPT is: aiosmtpd's stdlib parsing builds a class per call
-_PLAIN_PATH = re.compile(rf"<(({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
+# dot-atom@domain, as nearly every MAIL and RCPT path is: aiosmtpd's stdlib parsing builds a class per call
+_PLAIN = rf"({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_PATH = re.compile(rf"<({_PLAIN})>")
+_PLAIN_ADDRESS = re.compile(_PLAIN)
 PROXY_TIMEOUT = 10.0     # seconds a listener with `proxy_protocol` waits for the PROXY header
+
+
+def valid_address(address: str) -> bool:
+    """An addr-spec that flanker's strict parser accepts; a plain one without calling it (~100 µs)."""
+    if len(address) <= flanker_address.MAX_ADDRESS_LENGTH and _PLAIN_ADDRESS.fullmatch(address):
+        return True
+    return flanker_address.parse(address, addr_spec_only=True, strict=True) is not None
 
 
 def clean_reply(status: str) -> str:

@@ -17,13 +17,12 @@ from email.utils import format_datetime
 
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import Envelope, Session
-from flanker.addresslib import address as flanker_address
 
 from policy import logs, metrics, standing, suppression, tenants
 from policy.headers import HeaderCheck, HeaderPolicy, check_headers
 from policy.ratelimit import Limits
 from policy.settings import Settings
-from policy.smtp import PROXY_TIMEOUT, Handler
+from policy.smtp import PROXY_TIMEOUT, Handler, valid_address
 from policy.store import Store
 from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator
 from relay.spool import Message, Spool, SpoolError, new_queue_id
@@ -108,7 +107,7 @@ class SubmissionHandler(Handler):
         if len(envelope.rcpt_tos) >= limit:
             return _refused("rcpt", "too_many_recipients", f"452 4.5.3 Too many recipients (at most {limit} per "
                                                            f"message)", tenant_id)
-        if flanker_address.parse(address, addr_spec_only=True, strict=True) is None:
+        if not valid_address(address):
             return _refused("rcpt", "bad_address", f"553 5.1.3 Recipient address <{_shown(address)}> is not a valid "
                                                    f"address", tenant_id)
         entry = suppression.find(self.store, tenant_id, address)

@@ -201,3 +201,14 @@ def test_sessions_find_the_same_commands_and_mechanisms_as_full_introspection():
     for cls in (SubmissionHandler, InboundHandler):
         hooks = {name for name in object.__dir__(cls.__new__(cls)) if name.startswith("handle_")}
         assert set(dir(cls.__new__(cls))) == hooks and "handle_DATA" in hooks
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="aZ09.-_+'=@[]\"\\ ", max_size=30))
+@example("a.b@c-d.example")
+@example("a@b")
+@example("a..b@c")
+def test_the_plain_address_fast_path_accepts_only_what_flanker_accepts(address):
+    from flanker.addresslib import address as flanker_address
+    from policy.smtp import valid_address
+    assert valid_address(address) == (flanker_address.parse(address, addr_spec_only=True, strict=True) is not None)
