@@ -79,14 +79,23 @@ class PipeliningSMTP(aiosmtplib.SMTP):
 
     async def transaction(self, mail_from: str, recipient: str, message: bytes, command_timeout: float,
                           data_timeout: float) -> SMTPResponse:
-        """MAIL, RCPT, DATA and the message; raises what aiosmtplib's mail(), rcpt() and data() raise."""
+        """MAIL, RCPT, DATA and the message; raises what aiosmtplib's mail(), rcpt() and data() raise.
+
+        A non-ASCII address goes with SMTPUTF8 (RFC 6531) to a peer that offers it; to one that does not,
+        the recipient is refused here, permanently (553 5.6.7), instead of failing on every retry."""
         await self._ehlo_or_helo_if_needed()     # after STARTTLS the extensions are asked for again
+        utf8 = not (mail_from + recipient).isascii()
+        if utf8 and not self.supports_extension("smtputf8"):
+            raise aiosmtplib.SMTPRecipientRefused(
+                553, "5.6.7 Non-ASCII address, and the next hop does not offer SMTPUTF8", recipient)
+        encoding, options = ("utf-8", ["SMTPUTF8"]) if utf8 else ("ascii", [])
         if not self.supports_extension("pipelining"):
-            await self.mail(mail_from, timeout=command_timeout)
-            await self.rcpt(recipient, timeout=command_timeout)
+            await self.mail(mail_from, options=options, encoding=encoding, timeout=command_timeout)
+            await self.rcpt(recipient, encoding=encoding, timeout=command_timeout)
             return await self.data(message, timeout=data_timeout)
-        commands = b"MAIL FROM:%s\r\nRCPT TO:%s\r\nDATA\r\n" % (
-            quote_address(mail_from).encode("ascii"), quote_address(recipient).encode("ascii"))
+        commands = b"MAIL FROM:%s%s\r\nRCPT TO:%s\r\nDATA\r\n" % (
+            quote_address(mail_from).encode(encoding), b" SMTPUTF8" if utf8 else b"",
+            quote_address(recipient).encode(encoding))
         replies = await self._guarded(commands, 3, command_timeout)
         mail, rcpt, data = (replies + replies[-1:] * 2)[:3]    # a 421 stands for the replies that never came
         if data.code == 354 and (mail.code != 250 or rcpt.code not in (250, 251)):

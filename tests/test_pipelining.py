@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import pytest
+
 from policy.settings import Delivery
 from relay.routing import Destination
 from relay.smtp_out import Courier
@@ -23,6 +25,7 @@ class ScriptedHop:
     data: bytes = b"354 go ahead"
     end: bytes = b"250 2.0.0 queued"
     pipelining: bool = True
+    smtputf8: bool = False
     pause: float = 0.0                      # before each reply
     close_after_mail: bool = False
     chunks: list[bytes] = field(default_factory=list)
@@ -58,7 +61,8 @@ class ScriptedHop:
                     in_data = False
                     await reply(self.end)
             elif verb == b"EHLO":
-                await reply(b"250-hop\r\n" + (b"250-PIPELINING\r\n" if self.pipelining else b"") + b"250 8BITMIME")
+                await reply(b"250-hop\r\n" + (b"250-PIPELINING\r\n" if self.pipelining else b"")
+                            + (b"250-SMTPUTF8\r\n" if self.smtputf8 else b"") + b"250 8BITMIME")
             elif verb == b"MAIL":
                 await reply(self.mail)
                 if self.close_after_mail:
@@ -79,14 +83,14 @@ class ScriptedHop:
         return b"".join(self.chunks)
 
 
-def send(hop: ScriptedHop, copies: int = 1, **delivery) -> list:
+def send(hop: ScriptedHop, copies: int = 1, recipient: str = "to@example.net", **delivery) -> list:
     """Deliver `copies` copies through one Courier to the hop; the outcomes, in order."""
     async def main():
         server = await asyncio.start_server(hop.serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         courier = Courier(Delivery(**{"command_timeout": 5.0, "data_timeout": 5.0, **delivery}), "relay.test")
         try:
-            return [await courier.send([Destination("127.0.0.1", port)], "bounce@relay.test", "to@example.net",
+            return [await courier.send([Destination("127.0.0.1", port)], "bounce@relay.test", recipient,
                                        MESSAGE) for _ in range(copies)]
         finally:
             await courier.close()
@@ -153,3 +157,20 @@ def test_a_hop_that_stops_answering_times_out():
     hop = ScriptedHop(pause=3.0)
     (outcome,) = send(hop, connect_timeout=1.0, command_timeout=1.0)
     assert outcome.local and outcome.reply.endswith("timed out")
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_non_ascii_recipient_goes_with_smtputf8(pipelining):
+    hop = ScriptedHop(pipelining=pipelining, smtputf8=True)
+    (outcome,) = send(hop, recipient="jösé@exämple.net")
+    assert outcome.delivered
+    assert b"MAIL FROM:<bounce@relay.test> SMTPUTF8\r\n" in hop.wire()
+    assert "RCPT TO:<jösé@exämple.net>\r\n".encode() in hop.wire()
+
+
+def test_a_non_ascii_recipient_is_refused_for_good_when_the_hop_has_no_smtputf8():
+    hop = ScriptedHop()
+    first, second = send(hop, copies=2, recipient="jösé@exämple.net")
+    assert (first.delivered, first.permanent) == (False, True)
+    assert first.reply == "553 5.6.7 Non-ASCII address, and the next hop does not offer SMTPUTF8"
+    assert b"MAIL" not in hop.wire() and hop.sessions == 1
