@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,7 +44,10 @@ _stamped = (0, "")
 
 def epoch(stamp: str) -> float:
     """Seconds since the epoch of a `utcnow()` stamp ("" is 0)."""
-    return datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
+    if not stamp:
+        return 0.0
+    parsed = datetime.fromisoformat(stamp)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
 
 
 class Result(Protocol):
