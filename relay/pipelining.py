@@ -68,6 +68,7 @@ class PipeliningProtocol(SMTPProtocol):
                     self._more = loop.create_future()
             finally:
                 self._more = None
+                del self._buffer[:]     # what a server sent beyond the replies asked for is nobody's answer
         return read
 
 
