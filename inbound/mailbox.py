@@ -54,9 +54,17 @@ class Mailbox:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.executescript(_SCHEMA)
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(inbound)")}
-        if "claimed_by" not in columns:                       # a mailbox from before claims
-            self._conn.execute("ALTER TABLE inbound ADD COLUMN claimed_by INTEGER")
+        # the workers open the mailbox at once: the check and the change under one write lock, or two
+        # of them both find the column missing and the second ALTER fails ("duplicate column name")
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(inbound)")}
+            if "claimed_by" not in columns:
+                self._conn.execute("ALTER TABLE inbound ADD COLUMN claimed_by INTEGER")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

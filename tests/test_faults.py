@@ -163,6 +163,30 @@ def test_a_spool_batch_that_reads_first_survives_a_write_from_another_process(tm
         assert conn.execute("SELECT id FROM messages").fetchall() == [("other",)]
 
 
+def test_workers_opening_a_new_mailbox_at_once_all_start(tmp_path):
+    """Every inbound worker opens the node's mailbox at start; on a new file each found the claims column
+    missing, and the second ALTER failed ("duplicate column name"), so that worker died and restarted."""
+    from inbound.mailbox import Mailbox
+    for attempt in range(15):
+        path = tmp_path / f"mailbox-{attempt}.sqlite"
+        start, errors, boxes = threading.Barrier(6), [], []
+
+        def open_it() -> None:
+            start.wait()
+            try:
+                boxes.append(Mailbox(path, 86400))
+            except sqlite3.Error as e:
+                errors.append(repr(e))
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for box in boxes:
+            box.close()
+        assert errors == [] and len(boxes) == 6
+
+
 def test_roles_as_separate_processes_share_one_store(tmp_path, sink):
     """submission, delivery and inbound as three `serve --only` processes on one SQLite store, under load."""
     port, inbound_port = free_port(), free_port()
