@@ -16,8 +16,8 @@ from contextlib import closing
 
 import pytest
 
-from tests.conftest import (PASSWORD, WEBSOFTTT, RunningRelay, free_port, make_settings, message, prepare, run_cli,
-                            wait_for_port)
+from tests.conftest import (PASSWORD, WEBSOFTTT, RunningRelay, at_once, free_port, make_settings, message, prepare,
+                            run_cli, wait_for_port)
 from tests.test_delivery import start, submit, wait_states
 
 
@@ -177,11 +177,7 @@ def test_workers_opening_a_new_mailbox_at_once_all_start(tmp_path):
                 boxes.append(Mailbox(path, 86400))
             except sqlite3.Error as e:
                 errors.append(repr(e))
-        threads = [threading.Thread(target=open_it) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        at_once(*[open_it] * 6)
         for box in boxes:
             box.close()
         assert errors == [] and len(boxes) == 6
@@ -218,12 +214,7 @@ def test_roles_as_separate_processes_share_one_store(tmp_path, sink):
                     c.sendmail("someone@example.org", ["postmaster@websofttt.com"],
                                b"From: someone@example.org\r\nSubject: note %d\r\n\r\nhi\r\n" % i)
 
-        threads = [threading.Thread(target=submit_many, args=(20,)) for _ in range(3)]
-        threads.append(threading.Thread(target=inbound_many, args=(20,)))
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        at_once(*[lambda: submit_many(20)] * 3, lambda: inbound_many(20), timeout=120)
         deadline = time.monotonic() + 60
         while len(sink.received) < 60 and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -2,7 +2,6 @@
 policy/ module that reads or writes the store, the counters, exclusive sections and the migrations."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -15,6 +14,7 @@ from policy.ratelimit import Limits
 from policy.schema import MIGRATIONS
 from policy.suppression_import import import_lines
 from policy.tokens import TokenKeys, ensure_secret
+from tests.conftest import at_once
 
 
 @pytest.fixture
@@ -181,11 +181,7 @@ def test_exclusive_sections_of_two_connections_do_not_interleave(any_store):
             with store.exclusive():
                 n = store.one("SELECT count FROM counters WHERE key = 'n'")["count"]
                 store.execute("UPDATE counters SET count = ? WHERE key = 'n'", [n + 1])
-    threads = [threading.Thread(target=bump, args=(s,)) for s in connections]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    at_once(*[lambda s=s: bump(s) for s in connections])
     for s in connections:
         s.close()
     assert any_store.one("SELECT count FROM counters WHERE key = 'n'")["count"] == 50
@@ -201,11 +197,7 @@ def test_migrations_from_many_connections_at_once_apply_once(request, tmp_path, 
         url = request.getfixturevalue("pg_url")
         stores = [PostgresStore(url) for _ in range(4)]
     applied: list[list[str]] = []
-    threads = [threading.Thread(target=lambda s=s: applied.append(s.migrate())) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    at_once(*[lambda s=s: applied.append(s.migrate()) for s in stores])
     assert sorted(len(a) for a in applied) == [0, 0, 0, len(MIGRATIONS)]
     for s in stores:
         s.close()
