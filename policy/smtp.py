@@ -16,7 +16,13 @@
   (which costs ~30 µs a call); likewise `valid_address` calls flanker (~100 µs) only for addresses that
   are not plain;
 - a client pipelining thousands of commands in one write cannot monopolise the worker: lines already
-  buffered are read without a pause, so the server yields to the event loop every `YIELD_EVERY` replies;
+  buffered are read without a pause, so the server yields to the event loop every `YIELD_EVERY` replies,
+  and at every line once the connection is closing, so that the session ends instead of parsing up to
+  2 MiB of buffered lines nobody will read the answers to;
+- the `GARBAGE_LIMIT`th line that is no command at all (empty, or its verb not ASCII) is answered
+  `421 4.7.0` and the connection closed, as Postfix does after `smtpd_hard_error_limit` errors: no SMTP
+  client sends such lines, and answering a megabyte of empty lines one by one (2 octets in, 30 out)
+  took over 30 s over TLS (aiosmtpd's own budget of five covers unknown verbs only);
 - aiosmtpd's `__init__` looks up its command, AUTH and hook methods with `inspect.getmembers` and `dir`
   of the session and its handler on every connection, which evaluates every attribute (~300 µs); `dir()`
   of a session or a `Handler` lists only those methods, computed once per class.
@@ -40,6 +46,9 @@ _DEFAULT = {"421": "4.3.2", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500
             "552": "5.3.4", "553": "5.1.3", "554": "5.6.0", "555": "5.5.4"}
 INTERNAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 YIELD_EVERY = 16
+BAD_SYNTAX = "500 Error: bad syntax"         # aiosmtpd's answer to a line that is no command
+GARBAGE_LIMIT = 100
+TOO_MUCH_GARBAGE = "421 4.7.0 Too many lines that are not SMTP commands, closing connection"
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 # dot-atom@domain, as nearly every MAIL and RCPT path is: aiosmtpd's stdlib parsing builds a class per call
 _PLAIN = rf"({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
@@ -81,6 +90,7 @@ class Handler:
 
 class SaferSMTP(SMTP):
     _replies = 0
+    _garbage = 0
     _proxied: tuple[str, int] | None = None
 
     def __dir__(self) -> list[str]:
@@ -97,8 +107,16 @@ class SaferSMTP(SMTP):
 
     async def push(self, status: str | bytes) -> None:
         if self.transport is None or self.transport.is_closing():
-            return          # commands pipelined behind a closing reply: nobody to answer (and TLS would raise)
-        await super().push(clean_reply(status) if isinstance(status, str) else status)   # bytes: AUTH challenges
+            await asyncio.sleep(0)      # lines pipelined behind a closing reply: nobody to answer (and TLS
+            return                      # would raise); yielding lets connection_lost end the session
+        if isinstance(status, str):                                     # bytes: AUTH challenges
+            if status == BAD_SYNTAX:
+                self._garbage += 1
+                if self._garbage >= GARBAGE_LIMIT:
+                    await super().push(TOO_MUCH_GARBAGE)
+                    return self.transport and self.transport.close()
+            status = clean_reply(status)
+        await super().push(status)
         self._replies += 1
         if self._replies % YIELD_EVERY == 0:
             await asyncio.sleep(0)      # let the other sessions of this worker run
