@@ -34,8 +34,10 @@ import re
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,7 @@ IO_TIMEOUT = 30.0             # seconds the server may take to answer anything; 
 RSS_BOUND_MB = 150            # live memory growth over the run (see assert_summary)
 PEAK_BOUND_MB = 1500          # RSS growth at any moment, free arena memory included
 STALL_BOUND_S = 1.0           # slowest heartbeat NOOP allowed while giant inputs are handled
+STACK_AFTER_S = 0.5           # a heartbeat NOOP this late has the server thread's stack taken
 
 # Source addresses on loopback (the listeners bind 127.0.0.1; Linux accepts any 127/8 source):
 FUZZ_IP = "127.0.0.1"         # anonymous hostile clients (their AUTH garbage locks this address out: fine)
@@ -163,19 +166,32 @@ GC_CLOCK = GarbageCollectorClock()
 
 class Heartbeat(threading.Thread):
     """A well-behaved client on its own connection: NOOP every 50 ms, slowest answer kept (without the time
-    the garbage collector held every thread; see GarbageCollectorClock); RSS sampled."""
+    the garbage collector held every thread; see GarbageCollectorClock); RSS sampled. While an answer is
+    over STACK_AFTER_S late, a watcher takes the server thread's stack, so a stall in a long run says
+    where the worker was held, not only during which case."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, server_thread: int):
         super().__init__(daemon=True, name="heartbeat")
-        self.port = port
+        self.port, self.server_thread = port, server_thread
         self.halt = threading.Event()
         self.slowest = 0.0
         self.slowest_gc = 0.0         # collector time within the slowest answer, not counted in it
         self.slowest_during = ""
+        self.slowest_stack = ""       # the server thread's stack while the slowest answer was late
         self.beats = 0
         self.errors: list[str] = []
         self.peak_rss = rss_mb()
         self.doing = "start"          # what the main thread was sending, for the report
+        self._asked = 0.0             # when the NOOP now awaited was sent (0: none)
+        self._stack = ""
+        threading.Thread(target=self._watch, daemon=True, name="heartbeat-watch").start()
+
+    def _watch(self) -> None:
+        while not self.halt.wait(0.1):
+            asked = self._asked
+            if asked and not self._stack and time.perf_counter() - asked > STACK_AFTER_S:
+                frame = sys._current_frames().get(self.server_thread)
+                self._stack = "".join(traceback.format_stack(frame, limit=12)) if frame else ""
 
     def run(self) -> None:
         client = None
@@ -184,14 +200,17 @@ class Heartbeat(threading.Thread):
                 if client is None:
                     client = Client(self.port, HEARTBEAT_IP)
                     client.cmd(b"HELO heartbeat.example")
-                started, collecting = time.perf_counter(), GC_CLOCK.total
+                started, collecting, self._stack = time.perf_counter(), GC_CLOCK.total, ""
+                self._asked = started
                 reply = client.cmd(b"NOOP")
+                self._asked = 0.0
                 in_gc = GC_CLOCK.total - collecting
                 took = time.perf_counter() - started - in_gc
                 assert reply.startswith(b"250"), reply
                 self.beats += 1
                 if took > self.slowest:
                     self.slowest, self.slowest_gc, self.slowest_during = took, in_gc, self.doing
+                    self.slowest_stack = self._stack
             except Exception as e:      # noqa: BLE001 - recorded, asserted at the end
                 self.errors.append(f"{type(e).__name__}: {e}")
                 client = None
@@ -247,7 +266,7 @@ def hostile(tmp_path_factory) -> Hostile:
     noisy = logging.getLogger("mail.log")       # aiosmtpd: a warning per unknown command, 100,000s of them
     noisy_level = noisy.level
     noisy.setLevel(logging.ERROR)
-    h = Hostile(relay, sink, Heartbeat(relay.ports["submission"][0]), problems)
+    h = Hostile(relay, sink, Heartbeat(relay.ports["submission"][0], relay._thread.ident), problems)
     for target in ("submission", "inbound"):          # warm up: first sessions, first spool and mailbox writes
         well_behaved(h, target)
     h.rss_start = trimmed_rss_mb()
@@ -1172,6 +1191,7 @@ def summary(h: Hostile) -> dict:
             "rss_growth_mb": round(trimmed_rss_mb() - h.rss_start, 1),
             "peak_rss_growth_mb": round(h.heartbeat.peak_rss - h.rss_start, 1),
             "slowest_heartbeat_s": round(h.heartbeat.slowest, 3), "slowest_during": h.heartbeat.slowest_during,
+            "slowest_stack": h.heartbeat.slowest_stack,
             "slowest_heartbeat_gc_s": round(h.heartbeat.slowest_gc, 3), "gc_seconds": round(GC_CLOCK.total, 1),
             "heartbeats": h.heartbeat.beats, "heartbeat_errors": h.heartbeat.errors[:5],
             "inbound_messages": len(mailbox(h, "id")), "relayed_to_sink": h.sink.messages,
@@ -1183,7 +1203,8 @@ def assert_summary(s: dict, rss_bound: float = RSS_BOUND_MB) -> None:
     assert s["answered"] == s["cases"], s["by_strategy"]
     assert not s["unclassifiable"], s["unclassifiable"]         # inbound/classify.py's last resort never ran
     assert not s["heartbeat_errors"], s["heartbeat_errors"]
-    assert s["slowest_heartbeat_s"] < STALL_BOUND_S, (s["slowest_heartbeat_s"], s["slowest_during"])
+    assert s["slowest_heartbeat_s"] < STALL_BOUND_S, (s["slowest_heartbeat_s"], s["slowest_during"],
+                                                      s["slowest_stack"])
     # Live memory (RSS after malloc_trim) must come back to within RSS_BOUND_MB of the start: the largest
     # input, a 25 MiB message, is held about four times while in flight (the client's payload and its
     # copy with the terminator, aiosmtpd's list of lines and their join), ~105 MB, and all of it is

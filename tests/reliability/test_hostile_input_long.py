@@ -69,6 +69,8 @@ def test_zz_report(hostile):
     print(f"by strategy: {s['by_strategy']}; seconds: {s['seconds_by_strategy']}; slowest answer to another "
           f"client: {s['slowest_heartbeat_s']} s ({s['slowest_during']}; not counted: {s['slowest_heartbeat_gc_s']} s "
           f"in the garbage collector, {s['gc_seconds']} s in all)")
+    if s["slowest_stack"]:
+        print(f"the server thread while that answer was late:\n{s['slowest_stack']}")
     quarter = max(1, len(LIVE) // 4)
     growth = LIVE[-1] - max(LIVE[:quarter])
     print(f"live memory after each chunk (MB): {[round(m) for m in LIVE]}; growth after the first quarter: "
