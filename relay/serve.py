@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import multiprocessing
 import os
@@ -129,6 +130,9 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
+    # What the parent has allocated (modules, settings) goes where the collector never looks: the workers'
+    # collections would otherwise touch, and so copy, every page they share with it after the fork.
+    gc.freeze()
     for index in range(settings.node.workers):
         start(index)
     announced = False
