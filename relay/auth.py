@@ -6,9 +6,11 @@ for the ~0.1 s an scrypt check takes; so the parsed credentials are handed to an
 from __future__ import annotations
 
 import asyncio
+import binascii
+from base64 import b64decode, b64encode
 from dataclasses import dataclass
 
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword, _Missing
 
 from policy import credentials, logs, metrics
 from policy.ratelimit import Limits
@@ -16,6 +18,7 @@ from policy.smtp import SaferSMTP
 from policy.store import Store
 
 LOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
+TOO_LONG = "500 5.5.6 Authentication exchange line is too long"      # RFC 4954 §4
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,42 @@ class AsyncAuthSMTP(SaferSMTP):
         if not isinstance(parsed.auth_data, LoginPassword):
             return parsed  # the client aborted or sent bad base64; aiosmtpd has answered
         return await self.async_authenticator.check(parsed.auth_data, self.session.peer[0])
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> bytes | _Missing:
+        """aiosmtpd's, except for an answer longer than the stream limit: its readline() raised, and the
+        session got `451 Local error`; here the answer is read to its end and refused with 500 5.5.6."""
+        challenge = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (b64encode(challenge) if encode_to_b64 else challenge))
+        line = await self._answer_line()
+        if line is None:
+            await self.push(TOO_LONG)
+            return MISSING
+        blob = line.strip()
+        if blob == b"*":
+            await self.push("501 5.7.0 Auth aborted")
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except binascii.Error:
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
+
+    async def _answer_line(self) -> bytes | None:
+        """The client's next line (b"" at end of stream), or None if it is over the limit: then it is read
+        to its end in pieces of at most the limit, so memory stays bounded and the next command is whole."""
+        try:
+            return await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as e:
+            return e.partial
+        except asyncio.LimitOverrunError as e:
+            overrun = e
+        while True:
+            await self._reader.read(overrun.consumed)
+            try:
+                await self._reader.readuntil(b"\n")
+                return None
+            except asyncio.IncompleteReadError:
+                return None
+            except asyncio.LimitOverrunError as e:
+                overrun = e

@@ -4,10 +4,12 @@ from __future__ import annotations
 import base64
 import smtplib
 import sqlite3
+import time
 
 import pytest
 
 from policy import suppression, tenants
+from relay.submission import LINE_LIMIT
 from tests.conftest import PASSWORD, message
 
 
@@ -81,6 +83,26 @@ def test_brute_force_counts_per_client_address(relay):
 
 
 # ---- MAIL FROM
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+@pytest.mark.parametrize("arrival", ["at once", "in pieces"])
+def test_an_auth_answer_beyond_the_reader_limit_is_500_556_and_the_session_goes_on(relay, mechanism, arrival):
+    """RFC 4954 §4: an answer to a 334 challenge longer than the server accepts gets 500 5.5.6; the rest of
+    the line is read and dropped, not taken for commands. In pieces: the limit is passed before the end of
+    the line has arrived."""
+    client = relay.connect(login=None)
+    assert client.docmd("AUTH", mechanism)[0] == 334
+    answer = b"A" * (LINE_LIMIT + 10) + b"\r\n"
+    if arrival == "at once":
+        client.send(answer)
+    else:
+        client.send(answer[:LINE_LIMIT + 5])
+        time.sleep(0.3)
+        client.send(answer[LINE_LIMIT + 5:])
+    assert reply(client.getreply()) == "500 5.5.6 Authentication exchange line is too long"
+    assert client.noop()[0] == 250
+    assert auth_plain(client, "app1", PASSWORD) == (235, "2.7.0 Authentication successful")
+
 
 def test_unauthenticated_mail_is_refused(relay):
     client = relay.connect(login=None)
