@@ -2,12 +2,16 @@
 
 aiosmtpd calls its authenticator synchronously, which would block every session of the worker
 for the ~0.1 s an scrypt check takes; so the parsed credentials are handed to an async check.
+Each worker checks one password at a time, in a thread of its own: a check holds 32 MiB, and the
+default executor ran six at once per worker when fifty clients logged in together (500 MiB for the
+node). Workers are as many as cores, so one check per worker still uses every core.
 """
 from __future__ import annotations
 
 import asyncio
 import binascii
 from base64 import b64decode, b64encode
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword, _Missing
@@ -31,6 +35,7 @@ class Authenticator:
     def __init__(self, store: Store, limits: Limits):
         self.store = store
         self.limits = limits
+        self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check")
 
     async def check(self, login: LoginPassword, ip: str) -> AuthResult:
         """Lockout first (same answer for every user), then scrypt in a thread, then count the failure."""
@@ -40,7 +45,7 @@ class Authenticator:
             return AuthResult(success=False, handled=False, message=LOCKED)
         stored, tenant = credentials.lookup_hash(self.store, username)
         ok = await asyncio.get_running_loop().run_in_executor(
-            None, credentials.verify_password, stored, login.password)
+            self._checks, credentials.verify_password, stored, login.password)
         if ok and tenant is not None:
             credentials.touch(self.store, username)
             return AuthResult(success=True, auth_data=Authenticated(username, tenant))
