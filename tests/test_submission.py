@@ -82,8 +82,6 @@ def test_brute_force_counts_per_client_address(relay):
     assert auth_plain(relay.connect(login=None), "app1", PASSWORD)[0] == 454
 
 
-# ---- MAIL FROM
-
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 @pytest.mark.parametrize("arrival", ["at once", "in pieces"])
 def test_an_auth_answer_beyond_the_reader_limit_is_500_556_and_the_session_goes_on(relay, mechanism, arrival):
@@ -103,6 +101,8 @@ def test_an_auth_answer_beyond_the_reader_limit_is_500_556_and_the_session_goes_
     assert client.noop()[0] == 250
     assert auth_plain(client, "app1", PASSWORD) == (235, "2.7.0 Authentication successful")
 
+
+# ---- MAIL FROM
 
 def test_unauthenticated_mail_is_refused(relay):
     client = relay.connect(login=None)
