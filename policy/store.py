@@ -77,6 +77,10 @@ class Store(ABC):
         on every process and node sharing the store."""
 
     @abstractmethod
+    def transaction(self) -> AbstractContextManager:
+        """Writes committed together, or not at all: one commit for many rows (see policy/groupcommit)."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def one(self, sql: str, params: Params = ()) -> dict | None:
@@ -191,9 +195,13 @@ class SqliteStore(Store):
     def executemany(self, sql: str, rows: Iterable[Params]) -> int:
         return self.conn.executemany(sql, rows).rowcount
 
+    def exclusive(self) -> AbstractContextManager:
+        """SQLite has one writer at a time: every write transaction is exclusive."""
+        return self.transaction()
+
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE takes SQLite's single write lock up front."""
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE takes SQLite's single write lock up front (no SQLITE_BUSY on a later upgrade)."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield

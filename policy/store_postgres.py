@@ -1,7 +1,8 @@
 """The PostgreSQL store (`store.url = "postgresql://…"`): what several nodes share.
 
 psycopg 3 with a small connection pool per Store (a broken connection is replaced, not fatal).
-Statements run in autocommit; `exclusive()` is a transaction holding a transaction-scoped advisory
+Statements run in autocommit; `transaction()` holds one pooled connection for this thread's
+statements; `exclusive()` is a transaction holding a transaction-scoped advisory
 lock, the counterpart of SQLite's BEGIN IMMEDIATE, so read-modify-write sections (migrations included)
 are serialised across every node. The SQL of policy/ is translated once per statement: `?` and
 `:name` parameters to psycopg's, and numeric sums back to Python ints.
@@ -101,10 +102,16 @@ class PostgresStore(Store):
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
+        with self.transaction():
+            self.execute("SELECT pg_advisory_xact_lock(?)", [EXCLUSIVE_LOCK])
+            yield
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """This thread's statements run on one pooled connection inside one transaction."""
         if getattr(self._held, "conn", None) is not None:
-            raise RuntimeError("exclusive sections do not nest")
+            raise RuntimeError("transactions do not nest")
         with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", [EXCLUSIVE_LOCK])
             self._held.conn = conn
             try:
                 yield

@@ -17,6 +17,7 @@ import re
 import time
 
 from policy import bounces, dkimkeys, logs, metrics, outbox, sent, standing, suppression, tenants
+from policy.groupcommit import GroupCommit
 from policy.settings import Settings
 from policy.store import Store, StoreError, epoch, utcnow
 from policy.tokens import TokenKeys
@@ -41,10 +42,10 @@ SIGN_IN_THREAD = 256 * 1024   # bytes over which a copy is signed in a thread: h
 
 
 class DeliveryLoop:
-    def __init__(self, settings: Settings, store: Store, spool: Spool, keys: list[SigningKey], tokens: TokenKeys,
-                 router: Router, courier: Courier):
+    def __init__(self, settings: Settings, store: Store, writes: GroupCommit, spool: Spool, keys: list[SigningKey],
+                 tokens: TokenKeys, router: Router, courier: Courier):
         self.settings = settings
-        self.store, self.spool = store, spool
+        self.store, self.writes, self.spool = store, writes, spool
         self.keys, self.tokens = keys, tokens
         self.router, self.courier = router, courier
         self.wake = asyncio.Event()
@@ -129,7 +130,7 @@ class DeliveryLoop:
         if body is None:
             return                                    # dropped by the operator meanwhile
         provider = due.tenant == outbox.PROVIDER
-        token = None if provider else due.token or self._new_token(due, body)
+        token = None if provider else due.token or await self._new_token(due, body)
         copy = body if provider else self._headers(due, token) + body
         try:
             keys = self._signing_keys(due)
@@ -175,13 +176,14 @@ class DeliveryLoop:
             cached = self._tenant_keys[(due.tenant, domain)] = (time.monotonic(), key)
         return [cached[1], *self.keys] if cached[1] else self.keys
 
-    def _new_token(self, due: Due, body: bytes) -> str:
+    async def _new_token(self, due: Due, body: bytes) -> str:
+        """A token for this copy, committed with its sent row before the copy leaves (a reply names it)."""
         token = self.tokens.issue()
         header = body.split(b"\r\n\r\n", 1)[0]
         m = _MESSAGE_ID.search(header)
         message_id = m.group(1).decode("utf-8", "replace").strip() if m else None
-        sent.record(self.store, token, due.tenant, due.recipient, message_id, due.queue_id,
-                    self.settings.delivery.sent_retention)
+        await self.writes.now(sent.record, token, due.tenant, due.recipient, message_id, due.queue_id,
+                              self.settings.delivery.sent_retention)
         return token
 
     def _headers(self, due: Due, token: str) -> bytes:
@@ -201,7 +203,7 @@ class DeliveryLoop:
         (a lock held too long) without turning a delivered copy into a retry, that is a duplicate."""
         if outcome.delivered:
             await self._finish(due, "delivered", outcome.reply, token)
-            return self._bookkeeping(bounces.delivered, self.store, due.tenant, due.recipient)
+            return self.writes.later(bounces.delivered, due.tenant, due.recipient)
         if not outcome.permanent:
             return await self._defer(due, outcome.reply, token)
         bounces.record(self.store, self.settings.policy, due.tenant, due.recipient, outcome.status, True, "",
@@ -219,7 +221,7 @@ class DeliveryLoop:
     async def _finish(self, due: Due, state: str, reply: str, token: str | None) -> None:
         await self.spool.record(due.queue_id, due.recipient, state, due.attempts + 1, 0, reply, token)
         if state in standing.OUTCOMES and due.tenant != outbox.PROVIDER:
-            self._bookkeeping(standing.note, self.store, due.tenant, state)
+            self.writes.later(standing.note, due.tenant, state)
         self._erased = True
         if state == "delivered":
             metrics.delivered.labels(due.tenant).inc()
@@ -230,19 +232,11 @@ class DeliveryLoop:
 
     def _event(self, kind: str, due: Due, detail: str) -> None:
         """The event row (queue show) and the log line; a failed or expired copy is logged as `bounced`."""
-        self._bookkeeping(self.store.insert, "events", {
+        self.writes.later(Store.insert, "events", {
             "time": utcnow(), "kind": kind, "tenant": due.tenant, "queue_id": due.queue_id,
             "recipient": due.recipient, "detail": detail})
         logs.event({"failed": "bounced", "expired": "bounced"}.get(kind, kind), queue_id=due.queue_id,
                    tenant=due.tenant, recipient=due.recipient, state=kind, reply=detail)
-
-
-    def _bookkeeping(self, write, *args) -> None:
-        """A store write after the spool has the outcome: logged when it fails, never a reason to retry."""
-        try:
-            write(*args)
-        except StoreError as e:
-            log.error("store bookkeeping failed after the outcome was recorded (%s): %s", write.__name__, e)
 
 
 def _status(reply: str) -> str:

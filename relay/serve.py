@@ -31,6 +31,7 @@ from policy import logs, retention
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
 from relay.cli_common import ServeError
+from policy.groupcommit import GroupCommit
 from policy.store import Store, open_store
 from policy.tokens import TokenKeys
 from relay.delivery import DeliveryLoop
@@ -190,9 +191,9 @@ def smarthost_auth(settings: Settings) -> tuple[str, str] | None:
     return d.smarthost_username, password
 
 
-def delivery_loop(settings: Settings, store: Store, spool: Spool,
+def delivery_loop(settings: Settings, store: Store, writes: GroupCommit, spool: Spool,
                   resolver: dns.asyncresolver.Resolver | None = None) -> DeliveryLoop:
-    return DeliveryLoop(settings, store, spool, provider_keys(settings, store), TokenKeys.load(store, settings.tokens.secret_file),
+    return DeliveryLoop(settings, store, writes, spool, provider_keys(settings, store), TokenKeys.load(store, settings.tokens.secret_file),
                         Router(settings.delivery, resolver, smarthost_auth=smarthost_auth(settings)),
                         Courier(settings.delivery, settings.provider.hostname))
 
@@ -241,13 +242,14 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
     if own_stop:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-    deliveries = [delivery_loop(settings, store, spool, resolver) for spool in spools] if "delivery" in roles else []
+    writes = GroupCommit(store)       # the store writes of this worker's sessions and deliveries, batched
+    deliveries = [delivery_loop(settings, store, writes, spool, resolver) for spool in spools] if "delivery" in roles else []
     runs = [asyncio.create_task(d.run(stop)) for d in deliveries]
     if deliveries and index == 0:
         runs.append(asyncio.create_task(retention_loop(settings, store, spools, stop)))
     tls = server_ssl_context(settings.tls_cert, settings.tls_key)
     wake = deliveries[0].wake.set if deliveries else None
-    handler = SubmissionHandler(settings, store, spools[0], on_queued=wake)
+    handler = SubmissionHandler(settings, store, writes, spools[0], on_queued=wake)
     sessions = Sessions()
     servers = []
     for address, implicit in listeners(settings, roles):
@@ -283,6 +285,7 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
         await asyncio.gather(*runs)
         for spool in spools:
             spool.close()
+        writes.flush()
         store.close()
         if own_stop:
             loop.remove_signal_handler(signal.SIGTERM)

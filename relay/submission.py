@@ -19,6 +19,7 @@ from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import Envelope, Session
 
 from policy import logs, metrics, standing, suppression, tenants
+from policy.groupcommit import GroupCommit
 from policy.headers import HeaderCheck, HeaderPolicy, check_headers
 from policy.ratelimit import Limits
 from policy.settings import Settings
@@ -56,9 +57,10 @@ class TrustedNetworks:
 
 
 class SubmissionHandler(Handler):
-    def __init__(self, settings: Settings, store: Store, spool: Spool, on_queued: Callable[[], None] | None = None):
+    def __init__(self, settings: Settings, store: Store, writes: GroupCommit, spool: Spool,
+                 on_queued: Callable[[], None] | None = None):
         self.settings = settings
-        self.store = store
+        self.store, self.writes = store, writes
         self.spool = spool
         self.on_queued = on_queued      # wakes this worker's delivery loop
         self.limits = Limits(store, settings.submission)
@@ -142,7 +144,7 @@ class SubmissionHandler(Handler):
                             sender.tenant.id)
         if self.on_queued:
             self.on_queued()
-        standing.note(self.store, sender.tenant.id, "received")
+        self.writes.later(standing.note, sender.tenant.id, "received")
         metrics.received.labels(sender.tenant.id).inc()
         metrics.queued.labels(sender.tenant.id).inc(len(message.recipients))
         logs.event("queued", queue_id=queue_id, tenant=sender.tenant.id, recipients=len(message.recipients),
