@@ -5,7 +5,9 @@ soft-bounce reset), and each was its own commit: in SQLite's WAL mode that is a 
 write per page, about 60-200 µs each, in the event loop's thread. Writes queued here are committed
 together at the end of the loop turn (`now`: the caller waits, as for a synchronous write) or within
 `DELAY` (`later`: bookkeeping nobody waits for). If the shared transaction fails, each write is
-retried on its own, so one bad write never takes another down and each caller sees its own result.
+retried on its own, so one bad write never takes another down and each caller sees its own result;
+if no transaction can begin (the store is locked past its busy timeout, or down), every write of
+the batch fails at once: one wait for the lock, not one per write.
 """
 from __future__ import annotations
 
@@ -52,18 +54,24 @@ class GroupCommit:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        begun = False
         try:
             with self.store.transaction():
+                begun = True
                 results = [write(self.store, *args) for write, args, _ in batch]
         except Exception as e:      # a store error or a bug in one write: the transaction is rolled back
+            if not begun:           # no transaction at all (the store is locked or down): none can run alone
+                log.error("store unavailable, %d writes not made: %s", len(batch), e)
+                for _, _, done in batch:
+                    _settle(done, e)
+                return
             if len(batch) > 1:
                 log.warning("group commit of %d writes failed (%s), writing them one by one", len(batch), e)
             for entry in batch:
                 self._alone(*entry)
             return
         for (_, _, done), result in zip(batch, results):
-            if done is not None and not done.done():
-                done.set_result(result)
+            _settle(done, None, result)
 
     def _alone(self, write: Callable[..., Any], args: tuple, done: asyncio.Future | None) -> None:
         try:
@@ -71,11 +79,9 @@ class GroupCommit:
         except Exception as e:
             if done is None:
                 log.error("store bookkeeping failed (%s): %s", getattr(write, "__qualname__", write), e)
-            elif not done.done():
-                done.set_exception(e)
+            _settle(done, e)
             return
-        if done is not None and not done.done():
-            done.set_result(result)
+        _settle(done, None, result)
 
     def _schedule(self, soon: bool) -> None:
         if self._soon or (self._timer is not None and not soon):
@@ -85,3 +91,13 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         self._timer = loop.call_soon(self.flush) if soon else loop.call_later(DELAY, self.flush)
         self._soon = soon
+
+
+def _settle(done: asyncio.Future | None, error: Exception | None, result: Any = None) -> None:
+    """Hand a write's outcome to the caller waiting for it, if any (and still waiting)."""
+    if done is None or done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from policy import groupcommit, sent, standing, tenants
 from policy.groupcommit import GroupCommit
@@ -102,3 +103,30 @@ def test_many_writes_do_not_wait_for_the_delay(any_store, monkeypatch):
         return received(any_store, "acme")
 
     assert asyncio.run(main()) == groupcommit.MAX_PENDING
+
+
+def test_a_locked_store_fails_the_whole_batch_after_one_wait(tmp_path, caplog):
+    """Another process holds the write lock past the busy timeout: every caller gets the error after one
+    wait, not one wait per write."""
+    path = tmp_path / "store.sqlite"
+    other = SqliteStore(path)
+    other.migrate()
+    tenants.add(other, "acme", ["acme.example"], [], None)
+    store = SqliteStore(path, busy_timeout_ms=200)
+    writes = GroupCommit(store)
+
+    async def turn():
+        for _ in range(5):
+            writes.later(standing.note, "acme", "received")
+        return await asyncio.gather(*(writes.now(record, n) for n in range(5)), return_exceptions=True)
+
+    with other.transaction(), caplog.at_level(logging.ERROR, logger="policy.groupcommit"):
+        started = time.monotonic()
+        outcomes = asyncio.run(turn())
+        waited = time.monotonic() - started
+    assert all(isinstance(o, StoreError) and "locked" in str(o) for o in outcomes)
+    assert 0.2 <= waited < 0.6
+    assert [r.getMessage() for r in caplog.records] == [f"store unavailable, 10 writes not made: {outcomes[0]}"]
+    assert received(store, "acme") == 0 and sent.lookup(store, "token0000") is None
+    store.close()
+    other.close()
