@@ -243,5 +243,3 @@ def _status(reply: str) -> str:
     """The enhanced status of a reply ("451 4.4.1 ..." -> "4.4.1"), else its class ("4.0.0"): a bounded label."""
     m = _ENHANCED.match(reply)
     return m.group(1) if m else f"{reply[:1] or '4'}.0.0"
-
-
