@@ -38,7 +38,8 @@ def test_the_writes_of_one_turn_share_one_commit_and_each_caller_gets_its_result
 
     assert asyncio.run(turn()) == [1, 1, 1, None, None, None]
     assert received(any_store, "acme") == 5
-    assert [sent.lookup(any_store, f"token{n:04d}").recipient for n in range(3)] == [f"r{n}@example.net" for n in range(3)]
+    assert [sent.lookup(any_store, f"token{n:04d}").recipient for n in range(3)] == \
+        [f"r{n}@example.net" for n in range(3)]
     if isinstance(any_store, SqliteStore):
         assert begins == ["BEGIN IMMEDIATE"]       # eleven writes, one transaction
 

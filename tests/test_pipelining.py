@@ -83,15 +83,16 @@ class ScriptedHop:
         return b"".join(self.chunks)
 
 
-def send(hop: ScriptedHop, copies: int = 1, recipient: str = "to@example.net", **delivery) -> list:
+def send(hop: ScriptedHop, copies: int = 1, recipient: str = "to@example.net", sender: str = "bounce@relay.test",
+         **delivery) -> list:
     """Deliver `copies` copies through one Courier to the hop; the outcomes, in order."""
     async def main():
         server = await asyncio.start_server(hop.serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         courier = Courier(Delivery(**{"command_timeout": 5.0, "data_timeout": 5.0, **delivery}), "relay.test")
         try:
-            return [await courier.send([Destination("127.0.0.1", port)], "bounce@relay.test", recipient,
-                                       MESSAGE) for _ in range(copies)]
+            return [await courier.send([Destination("127.0.0.1", port)], sender, recipient, MESSAGE)
+                    for _ in range(copies)]
         finally:
             await courier.close()
             server.close()
@@ -157,6 +158,23 @@ def test_a_hop_that_stops_answering_times_out():
     hop = ScriptedHop(pause=3.0)
     (outcome,) = send(hop, connect_timeout=1.0, command_timeout=1.0)
     assert outcome.local and outcome.reply.endswith("timed out")
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("sender, recipient, commands", [
+    ("bounce+abcdefgh234567@bounce.relay.test", "to@example.net",
+     b"MAIL FROM:<bounce+abcdefgh234567@bounce.relay.test>\r\nRCPT TO:<to@example.net>\r\n"),
+    ("", "first.last@sub.example.net", b"MAIL FROM:<>\r\nRCPT TO:<first.last@sub.example.net>\r\n"),
+    ("bounce@relay.test", '"john doe"@example.net',
+     b'MAIL FROM:<bounce@relay.test>\r\nRCPT TO:<"john doe"@example.net>\r\n'),
+])
+def test_the_paths_go_on_the_wire_as_given_with_or_without_pipelining(pipelining, sender, recipient, commands):
+    """Plain addresses and the null sender are written without a parser, others through aiosmtplib's: the
+    same bytes either way."""
+    hop = ScriptedHop(pipelining=pipelining)
+    (outcome,) = send(hop, sender=sender, recipient=recipient)
+    assert outcome.delivered
+    assert commands in hop.wire()
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
