@@ -28,10 +28,10 @@ from typing import Protocol
 import dns.asyncresolver
 
 from policy import logs, retention
+from policy.groupcommit import GroupCommit
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
 from relay.cli_common import ServeError
-from policy.groupcommit import GroupCommit
 from policy.store import Store, open_store
 from policy.tokens import TokenKeys
 from relay.delivery import DeliveryLoop
@@ -243,7 +243,8 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     writes = GroupCommit(store)       # the store writes of this worker's sessions and deliveries, batched
-    deliveries = [delivery_loop(settings, store, writes, spool, resolver) for spool in spools] if "delivery" in roles else []
+    deliveries = ([delivery_loop(settings, store, writes, spool, resolver) for spool in spools]
+                  if "delivery" in roles else [])
     runs = [asyncio.create_task(d.run(stop)) for d in deliveries]
     if deliveries and index == 0:
         runs.append(asyncio.create_task(retention_loop(settings, store, spools, stop)))
