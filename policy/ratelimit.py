@@ -11,13 +11,16 @@ class Limits:
         self.max_failures = submission.auth_failures
         self.window = submission.auth_failure_window
 
-    def auth_locked(self, username: str, ip: str) -> bool:
-        """Locked when either the username or the client address has too many recent failures.
+    def ip_locked(self, ip: str) -> bool:
+        """The client address has too many recent failures, whatever username it tries."""
+        return self.store.count(f"auth:ip:{ip}", self.window) >= self.max_failures
+
+    def user_locked(self, username: str) -> bool:
+        """The username has too many recent failures, from any address.
 
         Unknown usernames are counted like known ones, so the lockout reveals nothing about who exists.
         """
-        return (self.store.count(f"auth:user:{username.lower()}", self.window) >= self.max_failures
-                or self.store.count(f"auth:ip:{ip}", self.window) >= self.max_failures)
+        return self.store.count(f"auth:user:{username.lower()}", self.window) >= self.max_failures
 
     def auth_failed(self, username: str, ip: str) -> None:
         self.store.hit(f"auth:user:{username.lower()}", self.window)

@@ -66,6 +66,8 @@ class Submission:
     max_recipients: int = 100
     auth_failures: int = 5                 # failed AUTHs per username or client IP ...
     auth_failure_window: float = 600.0     # ... within this window lock both out (454 4.7.0)
+    auth_cache_ttl: float = 3600.0         # a worker skips scrypt for a login it verified this recently; 0: off
+    auth_cache_size: int = 10000           # logins each worker keeps verified (oldest dropped first)
     timeout: float = 300.0                 # idle seconds before the server closes a session
     trust_cache_ttl: float = 5.0           # seconds a worker caches tenants' trusted networks
     shutdown_grace: float = 30.0           # on SIGTERM, how long open transactions may take to finish
@@ -205,6 +207,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "store": {"url": _store_url},
     "submission": {"listen": _listen_list, "tls_listen": _listen_list, "max_message_size": _count,
                    "max_recipients": _count, "auth_failures": _count, "auth_failure_window": parse_duration,
+                   "auth_cache_ttl": parse_duration, "auth_cache_size": _count,
                    "timeout": parse_duration, "trust_cache_ttl": parse_duration,
                    "shutdown_grace": parse_duration, "proxy_protocol": _bool},
     "inbound": {"listen": _listen_list, "max_message_size": _count, "max_recipients": _count,

@@ -1,10 +1,11 @@
-"""SMTP AUTH for submission: aiosmtpd parses PLAIN/LOGIN, we check the password off the event loop.
+"""SMTP AUTH for submission: aiosmtpd parses PLAIN/LOGIN, we check the secret off the event loop.
 
 aiosmtpd calls its authenticator synchronously, which would block every session of the worker
 for the ~0.1 s an scrypt check takes; so the parsed credentials are handed to an async check.
 Each worker checks one password at a time, in a thread of its own: a check holds 32 MiB, and the
 default executor ran six at once per worker when fifty clients logged in together (500 MiB for the
-node). Workers are as many as cores, so one check per worker still uses every core.
+node). Workers are as many as cores, so one check per worker still uses every core. Generated
+credentials (microseconds) and logins already verified (relay/logins.py) never reach that thread.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword, _Missing
 
 from policy import credentials, logs, metrics
+from policy.groupcommit import GroupCommit
 from policy.ratelimit import Limits
 from policy.smtp import SaferSMTP
 from policy.store import Store
+from relay.logins import VerifiedLogins
 
 LOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
 TOO_LONG = "500 5.5.6 Authentication exchange line is too long"      # RFC 4954 §4
@@ -32,26 +35,48 @@ class Authenticated:
 
 
 class Authenticator:
-    def __init__(self, store: Store, limits: Limits):
-        self.store = store
+    def __init__(self, store: Store, writes: GroupCommit, limits: Limits, logins: VerifiedLogins):
+        self.store, self.writes = store, writes
         self.limits = limits
+        self.logins = logins
         self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check")
 
     async def check(self, login: LoginPassword, ip: str) -> AuthResult:
-        """Lockout first (same answer for every user), then scrypt in a thread, then count the failure."""
-        username = login.login.decode("utf-8", "replace")
-        if self.limits.auth_locked(username, ip):
-            _failed("locked_out", ip)
-            return AuthResult(success=False, handled=False, message=LOCKED)
+        """In order: the client address's lockout; a login this address already verified; the username's
+        lockout (same answer for every user, known or not); the check; the failure counted.
+
+        A verified login passes the username's lockout, so a flood of guesses at a username from other
+        addresses cannot lock out the app that holds the password; the guessers themselves still meet
+        the lockout, and the verified entry answers only the address that proved it, so it is no oracle.
+        """
+        username, secret = login.login.decode("utf-8", "replace"), login.password
+        if self.limits.ip_locked(ip):
+            return _locked(ip)
         stored, tenant = credentials.lookup_hash(self.store, username)
-        ok = await asyncio.get_running_loop().run_in_executor(
-            self._checks, credentials.verify_password, stored, login.password)
+        if tenant is not None and self.logins.verified(ip, username, secret, stored):
+            return self._accepted(username, tenant)
+        if self.limits.user_locked(username):
+            return _locked(ip)
+        if credentials.is_slow(secret):
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._checks, credentials.verify_password, stored, secret)
+        else:
+            ok = credentials.verify_password(stored, secret)
         if ok and tenant is not None:
-            credentials.touch(self.store, username)
-            return AuthResult(success=True, auth_data=Authenticated(username, tenant))
+            self.logins.remember(ip, username, secret, stored)
+            return self._accepted(username, tenant)
         self.limits.auth_failed(username, ip)
         _failed("bad_credentials", ip)
         return AuthResult(success=False, handled=False)
+
+    def _accepted(self, username: str, tenant: str) -> AuthResult:
+        self.writes.later(credentials.touch, username)
+        return AuthResult(success=True, auth_data=Authenticated(username, tenant))
+
+
+def _locked(ip: str) -> AuthResult:
+    _failed("locked_out", ip)
+    return AuthResult(success=False, handled=False, message=LOCKED)
 
 
 def _failed(reason: str, ip: str) -> None:

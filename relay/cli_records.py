@@ -20,7 +20,7 @@ from relay.spool import drop, message_detail, queue_summary, retry_now
 
 @click.group()
 def credential() -> None:
-    """SMTP credentials of tenants (passwords stored only as scrypt hashes).
+    """SMTP credentials of tenants: a person's password (kept as scrypt) or a generated secret.
 
     \b
     Example:
@@ -31,14 +31,27 @@ def credential() -> None:
 @credential.command("add")
 @click.argument("tenant_id")
 @click.argument("username")
+@click.option("--generate", is_flag=True,
+              help="Make a random secret (256 bits, prefix wst_smtp_), print it once on stdout, keep its SHA-256.")
 @with_settings
-def credential_add(settings, tenant_id, username) -> None:
-    """Add USERNAME for TENANT_ID; the password is read from stdin (first line) or prompted.
+def credential_add(settings, tenant_id, username, generate) -> None:
+    """Add USERNAME for TENANT_ID: a generated secret (recommended for apps), or a password read from stdin
+    (first line) or prompted.
+
+    A generated secret is checked in microseconds; a person's password costs an scrypt check (~0.1 s of
+    CPU) at each login that the worker has not verified within submission.auth_cache_ttl.
 
     \b
-    Example:
-        printf '%s\\n' "$PASSWORD" | websofttt credential add acme app1
+    Examples:
+        websofttt credential add acme app1 --generate
+        printf '%s\\n' "$PASSWORD" | websofttt credential add acme app2
     """
+    if generate:
+        secret = credentials.generate(migrated_store(settings), tenant_id, username)
+        click.echo(secret)
+        click.echo(f"added generated credential {username} for tenant {tenant_id}; the secret above is shown "
+                   f"only now", err=True)
+        return
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
@@ -65,14 +78,14 @@ def credential_remove(settings, username) -> None:
 @json_option
 @with_settings
 def credential_list(settings, as_json) -> None:
-    """List usernames with their tenant (never the hashes).
+    """List usernames with their tenant and kind (never the hashes).
 
     \b
     Example:
         websofttt credential list --json
     """
     emit(credentials.all_credentials(migrated_store(settings)), as_json,
-         lambda rows: [f"{r['username']:<32} {r['tenant']:<24} created={r['created']} "
+         lambda rows: [f"{r['username']:<32} {r['tenant']:<24} {r['kind']:<9} created={r['created']} "
                        f"last_used={r['last_used'] or '-'}" for r in rows])
 
 

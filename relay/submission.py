@@ -26,6 +26,7 @@ from policy.settings import Settings
 from policy.smtp import PROXY_TIMEOUT, Handler, valid_address
 from policy.store import Store
 from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator
+from relay.logins import VerifiedLogins
 from relay.spool import Message, Spool, SpoolError, new_queue_id
 
 log = logging.getLogger("websofttt.submission")
@@ -66,7 +67,8 @@ class SubmissionHandler(Handler):
         self.limits = Limits(store, settings.submission)
         self.trusted = TrustedNetworks(store, settings.submission.trust_cache_ttl)
         self.header_policy = HeaderPolicy(settings.provider.domains, settings.provider.hostname)
-        self.authenticator = Authenticator(store, self.limits)
+        self.authenticator = Authenticator(store, writes, self.limits, VerifiedLogins(
+            settings.submission.auth_cache_ttl, settings.submission.auth_cache_size))
         self.replies = _reply_map(settings.submission.max_message_size)
 
     async def handle_PROXY(self, server, session: Session, envelope: Envelope, proxy: ProxyData) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
 import io
 import json
 import re
@@ -207,15 +208,33 @@ def test_credential_add_keeps_only_a_scrypt_hash(acme, ok, ok_json, rows):
     listed = ok("credential", "list", "--json")
     assert PASSWORD not in listed and "scrypt" not in listed
     [entry] = json.loads(listed)
-    assert (entry["username"], entry["tenant"]) == ("app1", "acme") and "hash" not in entry
+    assert (entry["username"], entry["tenant"], entry["kind"]) == ("app1", "acme", "password")
+    assert "hash" not in entry
 
     assert "removed credential app1" in ok("credential", "remove", "app1")
     assert rows("SELECT * FROM credentials") == []
     assert ok_json("credential", "list") == []
 
 
+def test_credential_add_generate_prints_the_secret_once_and_keeps_its_sha256(acme, ok, ok_json, rows):
+    out = ok("credential", "add", "acme", "app2", "--generate")
+    secret = out.splitlines()[0]
+    assert re.fullmatch(r"wst_smtp_[A-Za-z0-9_-]{43}", secret)           # 32 random bytes: 256 bits
+    assert out.count(secret) == 1
+    assert ok("credential", "add", "acme", "app3", "--generate").splitlines()[0] != secret
+    [row] = rows("SELECT hash FROM credentials WHERE username = 'app2'")
+    assert row["hash"] == "sha256$" + hashlib.sha256(secret.encode()).hexdigest()
+    assert verify_password(row["hash"], secret.encode()) and not verify_password(row["hash"], secret[:-1].encode())
+    listed = ok("credential", "list")
+    assert secret not in listed and "sha256" not in listed
+    assert {e["username"]: e["kind"] for e in ok_json("credential", "list")} == {"app2": "generated",
+                                                                                 "app3": "generated"}
+
+
 @pytest.mark.parametrize("args, password, expected", [
     (("credential", "add", "acme", "app1"), "short", "at least 12"),
+    (("credential", "add", "acme", "app1"), "wst_smtp_chosen-by-a-person", "--generate"),
+    (("credential", "add", "ghost", "app1", "--generate"), "", "ghost"),
     (("credential", "add", "ghost", "app1"), PASSWORD, "ghost"),
     (("credential", "add", "acme", "bad user"), PASSWORD, "bad user"),
     (("credential", "remove", "nobody"), "", "nobody"),

@@ -144,9 +144,11 @@ def test_counters_windows_and_rate_limits(store):
     assert store.count("k", 10) == 0
     limits = Limits(store, Submission(auth_failures=2))
     limits.auth_failed("Someone", "192.0.2.1")
-    assert not limits.auth_locked("someone", "192.0.2.9")
+    assert not limits.ip_locked("192.0.2.9") and not limits.user_locked("someone")
     limits.auth_failed("other", "192.0.2.1")
-    assert limits.auth_locked("nobody", "192.0.2.1")
+    assert limits.ip_locked("192.0.2.1") and not limits.user_locked("nobody")
+    limits.auth_failed("SOMEONE", "192.0.2.9")
+    assert limits.user_locked("someone")
 
 
 def test_parameters_next_to_percent_signs_and_quoted_marks(store):

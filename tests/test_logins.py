@@ -1,0 +1,131 @@
+"""AUTH as web apps use it, one new connection per message: generated credentials checked in microseconds,
+people's passwords checked by scrypt once and then remembered, and every change seen at the next login."""
+from __future__ import annotations
+
+import base64
+import smtplib
+import statistics
+import time
+
+import pytest
+
+from policy import credentials, tenants
+from relay.logins import VerifiedLogins
+from tests.conftest import PASSWORD, message
+
+FAST, SLOW = 0.015, 0.03      # seconds: no scrypt ran / scrypt (N=2^15) ran
+
+
+def login(relay, user: str, secret: str, source: str = "127.0.0.1") -> tuple[int, str, float]:
+    """(code, text, seconds the AUTH took) on a new STARTTLS connection from `source`."""
+    client = smtplib.SMTP("127.0.0.1", relay.port, timeout=10, source_address=(source, 0))
+    client.starttls(context=relay.client_context())
+    client.ehlo("app.example")
+    blob = base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
+    started = time.perf_counter()
+    code, text = client.docmd("AUTH", "PLAIN " + blob)
+    seconds = time.perf_counter() - started
+    client.close()
+    return code, text.decode(), seconds
+
+
+def median_seconds(relay, user: str, secret: str, times: int = 5) -> float:
+    results = [login(relay, user, secret) for _ in range(times)]
+    return statistics.median(seconds for _, _, seconds in results)
+
+
+@pytest.fixture
+def generated(relay) -> str:
+    return credentials.generate(relay.store, "acme", "app2")
+
+
+def test_a_generated_credential_logs_in_and_sends_without_scrypt(relay, generated, sink):
+    assert login(relay, "app2", generated)[:2] == (235, "2.7.0 Authentication successful")
+    assert median_seconds(relay, "app2", generated) < FAST
+    client = relay.connect(login=("app2", generated))
+    assert client.sendmail("app@example.com", ["you@example.net"], message()) == {}
+
+
+def test_answers_take_as_long_whatever_kind_of_credential_a_username_has(relay_factory):
+    """The presented secret decides the cost: the kind and existence of a username stay hidden."""
+    relay = relay_factory(auth_failures=1000)
+    relay.add_tenant()
+    credentials.generate(relay.store, "acme", "app2")
+    wrong = "wst_smtp_" + "A" * 43
+    assert login(relay, "app2", wrong)[0] == 535 and login(relay, "nobody", wrong)[0] == 535
+    assert median_seconds(relay, "app2", wrong, 3) < FAST and median_seconds(relay, "nobody", wrong, 3) < FAST
+    # a secret in the shape of a person's password costs scrypt, for a generated username too
+    assert median_seconds(relay, "app2", "not a generated secret", 3) > SLOW
+    assert median_seconds(relay, "app1", "wst_smtp_guess", 3) < FAST
+    assert {login(relay, "app1", "wst_smtp_guess")[0], login(relay, "app2", "a password")[0]} == {535}
+
+
+def test_a_verified_password_skips_scrypt_until_the_ttl(relay):
+    first = login(relay, "app1", PASSWORD)
+    assert first[0] == 235 and first[2] > SLOW
+    assert median_seconds(relay, "app1", PASSWORD) < FAST
+    assert login(relay, "app1", PASSWORD, source="127.0.0.2")[2] > SLOW     # verified for one address only
+
+
+def test_failures_are_never_remembered(relay):
+    for _ in range(3):
+        code, _, seconds = login(relay, "app1", "wrong password, again")
+        assert code == 535 and seconds > SLOW
+
+
+def test_with_the_cache_off_every_login_costs_scrypt(relay_factory):
+    relay = relay_factory(auth_cache_ttl=0)
+    relay.add_tenant()
+    assert login(relay, "app1", PASSWORD)[0] == 235
+    assert median_seconds(relay, "app1", PASSWORD, 3) > SLOW
+
+
+def test_a_removed_or_replaced_credential_fails_at_its_next_login(relay):
+    assert login(relay, "app1", PASSWORD)[0] == 235 and login(relay, "app1", PASSWORD)[2] < FAST
+    credentials.remove(relay.store, "app1")
+    assert login(relay, "app1", PASSWORD)[0] == 535
+    credentials.add(relay.store, "acme", "app1", "a new password for app1")
+    assert login(relay, "app1", PASSWORD)[0] == 535
+    assert login(relay, "app1", "a new password for app1")[0] == 235
+
+
+def test_a_suspended_tenant_with_a_remembered_login_cannot_send(relay):
+    assert login(relay, "app1", PASSWORD)[0] == 235
+    tenants.suspend(relay.store, "acme", "complaints under review")
+    client = relay.connect()
+    code, text = client.mail("app@example.com")
+    assert code == 550 and text.decode().startswith("5.7.1 Sending is suspended for tenant acme")
+
+
+def test_a_flood_of_guesses_at_a_username_does_not_lock_out_the_app_that_holds_it(relay):
+    assert login(relay, "app1", PASSWORD)[0] == 235                       # the app, verified from 127.0.0.1
+    for i in range(2, 8):                                                 # guessers, each from its own address
+        assert login(relay, "app1", f"guess number {i}", source=f"127.0.0.{i}")[0] in (535, 454)
+    assert login(relay, "app1", PASSWORD)[:2] == (235, "2.7.0 Authentication successful")
+    # the username is locked for everyone else, the right password included: the lock is no oracle
+    locked = (454, "4.7.0 Too many failed authentication attempts, try again later")
+    assert login(relay, "app1", PASSWORD, source="127.0.0.9")[:2] == locked
+    assert login(relay, "app1", "guess number 10", source="127.0.0.10")[:2] == locked
+
+
+def test_a_locked_out_address_is_refused_before_the_cache(relay):
+    assert login(relay, "app1", PASSWORD)[0] == 235
+    for i in range(5):
+        login(relay, f"user{i}", "guess guess guess")
+    assert login(relay, "app1", PASSWORD)[0] == 454
+
+
+def test_verified_logins_expire_and_are_bounded():
+    now = [0.0]
+    logins = VerifiedLogins(ttl=60, size=2, clock=lambda: now[0])
+    logins.remember("192.0.2.1", "app1", b"secret one", "scrypt$a")
+    assert logins.verified("192.0.2.1", "app1", b"secret one", "scrypt$a")
+    for other in (("192.0.2.2", "app1", b"secret one", "scrypt$a"), ("192.0.2.1", "app2", b"secret one", "scrypt$a"),
+                  ("192.0.2.1", "app1", b"secret two", "scrypt$a"), ("192.0.2.1", "app1", b"secret one", "scrypt$b")):
+        assert not logins.verified(*other)
+    now[0] = 61
+    assert not logins.verified("192.0.2.1", "app1", b"secret one", "scrypt$a")
+    for i in range(3):
+        logins.remember("192.0.2.1", f"user{i}", b"s", "h")
+    assert [logins.verified("192.0.2.1", f"user{i}", b"s", "h") for i in range(3)] == [False, True, True]
+    assert not VerifiedLogins(ttl=0, size=10).verified("192.0.2.1", "app1", b"s", "h")
