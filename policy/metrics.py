@@ -27,6 +27,8 @@ complaints = Counter("websofttt_complaints", "Complaints recorded, by tenant and
 inbound_messages = Counter("websofttt_inbound_messages", "Messages received by the inbound listener, by kind.",
                            ["kind"])
 auth_failures = Counter("websofttt_auth_failures", "Failed or refused SMTP AUTH attempts.", ["reason"])
+auth_logins = Counter("websofttt_auth_logins", "Successful SMTP AUTH logins, by how they were checked "
+                      "(generated: SHA-256, password: scrypt, remembered: a login this worker verified).", ["check"])
 dkim_signing = Histogram("websofttt_dkim_signing_seconds", "Time to DKIM-sign one copy (all its signatures).",
                          buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1))
 

@@ -54,7 +54,7 @@ class Authenticator:
             return _locked(ip)
         stored, tenant = credentials.lookup_hash(self.store, username)
         if tenant is not None and self.logins.verified(ip, username, secret, stored):
-            return self._accepted(username, tenant)
+            return self._accepted(username, tenant, "remembered")
         if self.limits.user_locked(username):
             return _locked(ip)
         if credentials.is_slow(secret):
@@ -64,12 +64,13 @@ class Authenticator:
             ok = credentials.verify_password(stored, secret)
         if ok and tenant is not None:
             self.logins.remember(ip, username, secret, stored)
-            return self._accepted(username, tenant)
+            return self._accepted(username, tenant, credentials.kind_of(stored).value)
         self.limits.auth_failed(username, ip)
         _failed("bad_credentials", ip)
         return AuthResult(success=False, handled=False)
 
-    def _accepted(self, username: str, tenant: str) -> AuthResult:
+    def _accepted(self, username: str, tenant: str, check: str) -> AuthResult:
+        metrics.auth_logins.labels(check).inc()
         self.writes.later(credentials.touch, username)
         return AuthResult(success=True, auth_data=Authenticated(username, tenant))
 

@@ -8,6 +8,7 @@ import statistics
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from policy import credentials, tenants
 from relay.logins import VerifiedLogins
@@ -60,10 +61,16 @@ def test_answers_take_as_long_whatever_kind_of_credential_a_username_has(relay_f
     assert {login(relay, "app1", "wst_smtp_guess")[0], login(relay, "app2", "a password")[0]} == {535}
 
 
+def logins_counted(check: str) -> float:
+    return REGISTRY.get_sample_value("websofttt_auth_logins_total", {"check": check}) or 0.0
+
+
 def test_a_verified_password_skips_scrypt_until_the_ttl(relay):
+    before = {check: logins_counted(check) for check in ("password", "remembered")}
     first = login(relay, "app1", PASSWORD)
     assert first[0] == 235 and first[2] > SLOW
     assert median_seconds(relay, "app1", PASSWORD) < FAST
+    assert {check: logins_counted(check) - before[check] for check in before} == {"password": 1, "remembered": 5}
     assert login(relay, "app1", PASSWORD, source="127.0.0.2")[2] > SLOW     # verified for one address only
 
 
