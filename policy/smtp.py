@@ -94,6 +94,7 @@ class Handler:
 class SaferSMTP(SMTP):
     _replies = 0
     _garbage = 0
+    _continued: list[str] = []          # replaced, never changed in place: each session gets its own
     _proxied: tuple[str, int] | None = None
 
     def __dir__(self) -> list[str]:
@@ -119,6 +120,11 @@ class SaferSMTP(SMTP):
                     await super().push(TOO_MUCH_GARBAGE)
                     return self.transport and self.transport.close()
             status = clean_reply(status)
+            if status[3:4] == "-":      # a continuation line leaves with the reply's last line: one write,
+                self._continued = [*self._continued, status]     # one segment, however long the EHLO list
+                return
+            if self._continued:
+                status, self._continued = "\r\n".join([*self._continued, status]), []
         await super().push(status)
         self._replies += 1
         if self._replies % YIELD_EVERY == 0:

@@ -3,6 +3,7 @@ delayed ACK, on every listener (submission after STARTTLS, implicit TLS, inbound
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 import statistics
 import time
@@ -47,3 +48,15 @@ def test_inbound_ehlo_is_not_delayed(relay):
     client = smtplib.SMTP("127.0.0.1", relay.ports["inbound"][0], timeout=10)
     assert ehlo_median(client) < LIMIT
     client.quit()
+
+
+def test_a_multi_line_reply_arrives_in_one_segment(relay):
+    """EHLO's lines are written together: the first read gets them all (written line by line, with
+    TCP_NODELAY, the first read gets the first line), and each line is a proper reply line."""
+    with socket.create_connection(("127.0.0.1", relay.ports["inbound"][0]), timeout=10) as sock:
+        assert sock.recv(1000).startswith(b"220 ")
+        for _ in range(5):
+            sock.sendall(b"EHLO client.example\r\n")
+            lines = sock.recv(65536).split(b"\r\n")
+            assert lines[-1] == b"" and len(lines) > 4
+            assert all(line[3:4] == b"-" for line in lines[:-2]) and lines[-2].startswith(b"250 ")
