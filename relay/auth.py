@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import os
+import threading
 from base64 import b64decode, b64encode
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from relay.logins import VerifiedLogins
 
 LOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
 TOO_LONG = "500 5.5.6 Authentication exchange line is too long"      # RFC 4954 §4
+LOCKOUT_DELAY = 1.0      # seconds a locked-out client waits for its 454
 
 
 @dataclass(frozen=True)
@@ -39,27 +42,34 @@ class Authenticator:
         self.store, self.writes = store, writes
         self.limits = limits
         self.logins = logins
-        self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check")
+        self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check",
+                                          initializer=_lower_priority)
+        self._turn = asyncio.Lock()     # scrypt checks queue here, in arrival order
 
     async def check(self, login: LoginPassword, ip: str) -> AuthResult:
-        """In order: the client address's lockout; a login this address already verified; the username's
-        lockout (same answer for every user, known or not); the check; the failure counted.
+        """In order: the client address's lockout; a login this address already verified; the lockouts
+        (same answer for every user, known or not), read when the check's turn comes; the check; the
+        failure counted.
 
         A verified login passes the username's lockout, so a flood of guesses at a username from other
         addresses cannot lock out the app that holds the password; the guessers themselves still meet
         the lockout, and the verified entry answers only the address that proved it, so it is no oracle.
+        Guesses queued behind each other are refused once the failures before them reach the limit.
         """
         username, secret = login.login.decode("utf-8", "replace"), login.password
         if self.limits.ip_locked(ip):
-            return _locked(ip)
+            return await _locked(ip)
         stored, tenant = credentials.lookup_hash(self.store, username)
         if tenant is not None and self.logins.verified(ip, username, secret, stored):
             return self._accepted(username, tenant, "remembered")
-        if self.limits.user_locked(username):
-            return _locked(ip)
         if credentials.is_slow(secret):
-            ok = await asyncio.get_running_loop().run_in_executor(
-                self._checks, credentials.verify_password, stored, secret)
+            async with self._turn:
+                if self.limits.ip_locked(ip) or self.limits.user_locked(username):
+                    return await _locked(ip)
+                ok = await asyncio.get_running_loop().run_in_executor(
+                    self._checks, credentials.verify_password, stored, secret)
+        elif self.limits.user_locked(username):
+            return await _locked(ip)
         else:
             ok = credentials.verify_password(stored, secret)
         if ok and tenant is not None:
@@ -75,8 +85,17 @@ class Authenticator:
         return AuthResult(success=True, auth_data=Authenticated(username, tenant))
 
 
-def _locked(ip: str) -> AuthResult:
+def _lower_priority() -> None:
+    """The check thread runs at nice 19: under a flood of guesses the CPU goes to sessions first, and
+    the guesses, not the mail, wait."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+async def _locked(ip: str) -> AuthResult:
+    """454, after LOCKOUT_DELAY: a guesser on a loop slows to one try per delay and connection, for the
+    price of a sleeping coroutine here (Postfix's smtpd_error_sleep_time does the same)."""
     _failed("locked_out", ip)
+    await asyncio.sleep(LOCKOUT_DELAY)
     return AuthResult(success=False, handled=False, message=LOCKED)
 
 

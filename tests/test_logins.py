@@ -3,14 +3,18 @@ people's passwords checked by scrypt once and then remembered, and every change 
 from __future__ import annotations
 
 import base64
+import os
 import smtplib
 import statistics
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client import REGISTRY
 
 from policy import credentials, tenants
+from relay.auth import LOCKOUT_DELAY
 from relay.logins import VerifiedLogins
 from tests.conftest import PASSWORD, message
 
@@ -136,3 +140,26 @@ def test_verified_logins_expire_and_are_bounded():
         logins.remember("192.0.2.1", f"user{i}", b"s", "h")
     assert [logins.verified("192.0.2.1", f"user{i}", b"s", "h") for i in range(3)] == [False, True, True]
     assert not VerifiedLogins(ttl=0, size=10).verified("192.0.2.1", "app1", b"s", "h")
+
+
+def test_guesses_queued_together_are_refused_once_the_failures_before_them_reach_the_limit(relay):
+    """Ten wrong passwords for one username at once, each from its own address: the username's limit (5)
+    is read when each check's turn comes, so only the first five are checked and the rest wait 454."""
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(lambda i: login(relay, "app1", f"guess number {i}", source=f"127.0.1.{i}")[0],
+                              range(1, 11)))
+    assert sorted(codes) == [454] * 5 + [535] * 5
+
+
+def test_a_locked_out_client_waits_for_its_answer(relay):
+    for _ in range(5):
+        login(relay, "app1", "wrong password, again")
+    code, _, seconds = login(relay, "app1", "wrong password, again")
+    assert code == 454 and seconds >= LOCKOUT_DELAY
+
+
+def test_password_checks_run_at_the_lowest_cpu_priority(relay):
+    """Under a flood of guesses the sessions get the CPU first; the guesses wait."""
+    login(relay, "app1", "wrong password, again")
+    checks = [t for t in threading.enumerate() if t.name.startswith("password-check")]
+    assert checks and {os.getpriority(os.PRIO_PROCESS, t.native_id) for t in checks} == {19}
