@@ -23,7 +23,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Relay vs Postfix on this machine (root: installs postfix/opendkim if missing); BENCH_ARGS=--quick for a short run.
+# Relay vs Postfix on this machine (root: installs postfix, opendkim, dovecot-core if missing); BENCH_ARGS=--quick for a short run.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
 

@@ -1,8 +1,8 @@
 """Before measuring: does each path deliver what it should? A few messages into a dumping smtp-sink.
 
 A throughput figure is worthless if a path silently skips work, so each path's output is read
-once: the plain paths must arrive unsigned and unchanged, path c with OpenDKIM's signature
-(d=example.com), paths d and e with the relay's (d=websofttt.com); every signature is verified
+once: the plain paths must arrive unsigned and unchanged, paths c and f with OpenDKIM's signature
+(d=example.com), paths d, e and g with the relay's (d=websofttt.com); every signature is verified
 with dkimpy against the public keys of this run (no DNS: the records are handed to dkimpy).
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import dkim
 
-EXPECTED_SIGNER = {"a": None, "b": None, "c": "example.com", "d": "websofttt.com", "e": "websofttt.com"}
+EXPECTED_SIGNER = {"a": None, "b": None, "c": "example.com", "d": "websofttt.com", "e": "websofttt.com",
+                   "f": "example.com", "g": "websofttt.com"}
 
 
 def strip_sink_headers(raw: bytes) -> bytes:

@@ -1,22 +1,29 @@
-"""The services of one benchmark run (sink, two Postfix instances, OpenDKIM, the relay) and the runs against them.
+"""The services of one benchmark run (sink, three Postfix instances, OpenDKIM, Dovecot, the relay) and the
+runs against them.
 
 `Bench.run` is one measured run: start the injector, stop the clock when the sink has counted all N,
-and take the servers' CPU, memory and the load from outside around it. Everything it starts is
-stopped by pid in `Bench.stop`, which run.py calls in a finally block.
+and take the servers' CPU, memory and the load from outside around it. `Bench.ehlo_times` times EHLO
+replies from a client, `Bench.flood_probe` measures a tenant's rate under a flood of wrong passwords.
+Everything it starts is stopped by pid in `Bench.stop`, which run.py calls in a finally block.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import socket
+import ssl
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import check
 import message
+from dovecot import Dovecot, calibrate
 from measure import Daemon, ForeignLoad, RssSampler, cpu_seconds, free_port, percentile
 from postfix import OpenDKIM, Postfix
-from relay_node import USERNAME, RelayNode
+from relay_node import GENERATED_USERNAME, PASSWORD, USERNAME, RelayNode
 from sink import Sink
 
 HERE = Path(__file__).resolve().parent
@@ -26,11 +33,21 @@ PATHS = {
     "b": "smtp-source -> Postfix -> sink",
     "c": "smtp-source -> Postfix+OpenDKIM -> sink",
     "d": "smtp-source -> relay -> sink",
-    "e": "loadgen TLS+AUTH -> relay -> sink",
+    "e": "loadgen TLS+AUTH password -> relay -> sink",
+    "f": "loadgen TLS+AUTH -> Postfix+Dovecot+OpenDKIM -> sink",
+    "g": "loadgen TLS+AUTH generated -> relay -> sink",
 }
+RELAY_PATHS = "deg"         # the paths whose server is the relay node
+AUTH_PATHS = "efg"          # the paths the load generator drives over STARTTLS + AUTH PLAIN
+SLOW_AUTH = "f"             # every AUTH pays a ~0.1 s password check (Dovecot checks the Argon2id hash even on
+                            # a cache hit); the relay pays scrypt once per worker (its verified-logins cache)
 STALL_SECONDS = 60          # a run whose sink count does not move for this long has failed
 PER_DESTINATION = 10        # the relay's default delivery.per_destination (per worker)
 LATENCY_CONNECTIONS = 20    # pooled client connections of the latency probe (opened before its clock starts)
+EHLO_COUNT = 20             # EHLOs timed per listener, each on a new connection
+FLOOD_CLIENTS = 50          # flooding clients, from 127.0.0.2 ... 127.0.0.51
+FLOOD_ALONE_SECONDS = 20    # the tenant's rate alone is steady: at most this long
+VICTIM_CONCURRENCY = 10     # the verified tenant's client in the flood probe (from 127.0.0.1)
 
 
 class RunFailed(Exception):
@@ -46,7 +63,7 @@ def config_name(concurrency: int, reuse: bool) -> str:
 
 
 class Bench:
-    """The services of one benchmark (sink, Postfix x2, OpenDKIM, relay) and the runs against them."""
+    """The services of one benchmark (sink, Postfix x3, OpenDKIM, Dovecot, relay) and the runs against them."""
 
     def __init__(self, args: argparse.Namespace, root: Path):
         self.args, self.root = args, root
@@ -59,10 +76,17 @@ class Bench:
         self.postfix: Postfix | None = None
         self.postfix_dkim: Postfix | None = None
         self.opendkim: OpenDKIM | None = None
+        self.dovecot: Dovecot | None = None
+        self.postfix_sasl: Postfix | None = None
         self.relay: RelayNode | None = None
         self.injector: Daemon | None = None
+        self.others: list = []                   # the flood probe's relay nodes and clients, stopped with the rest
         self.broken: dict[str, str] = {}
         self.sink_port = 0
+        self.password_costs: dict | None = None  # path f: scrypt vs Argon2id CPU per check (dovecot.calibrate)
+        self.password_file = root / "password-app1"          # path f's client (Dovecot has the same password)
+        self.password_file.write_text(PASSWORD + "\n")
+        self.password_file.chmod(0o600)
 
     # services
     def start(self, dump_dir: Path) -> None:
@@ -73,13 +97,39 @@ class Bench:
         if "b" in paths:
             self.postfix = Postfix(self.root, "postfix", self.sink_port, limit)
             log(f"Postfix on 127.0.0.1:{self.postfix.port} (config {self.postfix.conf})")
-        if "c" in paths:
+        if "c" in paths or "f" in paths:            # one OpenDKIM for both (their runs never overlap)
             self.opendkim = OpenDKIM(self.root)
+        if "c" in paths:
             self.postfix_dkim = Postfix(self.root, "postfix-dkim", self.sink_port, limit, self.opendkim.socket)
             log(f"Postfix+OpenDKIM on 127.0.0.1:{self.postfix_dkim.port} (milter {self.opendkim.socket})")
-        if "d" in paths or "e" in paths:
-            self.relay = RelayNode(self.root, self.sink_port, self.args.workers)
-            log(f"relay on 127.0.0.1:{self.relay.port} with {self.args.workers} workers (data {self.relay.data})")
+        if "f" in paths:
+            try:
+                self._start_sasl(limit)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:      # the other paths still run
+                self.fail("f", f"Postfix + Dovecot did not start: {e}")
+        if any(p in paths for p in RELAY_PATHS):
+            self.relay = RelayNode(self.root, self.sink_port, self.args.workers, generated="g" in paths)
+            log(f"relay on 127.0.0.1:{self.relay.port} (implicit TLS {self.relay.tls_port}) with "
+                f"{self.args.workers} workers (data {self.relay.data})")
+            if "g" in paths and self.relay.generated_file is None:
+                log(f"path g: no generated credential: {self.relay.generated_error}")
+
+    def _start_sasl(self, limit: int) -> None:
+        """Path f: the password's Argon2id parameters (as costly as the relay's scrypt), Dovecot, Postfix."""
+        self.password_costs = calibrate(PASSWORD)
+        log(f"one password check, CPU on this machine: relay scrypt ({self.password_costs['scrypt']['params']}) "
+            f"{self.password_costs['scrypt']['cpu_ms']:.0f} ms, Argon2id "
+            f"({self.password_costs['argon2id']['params']}) {self.password_costs['argon2id']['cpu_ms']:.0f} ms")
+        self.dovecot = Dovecot(self.root, {USERNAME: self.password_costs["hash"]})
+        self.postfix_sasl = Postfix(self.root, "postfix-sasl", self.sink_port, limit, self.opendkim.socket,
+                                    sasl_socket=self.dovecot.socket)
+        log(f"Postfix+Dovecot SASL+OpenDKIM on 127.0.0.1:{self.postfix_sasl.port} "
+            f"(STARTTLS, auth socket {self.dovecot.socket})")
+
+    def start_sink(self) -> None:
+        """Only the counting sink (the flood probe alone needs nothing else)."""
+        self.sink_port = free_port()
+        self.sink = Sink(self.root, self.sink_port)
 
     def swap_sink(self) -> None:
         """Replace the dumping sink of the check by the counting one, on the same port (the configs name it)."""
@@ -87,7 +137,8 @@ class Bench:
         self.sink = Sink(self.root, self.sink_port)
 
     def stop(self) -> None:
-        for service in (self.injector, self.relay, self.postfix_dkim, self.opendkim, self.postfix, self.sink):
+        for service in (self.injector, *self.others, self.relay, self.postfix_sasl, self.postfix_dkim, self.dovecot,
+                        self.opendkim, self.postfix, self.sink):
             if service is None:
                 continue
             try:
@@ -97,27 +148,46 @@ class Bench:
 
     def port(self, path: str) -> int:
         return {"a": self.sink_port, "b": getattr(self.postfix, "port", 0),
-                "c": getattr(self.postfix_dkim, "port", 0)}.get(path) or self.relay.port
+                "c": getattr(self.postfix_dkim, "port", 0),
+                "f": getattr(self.postfix_sasl, "port", 0)}.get(path) or self.relay.port
+
+    def cpu_parts(self, path: str) -> dict[str, list[int]]:
+        """The process trees whose CPU a path costs, by name: the server, plus OpenDKIM for c, plus OpenDKIM and
+        Dovecot (master, auth, auth-workers) for f; none for a."""
+        relay = {"relay": [self.relay.daemon.pid]} if self.relay else {}
+        return {"a": {}, "b": {"postfix": [self.postfix.daemon.pid]} if self.postfix else {},
+                "c": {"postfix": [self.postfix_dkim.daemon.pid], "opendkim": [self.opendkim.daemon.pid]}
+                if self.postfix_dkim else {},
+                "f": {"postfix": [self.postfix_sasl.daemon.pid], "opendkim": [self.opendkim.daemon.pid],
+                      "dovecot": [self.dovecot.daemon.pid]} if self.postfix_sasl else {},
+                "d": relay, "e": relay, "g": relay}[path]
 
     def cpu_roots(self, path: str) -> list[int]:
-        """The process trees whose CPU a path costs: the server, plus OpenDKIM for c; none for a."""
-        return {"a": [], "b": [self.postfix.daemon.pid] if self.postfix else [],
-                "c": [self.postfix_dkim.daemon.pid, self.opendkim.daemon.pid] if self.postfix_dkim else [],
-                "d": [self.relay.daemon.pid] if self.relay else [],
-                "e": [self.relay.daemon.pid] if self.relay else []}[path]
+        return [pid for pids in self.cpu_parts(path).values() for pid in pids]
+
+    def credentials(self, path: str) -> tuple[str, Path]:
+        """Username and password file of an AUTH path's client."""
+        if path == "e":
+            return USERNAME, self.relay.password_file
+        if path == "f":
+            return USERNAME, self.password_file
+        if self.relay.generated_file is None:
+            raise RunFailed(self.relay.generated_error)
+        return GENERATED_USERNAME, self.relay.generated_file
 
     # injection
     def inject(self, path: str, n: int, concurrency: int, reuse: bool, rate: float | None = None) -> Daemon:
         out = self.root / "injector.out"
         out.write_bytes(b"")
-        if path == "e" or rate is not None:      # the load generator (the latency probe too: it times DATA)
+        if path in AUTH_PATHS or rate is not None:      # the load generator (the latency probe too: it times DATA)
             argv = [sys.executable, str(HERE / "loadgen.py"), "--port", str(self.port(path)), "--messages", str(n),
                     "--concurrency", str(concurrency), "--message-file", str(self.msg_crlf),
                     "--sender", message.SENDER, "--recipient", message.RECIPIENT]
             if reuse:
                 argv.append("--reuse")
-            if path == "e":
-                argv += ["--starttls", "--user", USERNAME, "--password-file", str(self.relay.password_file)]
+            if path in AUTH_PATHS:
+                user, password_file = self.credentials(path)
+                argv += ["--starttls", "--user", user, "--password-file", str(password_file)]
             if rate is not None:
                 argv += ["--rate", f"{rate:.3f}"]
         else:
@@ -140,9 +210,26 @@ class Bench:
             out = out[-1500:]
         err = (self.root / "injector.log").read_text(errors="replace").strip().splitlines()[-5:]
         text = f"injector exited {self.injector.proc.returncode}: {out} {' | '.join(err)}".strip()
-        if path in "de" and self.relay is not None:
+        if path in RELAY_PATHS and self.relay is not None:
             text += f" | relay log: {' | '.join(self.relay.refusals())}"
+        if path == "f" and self.postfix_sasl is not None:
+            problems = self.postfix_sasl.problems()
+            text += f" | Postfix: {problems} | Dovecot: {self.dovecot.diagnose(3)}"
+            if "no SASL authentication mechanisms" in problems:
+                text += (" | (smtpd gave up waiting 10 s for Dovecot's auth handshake: the single auth process was "
+                         "busy checking the Argon2id hashes of the logins queued before it)")
         return text
+
+    def _retried(self, n: int, rate: float | None) -> list[str] | None:
+        """The load generator exits 1 after any error, though it retries each failed message: when it still
+        sent all N (throughput mode), the run counts, with the errors kept; otherwise None (the run failed)."""
+        if rate is not None:
+            return None
+        try:
+            out = json.loads((self.root / "injector.out").read_text())
+        except (OSError, ValueError):
+            return None
+        return out["errors"] if out.get("sent", 0) >= n and out.get("errors") else None
 
     def run(self, path: str, n: int, concurrency: int, reuse: bool, rate: float | None = None) -> dict:
         """One measured run: inject N, stop the clock when the sink has them all; CPU and RSS around it."""
@@ -154,11 +241,13 @@ class Bench:
                 self.injector = None
 
     def _run(self, path: str, n: int, concurrency: int, reuse: bool, rate: float | None) -> dict:
+        parts = self.cpu_parts(path)
         roots = self.cpu_roots(path)
         sink = self.sink
         base = sink.count
         sink.arm(base + n)
         cpu_before = cpu_seconds(roots)
+        parts_before = {name: cpu_seconds(pids) for name, pids in parts.items()}
         timeout = 120 + n * 1.0
         with RssSampler(roots) as rss, ForeignLoad() as foreign:
             started = time.monotonic()
@@ -169,7 +258,7 @@ class Bench:
                 now = time.monotonic()
                 if injected is None and injector.proc.poll() is not None:
                     injected = now
-                    if injector.proc.returncode != 0:
+                    if injector.proc.returncode != 0 and self._retried(n, rate) is None:
                         time.sleep(1)
                         raise RunFailed(self.injector_failure(path))
                 if sink.count != last_count:
@@ -181,10 +270,12 @@ class Bench:
             finished = sink.reached_at
             injector.proc.wait(60)
             injected = injected or time.monotonic()
-            if injector.proc.returncode != 0:
+            retried = self._retried(n, rate) if injector.proc.returncode != 0 else []
+            if retried is None:
                 raise RunFailed(self.injector_failure(path))
             sink.settle(quiet=1.0)       # trailing work (queue clean-up, records) is part of the cost
             cpu = cpu_seconds(roots) - cpu_before if roots else None
+            parts_cpu = {name: cpu_seconds(pids) - parts_before[name] for name, pids in parts.items()}
         seconds = finished - started
         result = {"path": path, "concurrency": concurrency, "reuse": reuse, "messages": n,
                   "seconds": round(seconds, 3), "rate": round(n / seconds, 2),
@@ -193,8 +284,13 @@ class Bench:
                   "cpu_ms_per_message": None if cpu is None else round(cpu * 1000 / n, 3),
                   "peak_rss_mib": round(rss.peak_kib / 1024, 1) if roots else None,
                   "peak_pss_mib": round(rss.peak_pss_kib / 1024, 1) if roots else None,
+                  "cpu_ms_parts": {k: round(v * 1000 / n, 3) for k, v in parts_cpu.items()} if len(parts) > 1 else None,
                   "extra_at_sink": sink.count - base - n,
                   "foreign_cpu_share": round(foreign.share, 3)}
+        if retried:
+            result["client_errors"] = retried
+            log(f"{path} {config_name(concurrency, reuse)}: all {n} sent, after errors the client retried: "
+                f"{'; '.join(retried)}" + (f" | Postfix: {self.postfix_sasl.problems()}" if path == "f" else ""))
         if rate is not None:
             lat = json.loads((self.root / "injector.out").read_text() or "{}")
             result |= {"latency_ms": lat.get("latencies_ms", []), "late": lat.get("late", 0)}
@@ -211,6 +307,9 @@ class Bench:
         seen: set[Path] = set()
         verdicts = {}
         for path in self.args.paths:
+            if path in self.broken:
+                verdicts[path] = f"FAIL: {self.broken[path]}"
+                continue
             try:
                 self.run(path, 2, 1, False)
             except RunFailed as e:
@@ -231,7 +330,8 @@ class Bench:
         cannot reach the sink during another path's run."""
         log(f"path {path} FAILED: {why}")
         self.broken[path] = why
-        if path in "de" and self.relay is not None and all(p in self.broken for p in "de" if p in self.args.paths):
+        if path in RELAY_PATHS and self.relay is not None and all(
+                p in self.broken for p in RELAY_PATHS if p in self.args.paths):
             self.relay.stop()
             self.relay = None
 
@@ -243,3 +343,168 @@ class Bench:
         lat = result.pop("latency_ms")
         return {"rate": round(rate, 1), "messages": count, "p50_ms": round(percentile(lat, 50), 2),
                 "p99_ms": round(percentile(lat, 99), 2), "late": result["late"]}
+
+    # EHLO reply time
+    def ehlo_times(self, count: int = EHLO_COUNT) -> dict:
+        """Median time from writing EHLO to the last line of its reply, over `count` new connections each,
+        on the relay's submission port after STARTTLS (and in clear, the trusted network), its implicit-TLS
+        port, and Postfix's smtpd in clear (and after STARTTLS, path f's instance)."""
+        targets = []
+        if self.relay is not None:
+            targets += [("relay, submission after STARTTLS", self.relay.port, "starttls"),
+                        ("relay, implicit TLS", self.relay.tls_port, "implicit"),
+                        ("relay, submission in clear", self.relay.port, "clear")]
+        plain = self.postfix or self.postfix_dkim or self.postfix_sasl
+        if plain is not None:
+            targets.append((f"Postfix smtpd in clear ({plain.name})", plain.port, "clear"))
+        if self.postfix_sasl is not None:
+            targets.append(("Postfix smtpd after STARTTLS (postfix-sasl)", self.postfix_sasl.port, "starttls"))
+            # Postfix leaves Nagle on: its reply waits for the ACK of the TLS 1.3 session tickets it sent just
+            # before, which a TCP_NODELAY client delays (~40 ms); a client with Nagle on ACKs them with its EHLO.
+            targets.append(("Postfix smtpd after STARTTLS, client with Nagle", self.postfix_sasl.port, "starttls-nagle"))
+        out = {}
+        for name, port, mode in targets:
+            try:
+                times = [_ehlo_once(port, mode.removesuffix("-nagle"), nodelay=not mode.endswith("-nagle")) * 1000
+                         for _ in range(count)]
+                out[name] = {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3),
+                             "max_ms": round(max(times), 3), "count": count}
+            except (OSError, RunFailed) as e:
+                out[name] = {"error": f"{type(e).__name__}: {e}"}
+        return out
+
+    # flood probe
+    def flood_probe(self, users: str, seconds: float) -> dict:
+        """A verified tenant's rate (path e: STARTTLS + AUTH, new connection per message, c10, from 127.0.0.1)
+        alone (at most FLOOD_ALONE_SECONDS), then for `seconds` while FLOOD_CLIENTS clients from 127.0.0.2 ...
+        flood the relay with wrong passwords, for unknown usernames or for the tenant's own (`users`).
+        The rate under the flood is given over the whole flood and over its part after every flooding
+        address got its first 454 (before that, each address's first failures cost the relay a password check).
+
+        Each variant runs on a relay node of its own, fresh (lockouts last auth_failure_window: the first
+        variant's would decide the second's), with the relay's default settings."""
+        from policy.settings import load_settings
+        node = RelayNode(self.root, self.sink_port, self.args.workers, name=f"relay-flood-{users}")
+        self.others.append(node)
+        try:
+            sub = load_settings(node.config).submission
+            threshold, window = sub.auth_failures, sub.auth_failure_window
+            warm = self._victim(node, 2.0)            # the tenant's credential verified before any flood
+            if not warm["accepted_at"]:
+                raise RunFailed(f"the tenant could not send before the flood: {warm['errors']}")
+            cpu0 = cpu_seconds([node.daemon.pid])
+            alone_seconds = min(seconds, FLOOD_ALONE_SECONDS)
+            alone = self._victim(node, alone_seconds)
+            cpu1 = cpu_seconds([node.daemon.pid])
+            flood_out = self.root / f"flood-{users}.json"
+            flood = Daemon(f"flood {users}", [sys.executable, str(HERE / "flood.py"), "--port", str(node.port),
+                                              "--first", "127.0.0.2", "--clients", str(FLOOD_CLIENTS),
+                                              "--duration", str(seconds), "--users", users, "--victim", USERNAME,
+                                              "--threshold", str(threshold)],
+                           self.root / f"flood-{users}.log", stdout=flood_out)
+            self.others.append(flood)
+            try:
+                during = self._victim(node, seconds)
+                flood.proc.wait(seconds + 120)
+            finally:
+                flood.stop()
+                self.others.remove(flood)
+            cpu2 = cpu_seconds([node.daemon.pid])
+            try:
+                fl = json.loads(flood_out.read_text())
+            except ValueError:
+                raise RunFailed(f"the flood client printed no result: "
+                                f"{(self.root / f'flood-{users}.log').read_text(errors='replace')[-1000:]}") from None
+        finally:
+            node.stop()
+            self.others.remove(node)
+        rate_alone = len(alone["accepted_at"]) / alone_seconds
+        rate_flood = len(during["accepted_at"]) / seconds
+        result = {"users": users, "seconds": seconds, "alone_seconds": alone_seconds, "threshold": threshold,
+                  "window_s": window, "alone": _victim_summary(alone, alone_seconds, cpu1 - cpu0),
+                  "with_flood": _victim_summary(during, seconds, cpu2 - cpu1),
+                  "ratio": round(rate_flood / rate_alone, 3) if rate_alone else None, "flood": fl}
+        per_message = (cpu1 - cpu0) / len(alone["accepted_at"]) if alone["accepted_at"] else None
+        if per_message is not None and fl.get("attempts"):
+            flood_cpu = (cpu2 - cpu1) - per_message * len(during["accepted_at"])
+            result["with_flood"]["relay_cpu_ms_per_flood_attempt"] = round(flood_cpu * 1000 / fl["attempts"], 2)
+        locked_at = fl.get("all_locked_after")
+        if locked_at is not None:
+            since = fl["started"] + locked_at
+            end = during["started"] + seconds
+            if end - since >= 3:
+                after = len([t for t in during["accepted_at"] if t >= since]) / (end - since)
+                result["with_flood"]["rate_after_lockout"] = round(after, 2)
+                result["with_flood"]["after_lockout_seconds"] = round(end - since, 1)
+                result["ratio_after_lockout"] = round(after / rate_alone, 3) if rate_alone else None
+        return result
+
+    def _victim(self, node: RelayNode, seconds: float) -> dict:
+        """The verified tenant's client for `seconds`: loadgen --duration, one connection per message."""
+        out = self.root / "victim.out"
+        argv = [sys.executable, str(HERE / "loadgen.py"), "--port", str(node.port), "--messages", "0",
+                "--concurrency", str(VICTIM_CONCURRENCY), "--message-file", str(self.msg_crlf),
+                "--sender", message.SENDER, "--recipient", message.RECIPIENT, "--starttls", "--user", USERNAME,
+                "--password-file", str(node.password_file), "--duration", str(seconds),
+                "--source-address", "127.0.0.1"]
+        with open(out, "wb") as f:
+            run = subprocess.run(argv, stdout=f, stderr=subprocess.PIPE, timeout=seconds + 180)
+        try:
+            return json.loads(out.read_text())
+        except ValueError:
+            raise RunFailed(f"the tenant's client exited {run.returncode}: {run.stderr.decode(errors='replace')[-1000:]}") \
+                from None
+
+
+def _victim_summary(run: dict, seconds: float, cpu: float) -> dict:
+    sent = len(run["accepted_at"])
+    return {"messages": sent, "rate": round(sent / seconds, 2), "refused": run["error_count"],
+            "errors": run["errors"][:5],
+            "relay_cpu_ms_per_message": round(cpu * 1000 / sent, 2) if sent else None,
+            "relay_cpu_share": round(cpu / seconds, 2)}
+
+
+def _reply(f) -> str:
+    """The code of one complete SMTP reply read from a file object (multiline replies to their last line)."""
+    while True:
+        line = f.readline()
+        if not line:
+            raise RunFailed("the server closed the connection")
+        if line[3:4] != b"-":
+            return line[:3].decode("ascii", "replace")
+
+
+def _ehlo_once(port: int, mode: str, nodelay: bool = True) -> float:
+    """One connection: the seconds from writing EHLO to the end of its reply (after STARTTLS for "starttls").
+    The client sets TCP_NODELAY as asyncio's clients (aiosmtplib, the load generator) do, unless `nodelay` is False."""
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if nodelay else 0)
+    sock = tls.wrap_socket(raw) if mode == "implicit" else raw
+    try:
+        f = sock.makefile("rb")
+        if _reply(f) != "220":
+            raise RunFailed("no 220 greeting")
+        if mode == "starttls":
+            sock.sendall(b"EHLO ehlo.example.com\r\n")
+            _reply(f)
+            sock.sendall(b"STARTTLS\r\n")
+            if _reply(f) != "220":
+                raise RunFailed("STARTTLS refused")
+            f.close()
+            sock = tls.wrap_socket(raw)
+            f = sock.makefile("rb")
+        started = time.perf_counter()
+        sock.sendall(b"EHLO ehlo.example.com\r\n")
+        code = _reply(f)
+        elapsed = time.perf_counter() - started
+        if code != "250":
+            raise RunFailed(f"EHLO answered {code}")
+        sock.sendall(b"QUIT\r\n")
+        f.close()
+        return elapsed
+    finally:
+        sock.close()
+        raw.close()

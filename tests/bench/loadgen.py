@@ -7,6 +7,10 @@ Two modes:
 - throughput (default): `--concurrency` tasks send `--messages` messages as fast as they can, either
   one connection per message (connect, [STARTTLS, AUTH,] MAIL, RCPT, DATA, QUIT) or with `--reuse`
   one connection per task for all its messages.
+- `--duration S`: the same as throughput, one connection per message or reused, but for S seconds
+  whatever the server answers (the flood probe's tenant: a refusal is counted, the client waits 0.2 s
+  as an application whose request failed would, and goes on); prints the monotonic time of each
+  accepted message so that the caller can take the rate over any part of the run.
 - `--rate R`: open loop, message i starts at t0 + i/R whatever happened before, on one of
   `--concurrency` connections opened beforehand (a message that finds none idle waits, counted as late). It records the time from the end of the DATA content
   (the "." line written) to the 250: the part of the reply time the server spends deciding and
@@ -66,11 +70,13 @@ class Client:
         self.sent = 0
         self.connections = 0
         self.latencies: list[float] = []
+        self.accepted_at: list[float] = []      # --duration: time.monotonic() of each 250 to DATA
 
     async def connect(self) -> aiosmtplib.SMTP:
         a = self.args
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=a.port, local_hostname="loadgen.example.com",
-                               start_tls=True if a.starttls else False, tls_context=self.tls, timeout=120)
+                               start_tls=True if a.starttls else False, tls_context=self.tls, timeout=120,
+                               source_address=(a.source_address, 0) if a.source_address else None)
         await smtp.connect()
         if a.starttls:
             await smtp.ehlo()        # RFC 3207: the server forgot the pre-TLS EHLO; AUTH is offered only now
@@ -88,13 +94,15 @@ class Client:
         if probe is not None:
             self.latencies.append(time.perf_counter() - probe.data_end)
         self.sent += 1
+        if self.args.duration:
+            self.accepted_at.append(time.monotonic())
 
     def failed(self, e: BaseException) -> None:
         if isinstance(e, aiosmtplib.SMTPResponseException):
             self.errors.append(f"{e.code} {e.message}")
         else:
             self.errors.append(f"{type(e).__name__}: {e}")
-        if len(self.errors) >= MAX_ERRORS:
+        if len(self.errors) >= MAX_ERRORS and not self.args.duration:
             raise RuntimeError("too many errors")
 
     # throughput mode
@@ -121,6 +129,32 @@ class Client:
     async def throughput(self) -> None:
         remaining = [self.args.messages]
         await asyncio.gather(*(self.worker(remaining) for _ in range(self.args.concurrency)))
+
+    # fixed-duration mode
+    async def timed_worker(self, deadline: float) -> None:
+        smtp = None
+        while time.monotonic() < deadline:
+            try:
+                if smtp is None:
+                    smtp = await asyncio.wait_for(self.connect(), max(deadline - time.monotonic(), 0.1))
+                await asyncio.wait_for(self.send(smtp), max(deadline - time.monotonic(), 0.1))
+                if not self.args.reuse:
+                    await smtp.quit()
+                    smtp = None
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
+                if time.monotonic() >= deadline:
+                    break                       # cut off by the end of the run: not an answer of the server
+                self.failed(e)
+                if smtp is not None:
+                    smtp.close()
+                smtp = None
+                await asyncio.sleep(0.2)
+        if smtp is not None:
+            smtp.close()
+
+    async def timed(self) -> None:
+        deadline = time.monotonic() + self.args.duration
+        await asyncio.gather(*(self.timed_worker(deadline) for _ in range(self.args.concurrency)))
 
     # fixed-rate mode
     async def paced(self) -> None:
@@ -173,15 +207,18 @@ def main() -> int:
     p.add_argument("--user", help="AUTH PLAIN user (the password is read from --password-file)")
     p.add_argument("--password-file")
     p.add_argument("--rate", type=float, help="fixed rate in messages/s (latency mode)")
+    p.add_argument("--duration", type=float, help="send for this many seconds whatever the answers (flood probe)")
+    p.add_argument("--source-address", help="bind the client's sockets to this local address")
     p.add_argument("--message-file", required=True)
     p.add_argument("--sender", required=True)
     p.add_argument("--recipient", required=True)
     args = p.parse_args()
     client = Client(args)
     started = time.perf_counter()
+    started_at = time.monotonic()
     status = 0
     try:
-        asyncio.run(client.paced() if args.rate else client.throughput())
+        asyncio.run(client.paced() if args.rate else client.timed() if args.duration else client.throughput())
     except RuntimeError as e:
         status = 1
         client.errors.append(str(e))
@@ -193,6 +230,11 @@ def main() -> int:
               "errors": [f"{n} x {text}" for text, n in distinct.items()]}
     if args.rate:
         result |= {"latencies_ms": [round(x * 1000, 3) for x in client.latencies], "late": client.late}
+    if args.duration:
+        result |= {"started": started_at, "accepted_at": [round(x, 4) for x in client.accepted_at],
+                   "error_count": len(client.errors)}
+        json.dump(result, sys.stdout)
+        return status                  # refusals are what this mode measures, not a failure of the run
     json.dump(result, sys.stdout)
     return status if not client.errors else 1
 

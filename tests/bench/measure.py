@@ -237,3 +237,22 @@ def cpu_model() -> str:
     models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
               if line.startswith("model name")]
     return f"{models[0] if models else 'unknown'} ({len(models) or os.cpu_count()} logical CPUs)"
+
+
+def openssl_rsa2048() -> dict:
+    """`openssl speed -seconds 1 rsa2048`: RSA-2048 signatures and verifications per second on one core."""
+    try:
+        run = subprocess.run(["openssl", "speed", "-seconds", "1", "rsa2048"], capture_output=True, text=True,
+                             timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": str(e)}
+    lines = run.stdout.splitlines()
+    header = next((x.split() for x in lines if "sign/s" in x and "verify/s" in x), None)
+    row = next((x for x in lines if x.startswith("rsa 2048 bits")), None)
+    if header is None or row is None:
+        return {"error": f"unexpected output: {run.stdout.strip()[-300:]} {run.stderr.strip()[-300:]}"}
+    values = row[len("rsa 2048 bits"):].split()
+    by_name = dict(zip(header, values))     # sign verify sign/s verify/s (and more columns in newer OpenSSL)
+    version = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
+    return {"sign_per_s": float(by_name["sign/s"]), "verify_per_s": float(by_name["verify/s"]),
+            "openssl": " ".join(version.split()[:2])}

@@ -1,4 +1,5 @@
-"""The reference: private Postfix instances (one plain, one with OpenDKIM as a milter) in the temp dir.
+"""The reference: private Postfix instances (one plain, one with OpenDKIM as a milter, one with STARTTLS,
+AUTH through Dovecot and OpenDKIM for path f) in the temp dir.
 
 Each instance has its own main.cf/master.cf in its own config directory, started with
 `postfix -c DIR start-fg` so that its master stays our child (stopped by pid). The system's
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from measure import Daemon, free_port, wait_port
 
-PACKAGES = ("postfix", "opendkim", "opendkim-tools")
-TOOLS = ("postfix", "smtp-source", "smtp-sink", "opendkim", "opendkim-genkey")
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "dovecot-core")
+TOOLS = ("postfix", "smtp-source", "smtp-sink", "opendkim", "opendkim-genkey", "dovecot", "doveadm")
 SBIN = ("/usr/sbin", "/usr/lib/postfix/sbin", "/sbin")
 MASTER_CF = """\
 # service type  private unpriv  chroot  wakeup  maxproc command
@@ -56,11 +57,12 @@ def _which(tool: str) -> str | None:
 
 
 def ensure_packages(log) -> None:
-    """Install Postfix and OpenDKIM from Debian when a tool is missing, starting no system service.
+    """Install Postfix, OpenDKIM and Dovecot from Debian when a tool is missing, starting no system service.
 
     Postfix is preseeded with "No configuration" (no /etc/postfix/main.cf is written and nothing is
     started); a policy-rc.d that denies every start is put in place for the install when the
-    machine has none, so that the opendkim package does not start the system's opendkim either.
+    machine has none, so that the opendkim and dovecot-core packages do not start the system's
+    opendkim or dovecot either (path f runs a private `dovecot -c FILE`, see dovecot.py).
     """
     os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), *SBIN])
     missing = [t for t in TOOLS if _which(t) is None]
@@ -68,7 +70,7 @@ def ensure_packages(log) -> None:
         return
     if os.geteuid() != 0:
         raise SystemExit(f"missing {', '.join(missing)}; as root run: apt-get update && "
-                         f"apt-get install postfix opendkim opendkim-tools (or run this benchmark as root)")
+                         f"apt-get install {' '.join(PACKAGES)} (or run this benchmark as root)")
     log(f"installing {' '.join(PACKAGES)} from Debian (missing: {', '.join(missing)})")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
@@ -90,6 +92,17 @@ def ensure_packages(log) -> None:
         raise SystemExit(f"still missing after apt-get install: {', '.join(still)}")
 
 
+def throwaway_cert(directory: Path, hostname: str) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate, the kind the relay's `init` makes for itself (policy/keys.py),
+    so that both sides of a comparison pay for the same TLS handshake."""
+    cert, key = directory / "tls-cert.pem", directory / "tls-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", f"/CN={hostname}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    key.chmod(0o600)
+    return cert, key
+
+
 def _chown(path: Path, user: str) -> None:
     entry = pwd.getpwnam(user)
     os.chown(path, entry.pw_uid, entry.pw_gid)
@@ -99,7 +112,9 @@ class Postfix:
     """One private Postfix instance: smtpd on a free loopback port, relaying everything to the sink."""
 
     def __init__(self, root: Path, name: str, sink_port: int, destination_concurrency: int,
-                 milter_socket: Path | None = None):
+                 milter_socket: Path | None = None, sasl_socket: Path | None = None):
+        """sasl_socket: Dovecot's auth socket; the instance then offers STARTTLS (a throwaway certificate),
+        AUTH only after it, and relays only for authenticated clients (path f)."""
         self.name = name
         self.dir = root / name
         self.conf, self.queue, self.data = self.dir / "conf", self.dir / "queue", self.dir / "data"
@@ -137,6 +152,14 @@ class Postfix:
         if milter_socket is not None:
             main |= {"smtpd_milters": f"unix:{milter_socket}", "non_smtpd_milters": f"unix:{milter_socket}",
                      "milter_default_action": "tempfail", "milter_protocol": "6"}
+        if sasl_socket is not None:
+            cert, key = throwaway_cert(self.dir, main["myhostname"])
+            main |= {"smtpd_tls_security_level": "may", "smtpd_tls_auth_only": "yes",
+                     "smtpd_tls_cert_file": str(cert), "smtpd_tls_key_file": str(key),
+                     "smtpd_sasl_auth_enable": "yes", "smtpd_sasl_type": "dovecot",
+                     "smtpd_sasl_path": str(sasl_socket), "smtpd_sasl_security_options": "noanonymous",
+                     # the trusted network must not stand in for AUTH: only authenticated clients relay
+                     "smtpd_relay_restrictions": "permit_sasl_authenticated, reject"}
         (self.conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
         (self.conf / "master.cf").write_text(MASTER_CF.format(port=self.port))
         self.daemon = Daemon(f"postfix {name}", ["postfix", "-c", str(self.conf), "start-fg"],
@@ -153,6 +176,18 @@ class Postfix:
         log = self.dir / "postfix.log"
         tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
         return "\n".join([out.stdout.strip(), *tail])
+
+    def problems(self, limit: int = 3) -> str:
+        """The last warnings, errors and rejections of its log (what a failed run's client was refused for)."""
+        log = self.dir / "postfix.log"
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        found: dict[str, int] = {}
+        for severity in ("panic:", "fatal:", "error:", "reject:", "warning:"):     # the cause before its echoes
+            for line in lines:
+                if severity in line:
+                    text = line[line.index(severity):]
+                    found[text] = found.get(text, 0) + 1
+        return " | ".join(f"{n} x {text}" for text, n in list(found.items())[:limit])
 
     def master_pid(self) -> int | None:
         try:

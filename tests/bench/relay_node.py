@@ -4,8 +4,10 @@
 there would shadow the project's own `relay` package.)
 
 Set up only through the CLI, as an operator would: `init`, a tenant bound to 127.0.0.0/8 (so
-smtp-source, which cannot AUTH, submits as a trusted network), accepted terms, and one credential
-for the authenticated path. Everything else is the embedded default: DKIM signing of every copy,
+smtp-source, which cannot AUTH, submits as a trusted network), accepted terms, a password chosen by a
+person for path e (`credential add`, stored as scrypt) and, for path g, a generated credential
+(`credential add --generate`, whose secret is the first line the command prints). Submission listens
+for STARTTLS and, on a second port, implicit TLS (the EHLO timing uses both). Everything else is the embedded default: DKIM signing of every copy,
 the durable spool (fsync before 250), JSON logs (to a file here). The tenant gets a rate far above
 the default 10000/1h because one benchmark sends more than that; the limit itself is still
 checked (and counted in the store) for every message.
@@ -21,7 +23,12 @@ from pathlib import Path
 from measure import Daemon, free_port, wait_port
 
 TENANT, USERNAME, PASSWORD = "bench", "app1", "bench password for app1, loopback only"
+GENERATED_USERNAME = "app2"          # path g: a generated credential (`credential add --generate`)
 RATE = "1000000000/1h"
+
+
+class NoGeneratedCredential(RuntimeError):
+    """`websofttt credential add --generate` is not there (or did not print a secret): path g cannot run."""
 
 
 def websofttt_bin() -> str:
@@ -30,11 +37,13 @@ def websofttt_bin() -> str:
 
 
 class RelayNode:
-    def __init__(self, root: Path, sink_port: int, workers: int):
-        self.dir = root / "relay"
+    def __init__(self, root: Path, sink_port: int, workers: int, name: str = "relay", generated: bool = False):
+        """generated: also add GENERATED_USERNAME with `credential add --generate` (path g); when that fails,
+        `generated_error` says why and `generated_file` stays None."""
+        self.dir = root / name
         self.dir.mkdir(parents=True)
         self.data = self.dir / "var"
-        self.port, inbound, http = free_port(), free_port(), free_port()
+        self.port, self.tls_port, inbound, http = free_port(), free_port(), free_port(), free_port()
         self.config = self.dir / "websofttt.toml"
         self.config.write_text(f"""\
 [node]
@@ -46,6 +55,7 @@ data_dir = "{self.data}"
 
 [submission]
 listen = ["127.0.0.1:{self.port}"]
+tls_listen = ["127.0.0.1:{self.tls_port}"]
 shutdown_grace = "5s"
 
 [inbound]
@@ -65,10 +75,35 @@ routes = {{ "example.net" = "127.0.0.1:{sink_port}" }}
         self.password_file = self.dir / "password"
         self.password_file.write_text(PASSWORD + "\n")
         self.password_file.chmod(0o600)
+        self.generated_file: Path | None = None
+        self.generated_error = "not asked for"
+        if generated:
+            try:
+                self.generated_file = self._add_generated()
+            except NoGeneratedCredential as e:
+                self.generated_error = str(e)
         self.log = self.dir / "serve.log"
         self.daemon = Daemon("websofttt serve", [websofttt_bin(), "serve", "--config", str(self.config)], self.log)
         wait_port(self.port, 60, self.daemon.proc)
         self._wait_serving(60)
+
+    def _add_generated(self) -> Path:
+        """`websofttt credential add TENANT app2 --generate`: the secret is the first line of its stdout."""
+        usage = self._cli("credential", "add", "--help")
+        if "--generate" not in usage:
+            raise NoGeneratedCredential("`websofttt credential add` has no --generate option in this working tree "
+                                        "(generated credentials have not landed): path g needs it")
+        try:
+            out = self._cli("credential", "add", TENANT, GENERATED_USERNAME, "--generate", stdin="")
+        except RuntimeError as e:
+            raise NoGeneratedCredential(str(e)) from None
+        secret = out.splitlines()[0].strip() if out.strip() else ""
+        if not secret or " " in secret:
+            raise NoGeneratedCredential(f"`credential add --generate` printed no secret on its first line: {out[:200]!r}")
+        path = self.dir / "generated-secret"
+        path.write_text(secret + "\n")
+        path.chmod(0o600)
+        return path
 
     def _cli(self, *args: str, stdin: str | None = None) -> str:
         run = subprocess.run([websofttt_bin(), *args, "--config", str(self.config)], input=stdin,
