@@ -6,9 +6,10 @@
   `wst_smtp_`, so that it is recognisable where it leaks. Guessing it is hopeless at any speed, so the
   store keeps its SHA-256 and a check costs microseconds, as SES, Postal and Mailgun do for theirs.
 
-What a check costs depends only on the secret presented, never on what is stored, so the time of an
+What a check takes depends only on the secret presented, never on what is stored, so the time of an
 answer tells nothing about whether a username exists or which kind it is: a secret with the prefix is
-always checked by SHA-256, anything else by scrypt (a dummy hash when there is nothing to compare).
+always checked by SHA-256, anything else takes as long as scrypt (relay/auth.py spends that time
+asleep when nothing could match).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def verify_password(stored: str, password: bytes) -> bool:
         candidate = _hash_generated(password)
         return hmac.compare_digest(candidate, stored if kind_of(stored) is Kind.GENERATED else _DUMMY_GENERATED)
     if kind_of(stored) is Kind.GENERATED:
-        stored = _dummy_hash()        # no person's password matches a generated credential; take as long
+        stored = dummy_hash()        # no person's password matches a generated credential; take as long
     _, n, r, p, salt, digest = stored.split("$")
     candidate = hashlib.scrypt(password, salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
                                maxmem=_MAXMEM, dklen=32)
@@ -74,7 +75,7 @@ def is_slow(password: bytes) -> bool:
 
 
 @functools.cache
-def _dummy_hash() -> str:
+def dummy_hash() -> str:
     """Checked when the username is unknown, so that the reply takes as long as for a known one."""
     return hash_password(base64.b64encode(os.urandom(12)).decode())
 
@@ -122,7 +123,7 @@ def all_credentials(store: Store) -> list[dict]:
 def lookup_hash(store: Store, username: str) -> tuple[str, str | None]:
     """(hash to check, tenant or None): a dummy hash for unknown users keeps the timing the same."""
     row = store.one("SELECT tenant, hash FROM credentials WHERE username = ?", [username])
-    return (row["hash"], row["tenant"]) if row else (_dummy_hash(), None)
+    return (row["hash"], row["tenant"]) if row else (dummy_hash(), None)
 
 
 def touch(store: Store, username: str) -> None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import binascii
 import os
+import random
 import threading
+import time
 from base64 import b64decode, b64encode
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -45,6 +48,7 @@ class Authenticator:
         self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check",
                                           initializer=_lower_priority)
         self._turn = asyncio.Lock()     # scrypt checks queue here, in arrival order
+        self._durations: deque[float] = deque(maxlen=32)     # of the last real checks
 
     async def check(self, login: LoginPassword, ip: str) -> AuthResult:
         """In order: the client address's lockout; a login this address already verified; the lockouts
@@ -66,8 +70,10 @@ class Authenticator:
             async with self._turn:
                 if self.limits.ip_locked(ip) or self.limits.user_locked(username):
                     return await _locked(ip)
-                ok = await asyncio.get_running_loop().run_in_executor(
-                    self._checks, credentials.verify_password, stored, secret)
+                if tenant is None or credentials.kind_of(stored) is credentials.Kind.GENERATED:
+                    ok = await self._pretend()
+                else:
+                    ok = await self._scrypt(stored, secret)
         elif self.limits.user_locked(username):
             return await _locked(ip)
         else:
@@ -78,6 +84,23 @@ class Authenticator:
         self.limits.auth_failed(username, ip)
         _failed("bad_credentials", ip)
         return AuthResult(success=False, handled=False)
+
+    async def _scrypt(self, stored: str, secret: bytes) -> bool:
+        started = time.monotonic()
+        ok = await asyncio.get_running_loop().run_in_executor(self._checks, credentials.verify_password,
+                                                              stored, secret)
+        self._durations.append(time.monotonic() - started)
+        return ok
+
+    async def _pretend(self) -> bool:
+        """Nothing can match (an unknown username, or a person's password for a generated credential):
+        hold the turn as long as a real check took, one of the last few picked at random, without its
+        CPU. The answer takes as long as for a known username, and a password sprayer, who tries a new
+        username each time, costs a sleeping coroutine instead of an scrypt per try."""
+        if not self._durations:
+            return await self._scrypt(credentials.dummy_hash(), b"")
+        await asyncio.sleep(random.choice(self._durations))
+        return False
 
     def _accepted(self, username: str, tenant: str, check: str) -> AuthResult:
         metrics.auth_logins.labels(check).inc()

@@ -163,3 +163,16 @@ def test_password_checks_run_at_the_lowest_cpu_priority(relay):
     login(relay, "app1", "wrong password, again")
     checks = [t for t in threading.enumerate() if t.name.startswith("password-check")]
     assert checks and {os.getpriority(os.PRIO_PROCESS, t.native_id) for t in checks} == {19}
+
+
+def test_a_password_sprayer_waits_as_long_as_a_check_but_costs_no_scrypt(relay_factory):
+    """New unknown usernames each time (no username is locked): each answer takes as long as a real
+    check, but the relay spends the time asleep, not hashing."""
+    relay = relay_factory(auth_failures=1000)
+    relay.add_tenant()
+    assert login(relay, "app1", "a wrong password")[0] == 535          # one real check: its duration is known
+    cpu = time.process_time()
+    results = [login(relay, f"nobody{i}", "a wrong password") for i in range(5)]
+    assert {code for code, _, _ in results} == {535}
+    assert statistics.median(seconds for _, _, seconds in results) > SLOW
+    assert time.process_time() - cpu < 0.2        # five scrypt checks would take ~0.5 s of this process's CPU
