@@ -23,6 +23,8 @@ import ssl
 import sys
 import time
 
+from loadgen import run
+
 WRONG = "wrong password, flood probe"
 TIMEOUT = 60.0
 
@@ -158,7 +160,7 @@ def main() -> int:
     first = ipaddress.ip_address(args.first)
     if not (first.is_loopback and (first + args.clients - 1).is_loopback):
         raise SystemExit("flood.py sends to and from loopback addresses only")
-    result = asyncio.run(flood(args))
+    result = run(flood(args))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result |= {"seconds": round(time.monotonic() - result["started"], 2),
                "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2)}
