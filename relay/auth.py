@@ -32,6 +32,7 @@ from relay.logins import VerifiedLogins
 LOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
 TOO_LONG = "500 5.5.6 Authentication exchange line is too long"      # RFC 4954 §4
 LOCKOUT_DELAY = 1.0      # seconds a locked-out client waits for its 454
+CHECK_NICE = 10          # CPU priority of the password-check thread (0 normal, 19 lowest)
 
 
 @dataclass(frozen=True)
@@ -67,23 +68,29 @@ class Authenticator:
         if tenant is not None and self.logins.verified(ip, username, secret, stored):
             return self._accepted(username, tenant, "remembered")
         if credentials.is_slow(secret):
-            async with self._turn:
-                if self.limits.ip_locked(ip) or self.limits.user_locked(username):
-                    return await _locked(ip)
-                if tenant is None or credentials.kind_of(stored) is credentials.Kind.GENERATED:
-                    ok = await self._pretend()
-                else:
-                    ok = await self._scrypt(stored, secret)
+            ok = await self._in_turn(username, ip, tenant, stored, secret)
         elif self.limits.user_locked(username):
-            return await _locked(ip)
+            ok = None
         else:
             ok = credentials.verify_password(stored, secret)
+        if ok is None:
+            return await _locked(ip)
         if ok and tenant is not None:
             self.logins.remember(ip, username, secret, stored)
             return self._accepted(username, tenant, credentials.kind_of(stored).value)
         self.limits.auth_failed(username, ip)
         _failed("bad_credentials", ip)
         return AuthResult(success=False, handled=False)
+
+    async def _in_turn(self, username: str, ip: str, tenant: str | None, stored: str, secret: bytes) -> bool | None:
+        """The slow check when its turn comes; None if a lockout was reached meanwhile (answered after the
+        turn, so that the lockout's delay does not hold the queue)."""
+        async with self._turn:
+            if self.limits.ip_locked(ip) or self.limits.user_locked(username):
+                return None
+            if tenant is None or credentials.kind_of(stored) is credentials.Kind.GENERATED:
+                return await self._pretend()
+            return await self._scrypt(stored, secret)
 
     async def _scrypt(self, stored: str, secret: bytes) -> bool:
         started = time.monotonic()
@@ -109,9 +116,9 @@ class Authenticator:
 
 
 def _lower_priority() -> None:
-    """The check thread runs at nice 19: under a flood of guesses the CPU goes to sessions first, and
-    the guesses, not the mail, wait."""
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    """The check thread runs at nice 10: when guesses and mail compete for the CPU, the sessions get
+    about nine tenths of it, and the guesses, not the mail, wait; a busy node still checks passwords."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECK_NICE)
 
 
 async def _locked(ip: str) -> AuthResult:
