@@ -7,6 +7,15 @@ spool (state, attempts, next attempt) and as an event in the store.
 Mail of a suspended tenant is held: not tried, not expired, kept until `tenant resume` (re-checked every
 HOLD_RECHECK). The provider's own mail (acknowledgements, taken from the store's outbox into the spool)
 goes the same way without tenant headers or token, from the null sender (RFC 3834 §3.3).
+
+Fresh mail does not go through SQLite on its way out. This worker's submission sessions hand each message
+over in memory (`reserve` before the spool's commit, `take` right after its fsync): the loop issues the
+recipients' tokens at `reserve` and their sent rows are committed with that turn's store writes while the
+spool syncs, so a copy can leave as soon as both commits are done, its body shared by all its recipients
+and never read back. The spool's scan (`due`, at least every second) finds the rest: retries, the leases
+left by a previous run, adopted shards, and mail that arrived while the hand-off held FRESH_RECIPIENTS or
+FRESH_BYTES (it simply waits in the spool). A recipient is claimed by one attempt at a time (`_inflight`,
+held until its outcome is committed) and `delivery.concurrency` copies are on their way at most.
 """
 from __future__ import annotations
 
@@ -15,6 +24,7 @@ import logging
 import random
 import re
 import time
+from collections import deque
 
 from policy import bounces, dkimkeys, logs, metrics, outbox, sent, standing, suppression, tenants
 from policy.groupcommit import GroupCommit
@@ -24,7 +34,7 @@ from policy.tokens import TokenKeys
 from relay.routing import RouteError, Router
 from relay.signing import SigningError, SigningKey, provider_keys, sign
 from relay.smtp_out import Courier, Outcome
-from relay.spool import Due, Message, Spool, SpoolError, new_queue_id
+from relay.spool import LEASE, Due, Message, Queued, Spool, SpoolError, new_queue_id
 
 log = logging.getLogger("websofttt.delivery")
 
@@ -39,6 +49,25 @@ OUTBOX_INTERVAL = 1.0         # seconds between looks at the store's outbox
 KEY_REFRESH = 60.0            # seconds between re-reads of the provider's keys (a rotation becomes active)
 SIGN_IN_THREAD = 256 * 1024   # bytes over which a copy is signed in a thread: hashing megabytes would hold
                               # every session of this worker's event loop
+FRESH_RECIPIENTS = 4096       # recipients handed over in memory and not yet started, at most
+FRESH_BYTES = 32 * 1024 * 1024    # bodies of those, at most (one copy per message, whatever its recipients)
+
+
+class Fresh:
+    """A message handed over in memory: its recipients not yet started, and their tokens."""
+    __slots__ = ("message", "queued", "recipients", "tokens", "recorded", "lease_ends")
+
+    def __init__(self, message: Message, tokens: dict[str, str]):
+        self.message = message
+        self.queued: Queued | None = None                 # set once the spool has committed it
+        self.recipients = deque(dict.fromkeys(message.recipients))
+        self.tokens = tokens
+        self.recorded: bool | None = None                 # the tokens' sent rows: committed, failed, not yet tried
+        self.lease_ends = time.time() + LEASE             # the scan sees its rows from then on
+
+    def next_due(self) -> Due:
+        recipient = self.recipients.popleft()
+        return self.queued.due(recipient, self.tokens[recipient] if self.recorded else None)
 
 
 class DeliveryLoop:
@@ -49,7 +78,16 @@ class DeliveryLoop:
         self.keys, self.tokens = keys, tokens
         self.router, self.courier = router, courier
         self.wake = asyncio.Event()
-        self._inflight: set[tuple[str, str]] = set()
+        self._inflight: set[tuple[str, str]] = set()     # claimed: an attempt runs, or its outcome is not committed
+        self._fresh: deque[Fresh] = deque()               # handed over, in order, recipients not yet started
+        self._reserved: dict[str, Fresh] = {}             # handed over, the spool's commit not yet known
+        self._fresh_keys: set[tuple[str, str]] = set()    # their recipients: the scan leaves them alone
+        self._fresh_recipients = self._fresh_bytes = 0    # of both, against FRESH_RECIPIENTS and FRESH_BYTES
+        self._scan_at = 0.0           # time.time() of the next look at the spool (0: as soon as a copy may start)
+        self._scan_waiting = False    # a look is due and waits for a free place (fresh mail does not take it)
+        self._started = time.time()   # rows leased before started + LEASE are a previous run's: due now
+        self._stopping = False
+        self._recording: dict[tuple[str, str], asyncio.Future] = {}
         self._erased = False          # a body was erased since the last WAL checkpoint
         self._checkpointed = 0.0
         self._tasks: set[asyncio.Task] = set()
@@ -59,47 +97,149 @@ class DeliveryLoop:
         self._keys_loaded = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Start every due recipient (up to the concurrency limit) and sleep until the next is due or mail arrives."""
+        """Look at the spool when something there is due (or every second) and start what is due there, up to the
+        concurrency limit; fresh mail is started as it is handed over and as places free up."""
         limit = self.settings.delivery.concurrency
         while not stop.is_set():
+            self.wake.clear()         # here: a wake-up during this turn's awaits is not lost
             if time.monotonic() - self._outbox_checked >= OUTBOX_INTERVAL:
                 self._outbox_checked = time.monotonic()
                 await self._take_outbox()
-            for due in self.spool.due(time.time(), limit + len(self._inflight)):
-                key = (due.queue_id, due.recipient)
-                if key not in self._inflight and len(self._inflight) < limit:
-                    self._inflight.add(key)
-                    task = asyncio.create_task(self._attempt(due))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            if time.monotonic() - self._keys_loaded >= KEY_REFRESH:
-                try:
-                    self.reload_keys()
-                except Exception as e:      # a busy store or a damaged key: keep signing with the keys we have
-                    log.error("cannot reload DKIM keys, keeping the current ones: %s", e)
-                    self._keys_loaded = time.monotonic()
+            if time.time() >= self._scan_at:
+                if len(self._tasks) < limit:
+                    self._scan(limit)
+                else:
+                    self._scan_waiting = True
+            self._pump()
+            self._refresh_keys()
             if self._erased and time.monotonic() - self._checkpointed >= CHECKPOINT_INTERVAL:
                 self._erased, self._checkpointed = False, time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, self.spool.checkpoint)
-            self.wake.clear()
-            next_due = self.spool.next_due()
-            pause = 1.0 if next_due is None else min(1.0, max(0.05, next_due - time.time()))
+            pause = 1.0 if self._scan_waiting else min(1.0, max(0.0, self._scan_at - time.time()))
             waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
             await asyncio.wait(waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
+        self._stopping = True         # what is still in memory is leased in the spool: the next run takes it
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.delivery.data_timeout)
         await self.courier.close()
 
-    async def _attempt(self, due: Due) -> None:
+    def _scan(self, limit: int) -> None:
+        """Start what is due in the spool and not claimed, oldest first, in the free places."""
+        now = time.time()
+        while self._fresh and self._fresh[0].lease_ends <= now:    # waited too long: the scan takes it over
+            self._drop_fresh(self._fresh.popleft())
+        free = limit - len(self._tasks)
+        leased_before = self._started + LEASE
+        started = 0
+        for due in self.spool.due(now, free + len(self._inflight), leased_before):
+            key = (due.queue_id, due.recipient)
+            if started < free and key not in self._inflight and key not in self._fresh_keys:
+                self._start(due)
+                started += 1
+        self._scan_waiting = False
+        if started == free:           # the places ran out first: look again as soon as one is free
+            self._scan_at = now
+        else:
+            next_due = self.spool.next_due()
+            self._scan_at = now + (1.0 if next_due is None else min(1.0, max(0.05, next_due - now)))
+
+    def reserve(self, message: Message) -> bool:
+        """The hand-off, before the spool's commit: room for `message`? Then its recipients' tokens are issued
+        and their sent rows join the store's pending writes (committed by `take`, if not before)."""
+        recipients = dict.fromkeys(message.recipients)
+        size, count = len(message.data), len(recipients)
+        if (self._stopping or message.tenant == outbox.PROVIDER
+                or self._fresh_recipients + count > FRESH_RECIPIENTS or self._fresh_bytes + size > FRESH_BYTES):
+            return False
+        fresh = self._reserved[message.id] = Fresh(message, {r: self.tokens.issue() for r in recipients})
+        message_id = _message_id(message.data)
+        self.writes.later(_record_sent, fresh, [(t, message.tenant, r, message_id, message.id,
+                                                 self.settings.delivery.sent_retention)
+                                                for r, t in fresh.tokens.items()])
+        self._fresh_keys.update((message.id, r) for r in recipients)
+        self._fresh_recipients += count
+        self._fresh_bytes += size
+        return True
+
+    def take(self, queued: Queued) -> None:
+        """The hand-off, after the spool's fsync: deliver `queued` from memory, or look for it in the spool.
+
+        A copy leaves only once its token's sent row is committed (a reply or bounce names the token): if that
+        row still waits in the store's group commit, it is committed now, in one transaction with the rows of
+        every message accepted meanwhile and the bookkeeping waiting with them."""
+        fresh = self._reserved.pop(queued.message.id, None) if queued.leased else None
+        if fresh is None:             # no room was reserved for it: the scan finds it
+            self._scan_at = 0.0
+            self.wake.set()
+            return
+        if fresh.recorded is None:
+            self.writes.flush()
+        if not fresh.recorded:        # the store failed: each copy records a token of its own (or is deferred)
+            log.warning("cannot record the tokens of %s, each copy records its own", queued.message.id)
+        fresh.queued = queued
+        self._fresh.append(fresh)
+        self._pump()
+
+    def release(self, message: Message) -> None:
+        """The hand-off, when the spool's commit failed: the client is told to try again; forget the tokens."""
+        fresh = self._reserved.pop(message.id, None)
+        if fresh is not None:
+            self._drop_fresh(fresh)
+            self.writes.later(_forget_sent, list(fresh.tokens.values()))
+
+    def _drop_fresh(self, fresh: Fresh) -> None:
+        """Forget what is left of a message in memory (its rows are in the spool for the scan)."""
+        self._fresh_recipients -= len(fresh.recipients)
+        self._fresh_bytes -= len(fresh.message.data)
+        self._fresh_keys.difference_update((fresh.message.id, r) for r in fresh.recipients)
+        fresh.recipients.clear()
+
+    def _pump(self) -> None:
+        """Start handed-over recipients, in order, in the free places (unless the spool's scan waits for one)."""
+        limit = self.settings.delivery.concurrency
+        while self._fresh and len(self._tasks) < limit and not self._scan_waiting and not self._stopping:
+            fresh = self._fresh[0]
+            if not fresh.recipients:
+                self._fresh.popleft()
+                continue
+            due = fresh.next_due()
+            key = (due.queue_id, due.recipient)
+            self._fresh_recipients -= 1
+            self._fresh_keys.discard(key)
+            if not fresh.recipients:
+                self._fresh.popleft()
+                self._fresh_bytes -= len(fresh.message.data)
+            if key not in self._inflight:
+                self._start(due, fresh.message.data)
+
+    def _start(self, due: Due, body: bytes | None = None) -> None:
+        self._inflight.add((due.queue_id, due.recipient))
+        task = asyncio.create_task(self._attempt(due, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if self._scan_waiting:
+            self.wake.set()
+        else:
+            self._pump()
+
+    async def _attempt(self, due: Due, body: bytes | None = None) -> None:
+        key = (due.queue_id, due.recipient)
         try:
-            await self.deliver(due)
+            await self.deliver(due, body)
         except Exception:   # a bug or a damaged key must not kill the loop: retry later, like a 4xx
             log.exception("delivery of %s failed unexpectedly", due.queue_id)
             await self._defer(due, "451 4.3.0 Local error, will retry", due.token)
         finally:
-            self._inflight.discard((due.queue_id, due.recipient))
+            recording = self._recording.pop(key, None)
+            if recording is None or recording.done():
+                self._inflight.discard(key)
+            else:                     # claimed until its outcome is committed: the scan must not try it again
+                recording.add_done_callback(lambda _: self._inflight.discard(key))
 
     async def _take_outbox(self) -> None:
         """Move provider mail from the store's outbox into this shard's spool (durable before it leaves the outbox)."""
@@ -110,11 +250,12 @@ class DeliveryLoop:
                 await self.spool.enqueue(Message(new_queue_id(self.settings.node.name), outbox.PROVIDER, "",
                                                  (item.recipient,), item.raw))
                 outbox.done(self.store, item.id)
+                self._scan_at = 0.0
         except (SpoolError, OSError, RuntimeError, *StoreError) as e:     # the claim lapses; another try takes it
             log.error("cannot take provider mail from the outbox: %s", e)
 
-    async def deliver(self, due: Due) -> None:
-        """The outbound path of one recipient, top to bottom."""
+    async def deliver(self, due: Due, body: bytes | None = None) -> None:
+        """The outbound path of one recipient, top to bottom (`body`: handed over in memory, else read)."""
         if self._held(due.tenant):
             return await self.spool.record(due.queue_id, due.recipient, "deferred", due.attempts,
                                            time.time() + HOLD_RECHECK, "451 4.7.1 Held: the tenant is suspended",
@@ -126,7 +267,7 @@ class DeliveryLoop:
         if entry is not None:
             metrics.suppression_hits.labels("delivery", entry.cause).inc()
             return await self._finish(due, "suppressed", f"550 5.7.1 Recipient {entry.reason}", due.token)
-        body = self.spool.body(due.queue_id)
+        body = body if body is not None else self.spool.body(due.queue_id)
         if body is None:
             return                                    # dropped by the operator meanwhile
         provider = due.tenant == outbox.PROVIDER
@@ -157,6 +298,15 @@ class DeliveryLoop:
         self._tenant_keys.clear()
         self._keys_loaded = time.monotonic()
 
+    def _refresh_keys(self) -> None:
+        """Every KEY_REFRESH, from the loop and before a copy is signed (fresh mail starts without the loop)."""
+        if time.monotonic() - self._keys_loaded >= KEY_REFRESH:
+            try:
+                self.reload_keys()
+            except Exception as e:      # a busy store or a damaged key: keep signing with the keys we have
+                log.error("cannot reload DKIM keys, keeping the current ones: %s", e)
+                self._keys_loaded = time.monotonic()
+
     def _held(self, tenant: str) -> bool:
         if tenant == outbox.PROVIDER:
             return False
@@ -168,6 +318,7 @@ class DeliveryLoop:
 
     def _signing_keys(self, due: Due) -> list[SigningKey]:
         """The tenant's key for its From domain first (DMARC alignment), then the provider's (identification)."""
+        self._refresh_keys()
         domain = (due.from_domain or "").lower()
         cached = self._tenant_keys.get((due.tenant, domain))
         if cached is None or time.monotonic() - cached[0] > TENANT_KEY_TTL:
@@ -179,10 +330,7 @@ class DeliveryLoop:
     async def _new_token(self, due: Due, body: bytes) -> str:
         """A token for this copy, committed with its sent row before the copy leaves (a reply names it)."""
         token = self.tokens.issue()
-        header = body.split(b"\r\n\r\n", 1)[0]
-        m = _MESSAGE_ID.search(header)
-        message_id = m.group(1).decode("utf-8", "replace").strip() if m else None
-        await self.writes.now(sent.record, token, due.tenant, due.recipient, message_id, due.queue_id,
+        await self.writes.now(sent.record, token, due.tenant, due.recipient, _message_id(body), due.queue_id,
                               self.settings.delivery.sent_retention)
         return token
 
@@ -219,16 +367,29 @@ class DeliveryLoop:
         self._event("deferred", due, reply)
 
     async def _finish(self, due: Due, state: str, reply: str, token: str | None) -> None:
-        await self.spool.record(due.queue_id, due.recipient, state, due.attempts + 1, 0, reply, token)
+        """A final outcome: not waited for, it is committed with the spool's next write (an enqueue, usually);
+        the recipient stays claimed until then. A crash before it means one more copy, never a lost one."""
+        recording = self.spool.record(due.queue_id, due.recipient, state, due.attempts + 1, 0, reply, token,
+                                      wait=False)
+        recording.add_done_callback(self._recorded)
+        self._recording[(due.queue_id, due.recipient)] = recording
         if state in standing.OUTCOMES and due.tenant != outbox.PROVIDER:
             self.writes.later(standing.note, due.tenant, state)
-        self._erased = True
         if state == "delivered":
             metrics.delivered.labels(due.tenant).inc()
         elif state in ("failed", "expired"):
             kind = "expired" if state == "expired" else bounces.bounce_class(_status(reply), True)
             metrics.bounced.labels(due.tenant, kind).inc()
         self._event(state, due, reply)
+
+    def _recorded(self, recording: asyncio.Future) -> None:
+        if recording.cancelled():
+            return
+        if recording.exception() is not None:      # still pending in the spool: it will be tried again
+            log.error("cannot record a delivery outcome, the recipient will be tried again: %s",
+                      recording.exception())
+        else:
+            self._erased = True       # a body may have been erased: the next checkpoint folds the WAL
 
     def _event(self, kind: str, due: Due, detail: str) -> None:
         """The event row (queue show) and the log line; a failed or expired copy is logged as `bounced`."""
@@ -237,6 +398,26 @@ class DeliveryLoop:
             "recipient": due.recipient, "detail": detail})
         logs.event({"failed": "bounced", "expired": "bounced"}.get(kind, kind), queue_id=due.queue_id,
                    tenant=due.tenant, recipient=due.recipient, state=kind, reply=detail)
+
+
+def _message_id(body: bytes) -> str | None:
+    m = _MESSAGE_ID.search(body.split(b"\r\n\r\n", 1)[0])
+    return m.group(1).decode("utf-8", "replace").strip() if m else None
+
+
+def _record_sent(store: Store, fresh: Fresh, rows: list[tuple]) -> None:
+    """The sent rows of one handed-over message, one write of the group commit. `fresh.recorded` is True once
+    it ran without error: after `flush` returns, that is once it is committed (a failed group transaction is
+    rolled back and each of its writes run again on its own)."""
+    fresh.recorded = False
+    for row in rows:
+        sent.record(store, *row)
+    fresh.recorded = True
+
+
+def _forget_sent(store: Store, tokens: list[str]) -> None:
+    """Sent rows of a message the spool did not take: no copy will ever carry these tokens."""
+    store.executemany("DELETE FROM sent WHERE token = ?", [(t,) for t in tokens])
 
 
 def _status(reply: str) -> str:

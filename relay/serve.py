@@ -254,8 +254,7 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
     if deliveries and index == 0:
         runs.append(asyncio.create_task(retention_loop(settings, store, spools, stop)))
     tls = server_ssl_context(settings.tls_cert, settings.tls_key)
-    wake = deliveries[0].wake.set if deliveries else None
-    handler = SubmissionHandler(settings, store, writes, spools[0], on_queued=wake)
+    handler = SubmissionHandler(settings, store, writes, spools[0], handoff=deliveries[0] if deliveries else None)
     sessions = Sessions()
     servers = []
     for address, implicit in listeners(settings, roles):

@@ -3,7 +3,17 @@
 The submission server answers 250 only after the message is on disk: `enqueue` hands the
 message to a writer thread that commits everything that arrived while the previous commit was
 running in one transaction (group commit), with `synchronous=FULL`, so one fsync covers many
-concurrent sessions. Bodies are deleted with `secure_delete` so their bytes do not linger.
+concurrent sessions; if that transaction fails, each of its writes is tried on its own, so one bad
+write fails alone. A record nobody waits for (a copy's final outcome) waits up to LATER for the next
+write, usually an enqueue, and shares its fsync. Bodies are deleted with `secure_delete` so their
+bytes do not linger.
+
+The spool is the record, not the way fresh mail reaches delivery: a worker that also delivers gets each
+accepted message handed over in memory right after the fsync (`Handoff`), and its recipients' rows are
+*leased* (`next_attempt` = now + LEASE) so that the loop's periodic `due` scan leaves them alone. The
+spool is read back after a restart (a new loop sees the leases of the previous one at once), for a
+retry, for a shard adopted from another worker, for mail that found the hand-off full, and by a
+delivery process of its own (`serve --only`), to which nothing is handed over.
 """
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from policy.store import enable_wal, utcnow
 
@@ -78,6 +89,8 @@ def shard_paths(spool_dir: Path) -> list[Path]:
 
 PENDING = "state IN ('queued', 'deferred')"      # recipients still to be tried
 FINAL = ("delivered", "failed", "expired", "suppressed", "dropped")
+LEASE = 10.0        # seconds the scan leaves the rows of mail handed over in memory to the delivery loop
+LATER = 0.05        # seconds a record nobody waits for may wait for company (the next enqueue's transaction)
 
 
 @dataclass(frozen=True)
@@ -94,11 +107,38 @@ class Due:
     from_domain: str | None
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A message just committed: what `due` would read back for each of its recipients, and its body."""
+    message: Message
+    received: str
+    leased: bool        # its rows are leased to the hand-off (reserved before the commit)
+
+    def due(self, recipient: str, token: str | None = None) -> Due:
+        m = self.message
+        return Due(m.id, recipient, 0, token, m.tenant, m.mail_from, self.received, m.campaign, m.from_domain)
+
+
+class Handoff(Protocol):
+    """The delivery loop of this process, taking fresh mail in memory (relay/delivery.py)."""
+
+    def reserve(self, message: Message) -> bool:
+        """Room for `message`? Then its rows are written leased. Once the commit is known, `take` follows if it
+        succeeded (reserved or not), `release` if it failed and was reserved."""
+
+    def take(self, queued: Queued) -> None:
+        """`queued` is durable: deliver it from memory (leased) or find it in the spool (not leased)."""
+
+    def release(self, message: Message) -> None:
+        """A reserved message was not committed."""
+
+
 Op = Callable[[sqlite3.Connection], None]
 
 
 class Spool:
-    """One shard, owned by one worker process; every write goes through one group-committing writer thread."""
+    """One shard, owned by one worker process and used from one event loop; every write goes through one
+    group-committing writer thread."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,12 +146,19 @@ class Spool:
         self._writer = connect(path)
         self._reader = connect(path)
         self._pending: queue.SimpleQueue = queue.SimpleQueue()
+        self._later: list[tuple[Op, asyncio.AbstractEventLoop, asyncio.Future]] = []   # ride with the next write
+        self._later_timer: asyncio.TimerHandle | None = None
         self._thread = threading.Thread(target=self._write_loop, name=f"spool-{path.stem}", daemon=True)
         self._thread.start()
 
-    async def enqueue(self, message: Message) -> None:
-        """Return once `message` and its recipients are committed and fsync'ed; raise SpoolError if not."""
-        now, received = time.time(), utcnow()
+    async def enqueue(self, message: Message, handoff: Handoff | None = None) -> None:
+        """Return once `message` and its recipients are committed and fsync'ed; raise SpoolError if not.
+
+        With `handoff`, the message goes to it as soon as the commit is known, before this returns and even
+        if the caller is cancelled meanwhile (the client left: the message is durable all the same)."""
+        received = utcnow()
+        leased = handoff is not None and handoff.reserve(message)
+        due_at = time.time() + (LEASE if leased else 0.0)
 
         def insert(conn: sqlite3.Connection) -> None:
             m = message
@@ -120,27 +167,46 @@ class Spool:
                          (m.id, m.tenant, m.mail_from, len(m.data), received, int(m.smtputf8), m.campaign,
                           m.from_domain, m.data))
             conn.executemany("INSERT INTO recipients (queue_id, recipient, next_attempt, updated) VALUES (?, ?, ?, ?)",
-                             [(m.id, r, now, received) for r in m.recipients])
-        await self._submit(insert)
+                             [(m.id, r, due_at, received) for r in m.recipients])
+        done = self._submit_nowait(insert)
+        if handoff is None:
+            return await done
 
-    async def record(self, queue_id: str, recipient: str, state: str, attempts: int, next_attempt: float,
-                     reply: str, token: str | None) -> None:
-        """Durably record an attempt; once no recipient is left to try, the body is erased (secure_delete)."""
+        def handed(f: asyncio.Future) -> None:
+            if f.exception() is None:
+                handoff.take(Queued(message, received, leased))
+            elif leased:
+                handoff.release(message)
+        done.add_done_callback(handed)
+        await asyncio.shield(done)
+
+    def record(self, queue_id: str, recipient: str, state: str, attempts: int, next_attempt: float,
+               reply: str, token: str | None, wait: bool = True) -> asyncio.Future:
+        """Durably record an attempt; once no recipient is left to try, the body is erased (secure_delete).
+
+        Returns a future settled once the record is committed. `wait=False`: nobody waits for it (delivery
+        keeps the recipient claimed until then), so it is committed in the transaction of the next write,
+        an enqueue that its client waits for anyway, or after LATER seconds at most."""
         def update(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE recipients SET state = ?, attempts = ?, next_attempt = ?, last_reply = ?, "
                          "updated = ?, token = ? WHERE queue_id = ? AND recipient = ?",
                          (state, attempts, next_attempt, reply, utcnow(), token, queue_id, recipient))
             if state in FINAL:
                 erase_finished(conn, queue_id)
-        await self._submit(update)
+        return self._submit_nowait(update) if wait else self._submit_later(update)
 
-    def due(self, now: float, limit: int) -> list[Due]:
+    def due(self, now: float, limit: int, leased_before: float = 0.0) -> list[Due]:
+        """Recipients to try, oldest first; never-tried ones leased before `leased_before` too (the leases of a
+        loop that ran before this one: nothing of theirs is in memory any more)."""
+        when, params = "r.next_attempt <= ?", [now]
+        if leased_before > now:
+            when = "(r.next_attempt <= ? OR (r.state = 'queued' AND r.next_attempt <= ?))"
+            params.append(leased_before)
         rows = self._reader.execute(
             "SELECT r.queue_id, r.recipient, r.attempts, r.token, m.tenant, m.mail_from, m.received, m.campaign, "
             "m.from_domain "
             "FROM recipients r JOIN messages m ON m.id = r.queue_id "
-            "WHERE r." + PENDING + " AND r.next_attempt <= ? ORDER BY r.next_attempt LIMIT ?",
-            (now, limit)).fetchall()
+            "WHERE r." + PENDING + " AND " + when + " ORDER BY r.next_attempt LIMIT ?", (*params, limit)).fetchall()
         return [Due(*row) for row in rows]
 
     def next_due(self) -> float | None:
@@ -171,16 +237,36 @@ class Spool:
         self._writer_call(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
 
     def close(self) -> None:
+        self._flush_later()
         self._pending.put(None)
         self._thread.join()
         self._writer.close()
         self._reader.close()
 
     async def _submit(self, op: Op) -> None:
+        await self._submit_nowait(op)
+
+    def _submit_nowait(self, op: Op) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
+        self._flush_later()           # the records waiting for company go first: the writer takes them together
         self._pending.put((op, loop, done))
-        await done
+        return done
+
+    def _submit_later(self, op: Op) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._later.append((op, loop, done))
+        if self._later_timer is None:
+            self._later_timer = loop.call_later(LATER, self._flush_later)
+        return done
+
+    def _flush_later(self) -> None:
+        if self._later_timer is not None:
+            self._later_timer.cancel()
+        for item in self._later:
+            self._pending.put(item)
+        self._later, self._later_timer = [], None
 
     def _writer_call(self, op: Op) -> None:
         """Run `op` on the writer connection outside a transaction (from any thread, waiting for it)."""
@@ -205,27 +291,37 @@ class Spool:
                 batch.append(item)
             plain = [(op, done) for op, loop, done in batch if loop is None]
             grouped = [item for item in batch if item[1] is not None]
-            error = self._commit([op for op, _, _ in grouped]) if grouped else None
-            for _, loop, done in grouped:
-                loop.call_soon_threadsafe(_settle, done, error)
+            error, begun = self._commit([op for op, _, _ in grouped]) if grouped else (None, False)
+            if error is not None and begun and len(grouped) > 1:     # one bad write must not fail the others
+                outcomes = [(item, self._commit([item[0]])[0]) for item in grouped]
+            else:                     # all committed, or no transaction could begin: none can alone either
+                outcomes = [(item, error) for item in grouped]
+            waiting: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, SpoolError | None]]] = {}
+            for (_, loop, done), outcome in outcomes:
+                waiting.setdefault(loop, []).append((done, outcome))
+            for loop, settled in waiting.items():       # one wake-up of each loop per commit, not one per write
+                loop.call_soon_threadsafe(_settle, settled)
             for op, finished in plain:
                 op(self._writer)
                 finished.set()
 
-    def _commit(self, ops: list[Op]) -> SpoolError | None:
+    def _commit(self, ops: list[Op]) -> tuple[SpoolError | None, bool]:
+        """(the error, if any; whether the transaction began)."""
+        begun = False
         try:
             # IMMEDIATE: the write lock first. A deferred transaction that reads before it writes (purge) fails
             # at once with "database is locked" when another process (`serve --only`) wrote in between.
             self._writer.execute("BEGIN IMMEDIATE")
+            begun = True
             for op in ops:
                 op(self._writer)
             self._writer.execute("COMMIT")
-            return None
+            return None, True
         except sqlite3.Error as e:
             if self._writer.in_transaction:
                 self._writer.execute("ROLLBACK")
             full = isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
-            return SpoolError(str(e), disk_full=full)
+            return SpoolError(str(e), disk_full=full), begun
 
 
 def erase_finished(conn: sqlite3.Connection, queue_id: str) -> None:
@@ -235,13 +331,14 @@ def erase_finished(conn: sqlite3.Connection, queue_id: str) -> None:
                  (queue_id, queue_id))
 
 
-def _settle(done: asyncio.Future, error: SpoolError | None) -> None:
-    if done.cancelled():
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
+def _settle(settled: list[tuple[asyncio.Future, SpoolError | None]]) -> None:
+    for done, error in settled:
+        if done.cancelled():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
 
 def queue_summary(spool_dir: Path) -> list[dict]:

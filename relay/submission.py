@@ -10,7 +10,6 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -27,7 +26,7 @@ from policy.smtp import PROXY_TIMEOUT, Handler, valid_address
 from policy.store import Store
 from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator
 from relay.logins import VerifiedLogins
-from relay.spool import Message, Spool, SpoolError, new_queue_id
+from relay.spool import Handoff, Message, Spool, SpoolError, new_queue_id
 
 log = logging.getLogger("websofttt.submission")
 
@@ -59,11 +58,11 @@ class TrustedNetworks:
 
 class SubmissionHandler(Handler):
     def __init__(self, settings: Settings, store: Store, writes: GroupCommit, spool: Spool,
-                 on_queued: Callable[[], None] | None = None):
+                 handoff: Handoff | None = None):
         self.settings = settings
         self.store, self.writes = store, writes
         self.spool = spool
-        self.on_queued = on_queued      # wakes this worker's delivery loop
+        self.handoff = handoff          # this worker's delivery loop, if any: accepted mail goes to it in memory
         self.limits = Limits(store, settings.submission)
         self.trusted = TrustedNetworks(store, settings.submission.trust_cache_ttl)
         self.header_policy = HeaderPolicy(settings.provider.domains, settings.provider.hostname)
@@ -136,7 +135,7 @@ class SubmissionHandler(Handler):
         message = Message(queue_id, sender.tenant.id, envelope.mail_from, tuple(envelope.rcpt_tos), data,
                           envelope.smtp_utf8, check.campaign, check.from_domain)
         try:
-            await self.spool.enqueue(message)
+            await self.spool.enqueue(message, self.handoff)
         except SpoolError as e:
             log.error("spool write failed for %s: %s", queue_id, e)
             if e.disk_full:
@@ -144,8 +143,6 @@ class SubmissionHandler(Handler):
                                 sender.tenant.id)
             return _refused("data", "spool_error", "451 4.3.0 Temporary failure writing the queue, try again later",
                             sender.tenant.id)
-        if self.on_queued:
-            self.on_queued()
         self.writes.later(standing.note, sender.tenant.id, "received")
         metrics.received.labels(sender.tenant.id).inc()
         metrics.queued.labels(sender.tenant.id).inc(len(message.recipients))
