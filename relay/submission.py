@@ -118,6 +118,8 @@ class SubmissionHandler(Handler):
             metrics.suppression_hits.labels("rcpt", entry.cause).inc()
             return _refused("rcpt", "suppressed", f"550 5.7.1 Recipient <{_shown(address)}> {entry.reason}",
                             tenant_id, address)
+        if address in envelope.rcpt_tos:      # given twice: one copy, as Postfix's duplicate filter does
+            return "250 2.1.5 Recipient OK (duplicate, one copy)"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Recipient OK"

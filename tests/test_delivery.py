@@ -73,6 +73,18 @@ def test_each_recipient_gets_its_own_signed_copy(relay_factory, sink):
     assert relay.spool_rows("SELECT data FROM messages WHERE id = ?", (queue_id,)) == [(None,)]
 
 
+def test_a_recipient_given_twice_is_accepted_once_and_gets_one_copy(relay_factory, sink):
+    relay = start(relay_factory, sink)
+    client = relay.connect()
+    client.mail("app@example.com")
+    assert client.rcpt("a@example.net")[0] == 250
+    assert client.rcpt("a@example.net") == (250, b"2.1.5 Recipient OK (duplicate, one copy)")
+    code, text = client.data(message())
+    assert code == 250
+    wait_states(relay, text.decode().split()[-1], {"delivered"})
+    assert [rcpts for _, rcpts, _ in sink.received] == [["a@example.net"]]
+
+
 def test_connection_is_reused_across_copies(relay_factory, sink):
     relay = start(relay_factory, sink, roles=("submission",))
     ids = [submit(relay) for _ in range(6)]
