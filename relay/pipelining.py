@@ -4,8 +4,10 @@ aiosmtplib sends one command and waits for its reply before the next, so a copy 
 (and four wake-ups of the event loop) where a pipelining peer needs two. Its protocol keeps one reply
 and drops data that arrives while that reply awaits pickup, so several replies read in order need a
 small protocol subclass; a session is switched to it once connected (it adds no state of its own that
-a connected protocol would lack). Peers that do not offer PIPELINING get the command-by-command
-transaction, and the answers are the same exceptions either way.
+a connected protocol would lack), and its transport is told so: uvloop binds `data_received` once, when
+the transport is made, and would go on calling aiosmtplib's, which drops the pipelined replies. Peers that
+do not offer PIPELINING get the command-by-command transaction, and the answers are the same exceptions
+either way.
 """
 from __future__ import annotations
 
@@ -21,26 +23,29 @@ from policy.smtp import plain_address
 
 class PipeliningProtocol(SMTPProtocol):
     _more: asyncio.Future | None = None     # set while `pipeline` waits: data for it wakes it, none is dropped
+    _gone: str | None = None                # why nothing more will arrive (EOF, connection lost), once it is so
 
     def data_received(self, data: bytes) -> None:
         if self._more is None:
             return super().data_received(data)
         self._buffer.extend(data)
-        if not self._more.done():
-            self._more.set_result(None)
+        self._wake()
 
     def eof_received(self) -> bool:
-        self._fail_waiting("Unexpected EOF received")
+        self._gone = self._gone or "Unexpected EOF received"
+        self._wake()
         return super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail_waiting("Connection lost")
+        self._gone = self._gone or "Connection lost"
+        self._wake()
         super().connection_lost(exc)
 
-    def _fail_waiting(self, why: str) -> None:
+    def _wake(self) -> None:
+        """`pipeline` reads what came, then sees the end. The end is kept, not only signalled: a loop may
+        report data, EOF and the lost connection in one go, before `pipeline` has taken the data."""
         if self._more is not None and not self._more.done():
-            self._more.set_exception(aiosmtplib.SMTPServerDisconnected(why))
-            self._more.exception()      # retrieved: nobody may await it any more
+            self._more.set_result(None)
 
     async def pipeline(self, data: bytes, replies: int, timeout: float) -> list[SMTPResponse]:
         """Write `data` (commands, or a message body) at once and read `replies` replies, in order; fewer
@@ -61,6 +66,8 @@ class PipeliningProtocol(SMTPProtocol):
                         if reply.code == 421:
                             break
                         continue
+                    if self._gone is not None:          # the replies that came before the end are read
+                        raise aiosmtplib.SMTPServerDisconnected(self._gone)
                     if len(self._buffer) > MAX_RESPONSE_LENGTH:
                         raise aiosmtplib.SMTPResponseException(-1, "Response too long")
                     try:
@@ -78,6 +85,7 @@ class PipeliningSMTP(aiosmtplib.SMTP):
     async def connect(self, **kwargs) -> SMTPResponse:
         response = await super().connect(**kwargs)
         self.protocol.__class__ = PipeliningProtocol
+        self.protocol.transport.set_protocol(self.protocol)     # every loop takes its callbacks from it again
         return response
 
     async def transaction(self, mail_from: str, recipient: str, message: bytes, command_timeout: float,

@@ -2,16 +2,26 @@
 
 The next hop here is a scripted SMTP server on a real loopback socket: it answers each command from a
 script (with an optional pause before every reply, so replies arrive one segment at a time) and records
-every chunk it reads, so the tests see what went over the wire in which write.
+every chunk it reads, so the tests see what went over the wire in which write. The `Peer` tests run the
+client on asyncio's loop and on uvloop alike, against hops that cut their replies anywhere, answer and
+close, or close without answering, in clear and after STARTTLS.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ssl
+import time
 from dataclasses import dataclass, field
 
+import aiosmtplib
 import pytest
+import trustme
+import uvloop
 
 from policy.settings import Delivery
+from relay import eventloop
+from relay.pipelining import PipeliningProtocol
 from relay.routing import Destination
 from relay.smtp_out import Courier
 
@@ -96,7 +106,7 @@ def send(hop: ScriptedHop, copies: int = 1, recipient: str = "to@example.net", s
         finally:
             await courier.close()
             server.close()
-    return asyncio.run(main())
+    return eventloop.run(main())
 
 
 def test_mail_rcpt_and_data_go_in_one_write_and_the_copy_is_delivered():
@@ -192,3 +202,205 @@ def test_a_non_ascii_recipient_is_refused_for_good_when_the_hop_has_no_smtputf8(
     assert (first.delivered, first.permanent) == (False, True)
     assert first.reply == "553 5.6.7 Non-ASCII address, and the next hop does not offer SMTPUTF8"
     assert b"MAIL" not in hop.wire() and hop.sessions == 1
+
+
+# The client on each event loop the relay may run (relay/eventloop.py), whatever WEBSOFTTT_LOOP says: how a loop
+# cuts the bytes into reads, and when it tells the protocol of EOF and of the lost connection, must not change
+# what the courier concludes. uvloop binds the protocol's data_received once, when the transport is made.
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+OK3 = [b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n"]
+QUEUED = [b"250 2.0.0 queued\r\n"]
+
+
+@pytest.fixture(scope="module")
+def hop_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+@dataclass
+class Peer:
+    """A next hop on a real socket that answers the pipelined MAIL, RCPT and DATA with the segments of
+    `commands` and the message with those of `body`, each segment a write of its own `gap` seconds after
+    the previous one; `close` ("commands" or "body") ends the session right after those, before any QUIT.
+    With `tls` it offers STARTTLS, and the replies go over TLS."""
+    commands: list[bytes]
+    body: list[bytes] = field(default_factory=lambda: list(QUEUED))
+    close: str = ""
+    gap: float = 0.0
+    tls: ssl.SSLContext | None = None
+    sessions: int = field(default=0, init=False)
+    open: set = field(default_factory=set, init=False)      # the sessions' tasks
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.sessions += 1
+        self.open.add(asyncio.current_task())
+
+        async def send(segments: list[bytes]) -> None:
+            for segment in segments:
+                writer.write(segment)
+                await writer.drain()
+                await asyncio.sleep(self.gap)
+        try:
+            await send([b"220 hop ESMTP\r\n"])
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    tls = self.tls and writer.get_extra_info("sslcontext") is None
+                    await send([b"250-hop\r\n250 STARTTLS\r\n" if tls else b"250-hop\r\n250 PIPELINING\r\n"])
+                elif verb == b"STAR":
+                    writer.write(b"220 go ahead\r\n")     # and no pause: the handshake must not be read as text
+                    await writer.start_tls(self.tls)
+                elif verb == b"MAIL":
+                    await reader.readline()                  # RCPT and DATA came in the same write:
+                    await reader.readline()                  # all three are read before any reply
+                    await send(self.commands)
+                    if self.close == "commands":
+                        break
+                    await reader.readuntil(b"\r\n.\r\n")
+                    await send(self.body)
+                    if self.close == "body":
+                        break
+                elif verb == b"QUIT":
+                    await send([b"221 bye\r\n"])
+                    break
+                else:
+                    await send([b"250 ok\r\n"])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            self.open.discard(asyncio.current_task())
+
+
+def through(loop: str, peer: Peer, copies: int = 1) -> list[tuple]:
+    """Deliver `copies` copies to `peer` through one Courier on `loop`: (delivered, permanent, local, reply,
+    seconds) of each."""
+    async def main():
+        server = await asyncio.start_server(peer.serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        courier = Courier(Delivery(command_timeout=3.0, data_timeout=3.0), "relay.test")
+        results = []
+        try:
+            for _ in range(copies):
+                began = time.monotonic()
+                o = await courier.send([Destination("127.0.0.1", port)], "bounce@relay.test", "to@example.net", MESSAGE)
+                results.append((o.delivered, o.permanent, o.local, o.reply, time.monotonic() - began))
+            return results
+        finally:
+            await courier.close()
+            server.close()
+            if peer.open:                                       # the peer's sessions end on this loop
+                await asyncio.wait(peer.open, timeout=5)
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        return runner.run(main())
+
+
+def bytewise(segments: list[bytes]) -> list[bytes]:
+    return [bytes([b]) for segment in segments for b in segment]
+
+
+DELIVERED = {
+    "one write": Peer(OK3),
+    "a segment per reply": Peer([b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n", b"354 go ahead\r\n"], gap=0.02),
+    "lines cut anywhere": Peer([b"25", b"0 2.1.0 ok\r\n250-2.1.5 first", b" line\r\n250 2.1.5 last line\r\n35",
+                                b"4 go ahead\r\n"], [b"250 2.0.0 ", b"queued\r\n"], gap=0.02),
+    "a byte per segment": Peer(bytewise(OK3), bytewise(QUEUED), gap=0.001),
+    "the last reply, then close": Peer(OK3, close="body"),
+}
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
+@pytest.mark.parametrize("peer", DELIVERED.values(), ids=DELIVERED.keys())
+@pytest.mark.parametrize("loop", LOOPS)
+def test_replies_however_cut_are_read_on_every_loop(loop, peer, tls, hop_tls):
+    peer = dataclasses.replace(peer, tls=hop_tls if tls else None)
+    first, second = through(loop, peer, copies=2)
+    assert first[:4] == second[:4] == (True, False, False, "250 2.0.0 queued")
+    assert peer.sessions == (2 if peer.close else 1)        # a closed session is not reused
+
+
+ANSWERED = {    # the peer's answer, then it closes: the answer is what counts, at once
+    "421 to MAIL": (Peer([b"421 4.3.2 shutting down\r\n"], close="commands"),
+                    (False, False, "421 4.3.2 shutting down")),
+    "421 to RCPT, a segment later": (Peer([b"250 2.1.0 ok\r\n", b"421 4.3.2 too busy\r\n"], close="commands", gap=0.02),
+                                     (False, False, "421 4.3.2 too busy")),
+    "550 and 554 in one write": (Peer([b"250 2.1.0 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n"],
+                                      close="commands"), (True, False, "550 5.1.1 no such user")),
+    "421 to the message": (Peer(OK3, [b"421 4.3.0 out of disk\r\n"], close="body"),
+                           (False, False, "421 4.3.0 out of disk")),
+}
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
+@pytest.mark.parametrize("name", ANSWERED)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_answer_followed_by_the_close_is_the_outcome_on_every_loop(loop, name, tls, hop_tls):
+    peer, (permanent, local, reply) = ANSWERED[name]
+    ((delivered, *outcome, seconds),) = through(loop, dataclasses.replace(peer, tls=hop_tls if tls else None))
+    assert (delivered, *outcome) == (False, permanent, local, reply)
+    assert seconds < 1.5                                    # not the 3 s command timeout
+
+
+SILENT = {     # the peer closes before every reply came: a local failure, known at once, not after a timeout
+    "no reply": Peer([], close="commands"),
+    "one reply of three": Peer([b"250 2.1.0 ok\r\n"], close="commands"),
+    "one reply and a half": Peer([b"250 2.1.0 ok\r\n25"], close="commands"),
+    "two replies, a segment apart": Peer([b"250 2.1.0 ok\r\n", b"250 2.1.5 ok\r\n"], close="commands", gap=0.02),
+    "no reply to the message": Peer(OK3, [], close="body"),
+}
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
+@pytest.mark.parametrize("peer", SILENT.values(), ids=SILENT.keys())
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_close_before_the_replies_is_a_local_failure_at_once_on_every_loop(loop, peer, tls, hop_tls):
+    peer = dataclasses.replace(peer, tls=hop_tls if tls else None)
+    ((delivered, permanent, local, reply, seconds),) = through(loop, peer)
+    assert (delivered, permanent, local) == (False, False, True)
+    assert reply.endswith(("Unexpected EOF received", "Connection lost")), reply
+    assert seconds < 1.5
+
+
+class Wire(asyncio.Transport):
+    """A transport that takes every write and sends nothing: the test plays the loop's part itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("arrives, expected", [
+    (b"250 2.1.0 ok\r\n", "Unexpected EOF received"),       # then nothing: the peer is gone, say so now
+    (b"421 4.3.2 shutting down\r\n", 421),                 # the answer that came before the end counts
+])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_data_eof_and_the_lost_connection_in_one_callback_end_the_pipeline_at_once(loop, arrives, expected):
+    """A loop may report the last data, the EOF and the lost connection together, before the waiting
+    `pipeline` has run (uvloop's TLS layer calls data_received and eof_received in one go): what came is
+    read, and the end is not forgotten, so nothing waits for the command timeout."""
+    async def main():
+        running = asyncio.get_running_loop()
+        protocol = PipeliningProtocol(loop=running)
+        protocol.connection_made(Wire())
+        running.call_soon(lambda: (protocol.data_received(arrives), protocol.eof_received(),
+                                   protocol.connection_lost(None)))
+        began = time.monotonic()
+        try:
+            return [r.code for r in await protocol.pipeline(b"MAIL FROM:<>\r\nRCPT TO:<a@b.c>\r\nDATA\r\n", 3, 2.0)]
+        except aiosmtplib.SMTPException as e:
+            return str(e)
+        finally:
+            assert time.monotonic() - began < 1.0
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        assert runner.run(main()) == (expected if isinstance(expected, str) else [expected])
