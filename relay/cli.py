@@ -21,7 +21,7 @@ from policy.store import StoreError, is_set_up
 from policy.suppression import SuppressionError
 from policy.tenants import TenantError
 from policy.tokens import TokenError, TokenKeys, ensure_secret
-from relay import cli_abuse, cli_dkim, cli_privacy, cli_records, cli_tenants
+from relay import cli_abuse, cli_dkim, cli_privacy, cli_records, cli_tenants, eventloop
 from relay.cli_common import ServeError, emit, json_option, migrated_store, with_settings
 from relay.signing import provider_keys
 
@@ -34,7 +34,8 @@ def starters() -> dict:
     return {"inbound": service.start_inbound, "http": functools.partial(service.start_http, observers=scrape.observers)}
 
 
-USER_ERRORS = (ConfigError, TokenError, TenantError, SuppressionError, ReasonRequired, KeyMaterialError)
+USER_ERRORS = (ConfigError, TokenError, TenantError, SuppressionError, ReasonRequired, KeyMaterialError,
+               eventloop.LoopError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,6 +93,7 @@ def serve(settings: Settings, role: str | None) -> None:
     Example:
         websofttt serve --only submission
     """
+    eventloop.name()          # WEBSOFTTT_LOOP checked here (exit 2), not in every worker it would crash
     check_tls_files(settings.tls_cert, settings.tls_key)
     with closing(migrated_store(settings)) as store:     # closed before the workers fork
         provider_keys(settings, store)

@@ -34,6 +34,7 @@ from policy.settings import ConfigError, Listen, Settings
 from relay.cli_common import ServeError
 from policy.store import Store, open_store
 from policy.tokens import TokenKeys
+from relay import eventloop
 from relay.delivery import DeliveryLoop
 from relay.routing import Router
 from relay.signing import provider_keys
@@ -169,7 +170,7 @@ def run_worker(settings: Settings, index: int, roles: tuple[str, ...], starters:
         started.add_done_callback(lambda _: ready.set())
         await worker_main(settings, index, roles, started=started, starters=starters)
     try:
-        asyncio.run(main())
+        eventloop.run(main())
     except Exception:               # logged as JSON, not printed by multiprocessing; the parent restarts it
         log.exception("worker %d failed", index)
         sys.exit(1)

@@ -24,12 +24,26 @@ from policy.keys import generate_dkim_key, generate_tls_cert
 from policy.settings import Node, Paths, Settings, Submission, load_settings
 from policy.store import SqliteStore, Store, open_store
 from policy.tokens import ensure_secret
+from relay import eventloop
 from relay.cli import starters
 from relay.serve import worker_main
 from tests.postgres import start_or_skip
 
 PASSWORD = "correct horse battery"
 WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")
+
+
+def pytest_configure(config) -> None:
+    """A wrong WEBSOFTTT_LOOP stops the run before any test, instead of failing every relay test."""
+    try:
+        eventloop.name()
+    except eventloop.LoopError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def pytest_report_header(config) -> str:
+    """The loop the relay's code runs on in this run."""
+    return f"event loop: {eventloop.name()} (WEBSOFTTT_LOOP={os.environ.get('WEBSOFTTT_LOOP', '')!r})"
 
 
 def make_settings(data_dir: Path, delivery: dict | None = None, dkim: dict | None = None, http: dict | None = None,
@@ -57,7 +71,8 @@ def prepare(settings: Settings) -> None:
 
 
 class RunningRelay:
-    """One submission worker running in a thread with its own event loop."""
+    """One submission worker running in a thread with its own event loop, the one production would run
+    (WEBSOFTTT_LOOP: uvloop unless asyncio is asked for)."""
 
     def __init__(self, settings: Settings, roles: tuple[str, ...] = ("submission",), resolver=None):
         self.settings = settings
@@ -65,7 +80,7 @@ class RunningRelay:
         self.resolver = resolver
         self.store = open_store(settings)
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread = threading.Thread(target=lambda: eventloop.run(self._main()), daemon=True)
         self._thread.start()
         assert self._ready.wait(10), "submission worker did not start"
 

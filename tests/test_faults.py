@@ -16,6 +16,7 @@ from contextlib import closing
 
 import pytest
 
+from relay import eventloop
 from tests.conftest import (PASSWORD, WEBSOFTTT, RunningRelay, at_once, free_port, make_settings, message, prepare,
                             run_cli, wait_for_port)
 from tests.test_delivery import start, submit, wait_states
@@ -158,7 +159,7 @@ def test_a_spool_batch_that_reads_first_survives_a_write_from_another_process(tm
             spool.close()
             writer.join(10)
             other.close()
-    asyncio.run(scenario())
+    eventloop.run(scenario())
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT id FROM messages").fetchall() == [("other",)]
 

@@ -9,6 +9,7 @@ import time
 from policy import groupcommit, sent, standing, tenants
 from policy.groupcommit import GroupCommit
 from policy.store import SqliteStore, Store, StoreError
+from relay import eventloop
 
 
 def received(store: Store, tenant: str) -> int:
@@ -36,7 +37,7 @@ def test_the_writes_of_one_turn_share_one_commit_and_each_caller_gets_its_result
         return await asyncio.gather(*(writes.now(Store.hit, f"k{n}", 60) for n in range(3)),
                                     *(writes.now(record, n) for n in range(3)))
 
-    assert asyncio.run(turn()) == [1, 1, 1, None, None, None]
+    assert eventloop.run(turn()) == [1, 1, 1, None, None, None]
     assert received(any_store, "acme") == 5
     assert [sent.lookup(any_store, f"token{n:04d}").recipient for n in range(3)] == \
         [f"r{n}@example.net" for n in range(3)]
@@ -55,7 +56,7 @@ def test_a_later_write_is_committed_within_the_delay_with_nobody_waiting(any_sto
         await asyncio.sleep(groupcommit.DELAY * 3)
         return before, received(any_store, "acme")
 
-    assert asyncio.run(main()) == (0, 1)
+    assert eventloop.run(main()) == (0, 1)
 
 
 def test_flush_commits_what_is_queued_at_once(any_store):
@@ -69,7 +70,7 @@ def test_flush_commits_what_is_queued_at_once(any_store):
         writes.flush()
         return received(any_store, "acme")
 
-    assert asyncio.run(main()) == 3
+    assert eventloop.run(main()) == 3
 
 
 def test_a_failing_write_fails_alone(any_store, caplog):
@@ -84,7 +85,7 @@ def test_a_failing_write_fails_alone(any_store, caplog):
         return await asyncio.gather(writes.now(record, 1), writes.now(broken), return_exceptions=True)
 
     with caplog.at_level(logging.ERROR, logger="policy.groupcommit"):
-        good, bad = asyncio.run(turn())
+        good, bad = eventloop.run(turn())
     assert good is None and isinstance(bad, StoreError) and "no_such_table" in str(bad)
     assert received(any_store, "acme") == 1
     assert sent.lookup(any_store, "token0001").recipient == "r1@example.net"
@@ -103,7 +104,7 @@ def test_many_writes_do_not_wait_for_the_delay(any_store, monkeypatch):
         await asyncio.sleep(0.01)
         return received(any_store, "acme")
 
-    assert asyncio.run(main()) == groupcommit.MAX_PENDING
+    assert eventloop.run(main()) == groupcommit.MAX_PENDING
 
 
 def test_a_locked_store_fails_the_whole_batch_after_one_wait(tmp_path, caplog):
@@ -123,7 +124,7 @@ def test_a_locked_store_fails_the_whole_batch_after_one_wait(tmp_path, caplog):
 
     with other.transaction(), caplog.at_level(logging.ERROR, logger="policy.groupcommit"):
         started = time.monotonic()
-        outcomes = asyncio.run(turn())
+        outcomes = eventloop.run(turn())
         waited = time.monotonic() - started
     assert all(isinstance(o, StoreError) and "locked" in str(o) for o in outcomes)
     assert 0.2 <= waited < 0.6

@@ -1,7 +1,6 @@
 """The one-click unsubscribe endpoint over a real aiohttp server and a real SQLite store."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from policy.suppression import mask
 from policy import sent, suppression, tenants
 from policy.store import SqliteStore, Store
 from policy.tokens import TokenKeys, ensure_secret
+from relay import eventloop
 
 RECIPIENT = "jane@example.net"
 MASKED = "j***@example.net"
@@ -43,7 +43,7 @@ class Env:
         async def main() -> Any:
             async with TestClient(TestServer(make_app(self.store, self.keys), host="127.0.0.1")) as client:
                 return await scenario(client)
-        return asyncio.run(main())
+        return eventloop.run(main())
 
     def suppressed(self, tenant: str = "acme") -> suppression.Suppression | None:
         return suppression.find(self.store, tenant, RECIPIENT)

@@ -1,7 +1,6 @@
 """The inbound listener end to end: a delivered copy's unsubscribe address, replied to over real SMTP."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import re
@@ -23,6 +22,7 @@ from inbound.mailbox import Mailbox
 from policy import suppression
 from policy.keys import dkim_public_value, new_dkim_pem
 from policy.tokens import TokenKeys
+from relay import eventloop
 from tests.conftest import PASSWORD, RunningRelay, run_cli
 from tests.test_delivery import submit, wait_states
 
@@ -223,7 +223,7 @@ def test_acknowledged_but_unprocessed_messages_are_processed_at_the_next_start(r
 
     async def keep_only() -> None:                 # the process died right after its 250
         await mailbox.keep("192.0.2.9", "you@example.net", [address], reply(address))
-    asyncio.run(keep_only())
+    eventloop.run(keep_only())
     mailbox.close()
     dead_pid(mailbox.path)
     restarted = RunningRelay(relay.settings, ("inbound",))
@@ -251,7 +251,7 @@ def test_a_row_is_recovered_only_once_its_process_is_gone(tmp_path):
         dead_pid(mailbox.path)
         return live, len(await mailbox.pending()), len(await mailbox.pending())
     try:
-        assert asyncio.run(scenario()) == (0, 1, 0)   # taken over once, then ours
+        assert eventloop.run(scenario()) == (0, 1, 0)   # taken over once, then ours
     finally:
         mailbox.close()
 
@@ -262,7 +262,7 @@ def test_raw_messages_are_deleted_after_the_retention(tmp_path):
     async def scenario() -> int:
         await mailbox.keep("192.0.2.9", "a@example.net", ["abuse@websofttt.com"], b"Subject: x\r\n\r\nsecret-body\r\n")
         return await mailbox.expire()
-    assert asyncio.run(scenario()) == 1
+    assert eventloop.run(scenario()) == 1
     mailbox.close()
     assert not any(b"secret-body" in p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
 

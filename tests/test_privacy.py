@@ -2,7 +2,6 @@
 mailbox, and the retention purge."""
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from contextlib import closing
@@ -12,6 +11,7 @@ import pytest
 from policy import bounces, complaints, retention, standing, suppression, tenants
 from policy.settings import Policy
 from policy.store import SqliteStore
+from relay import eventloop
 from relay.spool import Message, Spool
 from tests.conftest import make_settings, run_cli
 from tests.test_abuse import human_complaint, send_inbound, wait_for
@@ -115,7 +115,7 @@ def test_finished_queue_entries_are_purged_with_their_recipients(tmp_path):
             return await spool.purge_finished("2999-01-01T00:00:00Z"), await spool.purge_finished("2000-01-01")
         finally:
             spool.close()
-    assert asyncio.run(scenario()) == (1, 0)
+    assert eventloop.run(scenario()) == (1, 0)
     import sqlite3
     with closing(sqlite3.connect(tmp_path / "shard-0.sqlite")) as conn:
         assert conn.execute("SELECT queue_id FROM recipients").fetchall() == [("waiting",)]

@@ -16,6 +16,7 @@ import dns.rrset
 import pytest
 
 from policy.settings import Delivery
+from relay import eventloop
 from relay.routing import Destination, RouteError, Router
 
 # name -> [(ttl, type, rdata)]; the 20 record comes first so the router has to sort
@@ -117,7 +118,7 @@ def make_router(server: ZoneServer, delivery: Delivery = Delivery(), clock: Fake
 
 
 def route(router: Router, domain: str) -> list[Destination]:
-    return asyncio.run(router.route(domain))
+    return eventloop.run(router.route(domain))
 
 
 def route_error(router: Router, domain: str) -> RouteError:
@@ -255,10 +256,10 @@ def test_concurrent_lookups_share_one_query(dns_server):
     async def many(domain: str) -> list:
         return await asyncio.gather(*(router.route(domain) for _ in range(20)), return_exceptions=True)
 
-    results = asyncio.run(many("example.com"))
+    results = eventloop.run(many("example.com"))
     assert all(len(r) == 3 for r in results)
     assert dns_server.count("example.com") == 1
-    failures = asyncio.run(many("servfail.test"))
+    failures = eventloop.run(many("servfail.test"))
     assert all(isinstance(f, RouteError) and f.status == "4.4.3" for f in failures)
     assert dns_server.count("servfail.test") == 1
 

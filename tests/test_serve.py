@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from relay import eventloop
 from relay.serve import owned_shards
 from tests.conftest import PASSWORD, make_settings, WEBSOFTTT, free_port, message, run_cli, wait_for_port
 
@@ -129,6 +130,17 @@ def test_port_taken_by_another_program_is_a_clear_error(node):
     assert out.returncode == 1
     assert f"error: cannot listen on 127.0.0.1:{node.port}: Address already in use" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_an_unknown_websofttt_loop_is_a_clear_error(node):
+    out = run_cli("serve", cwd=node.dir, env={"WEBSOFTTT_LOOP": "tokio"})
+    assert out.returncode == 2
+    assert out.stderr == "error: WEBSOFTTT_LOOP='tokio': expected one of uvloop, asyncio\n"
+
+
+def test_the_relay_under_test_runs_on_the_loop_websofttt_loop_chooses(relay):
+    """What `make test` runs twice: the workers' code on uvloop, then on asyncio's own loop."""
+    assert type(relay._loop).__module__.partition(".")[0] == eventloop.name()
 
 
 def test_shards_without_a_worker_are_adopted(tmp_path):
