@@ -20,8 +20,16 @@ run: $(STAMP)
 	$(BIN)/websofttt init --if-new
 	exec $(BIN)/websofttt serve
 
+# The suite on each event loop the workers may run (WEBSOFTTT_LOOP, relay/eventloop.py): uvloop, the default,
+# then asyncio's own. Each run spreads the tests over the cores (pytest-xdist; TEST_JOBS=0 for one process),
+# then runs those marked serial (timing comparisons) alone.
+TEST_JOBS ?= auto
+PARALLEL  := -n $(TEST_JOBS) --dist worksteal -m "not serial"
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	WEBSOFTTT_LOOP=uvloop $(BIN)/python -m pytest $(PARALLEL)
+	WEBSOFTTT_LOOP=uvloop $(BIN)/python -m pytest -m serial
+	WEBSOFTTT_LOOP=asyncio $(BIN)/python -m pytest $(PARALLEL)
+	WEBSOFTTT_LOOP=asyncio $(BIN)/python -m pytest -m serial
 
 # Relay vs Postfix on this machine (root: installs postfix, opendkim, dovecot-core if missing); BENCH_ARGS=--quick for a short run.
 bench: $(STAMP)

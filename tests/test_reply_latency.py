@@ -12,6 +12,7 @@ import pytest
 
 ROLES = ("submission", "inbound")
 LIMIT = 0.015        # a delayed ACK costs 40 ms on Linux; a loopback reply takes well under 1 ms
+pytestmark = pytest.mark.serial     # reply times: tests beside it (make test runs them in parallel) skew them
 
 
 def ehlo_median(client: smtplib.SMTP, rounds: int = 15) -> float:

@@ -117,6 +117,7 @@ def _auth_seconds(relay, user: str) -> float:
     return elapsed
 
 
+@pytest.mark.serial          # password checks run niced: a busy test beside it slows the real ones, not the rest
 def test_reply_time_does_not_tell_whether_a_user_exists(relay):
     known, unknown = [], []
     for _ in range(8):
