@@ -197,14 +197,14 @@ class Client:
                 smtp.close()
 
 
-def run(main) -> None:
-    """On uvloop where installed, whatever loop the relay runs on: the client takes a share of the same two
-    cores as the server, and the lighter it is, the less it disturbs what is measured."""
+def run(main):
+    """`main`'s result, on uvloop where installed, whatever loop the relay runs on: the client takes a share of
+    the same two cores as the server, and the lighter it is, the less it disturbs what is measured."""
     try:
         import uvloop
     except ImportError:
         return asyncio.run(main)
-    uvloop.run(main)
+    return uvloop.run(main)
 
 
 def main() -> int:
