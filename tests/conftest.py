@@ -244,15 +244,20 @@ class SinkController(Controller):
         return CountingSMTP(self.handler, enable_SMTPUTF8=True)
 
 
-@pytest.fixture
-def sink():
-    handler = Sink()
+def serve_sink(handler: Sink, before_stop: Callable[[], object] = lambda: None):
+    """Run `handler` as a real aiosmtpd next hop on a free loopback port while the caller's fixture lasts."""
     handler.port = free_port()
     controller = SinkController(handler, hostname="127.0.0.1", port=handler.port)
     controller.start()
     handler.sessions = 0      # the controller's own start-up probe is not a delivery
     yield handler
+    before_stop()
     controller.stop()
+
+
+@pytest.fixture
+def sink():
+    yield from serve_sink(Sink())
 
 
 @pytest.fixture(scope="session")

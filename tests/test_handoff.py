@@ -18,7 +18,7 @@ from relay import delivery, spool
 from relay.delivery import DeliveryLoop
 from relay.smtp_out import Courier
 from relay.spool import Spool
-from tests.conftest import Sink, SinkController, at_once, free_port, message
+from tests.conftest import Sink, at_once, message, serve_sink
 from tests.test_delivery import start, submit, wait_states
 
 _TOKEN = re.compile(r"bounce\+([a-z2-7]+)@bounces\.websofttt\.com")
@@ -65,13 +65,7 @@ class PacedSink(Sink):
 @pytest.fixture
 def paced_sink():
     handler = PacedSink()
-    handler.port = free_port()
-    controller = SinkController(handler, hostname="127.0.0.1", port=handler.port)
-    controller.start()
-    handler.sessions = 0
-    yield handler
-    handler.gate.set()
-    controller.stop()
+    yield from serve_sink(handler, before_stop=handler.gate.set)     # held sessions finish first
 
 
 def submit_many(relay, prefix: str, messages: int, recipients: int) -> list[str]:

@@ -19,17 +19,18 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
+sys.path.insert(0, str(HERE))
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
+from measure import free_port, wait_port  # noqa: E402
 
 CONCURRENCY = 10
 
@@ -83,7 +84,7 @@ def measure(cert: Path, key: Path, loop: str, resume: bool, connections: int) ->
     env = {**os.environ, "WEBSOFTTT_LOOP": loop}
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(cert), str(key), str(port)], env=env)
     try:
-        wait(port)
+        wait_port(port, 15, server)
         context = ssl.create_default_context(cafile=str(cert))
         session = connect(port, context, None) if resume else None
         before = cpu(server.pid)
@@ -93,23 +94,6 @@ def measure(cert: Path, key: Path, loop: str, resume: bool, connections: int) ->
     finally:
         server.kill()
         server.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait(port: int) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"handshake server did not listen on {port}")
 
 
 def main() -> None:
