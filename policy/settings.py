@@ -302,6 +302,20 @@ def _instance(section: str, values: dict[str, Any], base: Path) -> Any:
     return _SECTION_CLASSES[section](**values)
 
 
+def _distinct_listeners(s: Settings, source: str) -> None:
+    """Every worker binds its listeners with SO_REUSEPORT, so two listeners given one address would both
+    bind it and the kernel would split the connections between them (mail clients reaching the inbound
+    listener): refused. Port 0 (any free port) may repeat."""
+    seen: dict[Listen, str] = {}
+    for key, addresses in (("[submission] listen", s.submission.listen), ("[submission] tls_listen", s.submission.tls_listen),
+                           ("[inbound] listen", s.inbound.listen), ("[http] listen", s.http.listen)):
+        for host, port in addresses:
+            if port and (host, port) in seen:
+                raise ConfigError(f"{source}: {key} {host}:{port} is also in {seen[host, port]}; each listener "
+                                  f"needs an address of its own")
+            seen[host, port] = key
+
+
 def _finish(s: Settings, source: str) -> Settings:
     """Cross-key checks and derived defaults (node name, worker count)."""
     if s.delivery.mode == "smarthost" and s.delivery.smarthost is None:
@@ -318,6 +332,7 @@ def _finish(s: Settings, source: str) -> Settings:
         raise ConfigError(f"{source}: [tls] cert_file and key_file must be given together")
     if not (s.submission.listen or s.submission.tls_listen):
         raise ConfigError(f"{source}: [submission] listen and tls_listen are both empty")
+    _distinct_listeners(s, source)
     name = s.node.name or re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:63] or "node"
     workers = s.node.workers or os.cpu_count() or 1
     return replace(s, node=Node(name=name, workers=workers))

@@ -160,10 +160,19 @@ def message(subject: str = "hello", sender: str = "App <app@example.com>", extra
     return (f"From: {sender}\r\nTo: you@example.net\r\nSubject: {subject}\r\n{extra}\r\n{body}").encode()
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port never given before in this process: one test's listeners never share one
+    (the relay refuses two listeners on one address)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 15) -> None:

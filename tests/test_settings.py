@@ -97,6 +97,8 @@ BAD = {
     "bad store url": ('[store]\nurl = "mysql://db"\n', ["[store] url must be empty", "postgresql://"]),
     "bad public url": ('[http]\npublic_url = "example.org"\n', ["[http] public_url must be an http:// or https://"]),
     "no listener": ("[submission]\nlisten = []\n", ["[submission] listen and tls_listen are both empty"]),
+    "two listeners on one address": ('[submission]\nlisten = ["127.0.0.1:2525"]\n[inbound]\nlisten = ["127.0.0.1:2525"]\n',
+                                     ["[inbound] listen 127.0.0.1:2525 is also in [submission] listen"]),
     "not TOML": ("this is not = = toml\n", ["not valid TOML"]),
 }
 

@@ -26,9 +26,20 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (the kernel picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different free ports: all are held until all are picked (one at a time, the kernel may give
+    the same port twice, and a node given one port for two listeners splits its connections between them)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:

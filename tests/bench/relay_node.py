@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure import Daemon, free_port, wait_port
+from measure import Daemon, free_ports, wait_port
 
 TENANT, USERNAME, PASSWORD = "bench", "app1", "bench password for app1, loopback only"
 GENERATED_USERNAME = "app2"          # path g: a generated credential (`credential add --generate`)
@@ -43,7 +43,7 @@ class RelayNode:
         self.dir = root / name
         self.dir.mkdir(parents=True)
         self.data = self.dir / "var"
-        self.port, self.tls_port, inbound, http = free_port(), free_port(), free_port(), free_port()
+        self.port, self.tls_port, inbound, http = free_ports(4)
         self.config = self.dir / "websofttt.toml"
         self.config.write_text(f"""\
 [node]
