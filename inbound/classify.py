@@ -2,7 +2,7 @@
 privacy request or other. Pure (bytes in, a Classification out: no store, no network) and total:
 garbage, broken MIME, bad charsets, deep nesting and huge messages give an answer, not an exception.
 
-Decision order, first match wins (DESIGN §3, §4):
+Decision order, first match wins:
 1. bounce: a delivery-status report (RFC 3464), or a null / mailer-daemon sender with a bounce Subject
    (or sent to a bounce role address, unless it is a null-sender auto-reply);
 2. complaint: an ARF feedback report (RFC 5965);

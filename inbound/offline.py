@@ -28,7 +28,8 @@ def roles_from_headers(raw: bytes, provider: Provider) -> list[Role]:
 
 
 def describe(raw: bytes, provider: Provider, store: Store, keys: TokenKeys, file: str) -> dict:
-    """The DESIGN §4 fields; the store is only read, to tell which tenant a token or complaint points to."""
+    """What `inbound classify` prints (kind, evidence, identified tenant and recipient); the store is only
+    read, to tell which tenant a token or complaint points to."""
     roles = roles_from_headers(raw, provider)
     found = classify(raw, [r.kind for r in roles], [r.token for r in roles])
     copy = next((c for c in (sent.lookup(store, t) for t in found.tokens if keys.verify(t)) if c), None)

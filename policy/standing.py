@@ -1,6 +1,6 @@
 """A tenant's standing: complaint and hard-bounce rates over `policy.complaint_window`, and the automatic
 suspension they trigger (the privacy policy: "if we detect or are informed of such usage, we will stop
-such usage of our services", DESIGN §1).
+such usage of our services").
 
 - complaint rate = counted complaints / deliveries; bounce rate = hard bounces / (deliveries + failures);
 - either rate above its limit, once the tenant has at least `complaint_min_volume` in the denominator,

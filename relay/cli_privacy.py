@@ -1,6 +1,6 @@
 """`websofttt stats` (aggregates only) and `websofttt privacy export|erase ADDRESS` (subject access, erasure).
 
-Part of the composition root (DESIGN §2): a person's records live in the shared store and in this
+Part of the composition root (it may import every role): a person's records live in the shared store and in this
 node's spool and inbound mailbox, so these commands read all three. On several nodes, run the privacy
 commands on each (the store part is shared; the second run finds it done).
 """

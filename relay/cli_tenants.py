@@ -1,6 +1,6 @@
 """`websofttt tenant …`: the provider's customers, their standing, suspension and terms.
 
-Tenants are customers, not individuals: showing them needs no reason (DESIGN §4).
+Tenants are customers, not individuals: showing them needs no reason (README, Operations).
 """
 from __future__ import annotations
 

@@ -335,7 +335,8 @@ class DeliveryLoop:
         return token
 
     def _headers(self, due: Due, token: str) -> bytes:
-        """Per-recipient headers (DESIGN §4), prepended; the tenant's own headers are left as they are."""
+        """Per-recipient headers (List-Unsubscribe, Feedback-ID, the tenant), prepended; the tenant's own
+        headers are left as they are."""
         p = self.settings.provider
         campaign = _CAMPAIGN.sub("", due.campaign or "")[:64] or "default"
         return (f"List-Unsubscribe: <mailto:unsubscribe+{token}@{p.domain}?subject=unsubscribe>,\r\n"

@@ -7,7 +7,7 @@
   grown to --entries rows;
 - inbound classification (inbound/classify) of every sample in tests/data and tests/corpus, repeated,
   in messages per second on one core, and for the node: one process per CPU at once, as the node's
-  workers classify (DESIGN §5).
+  workers classify.
 """
 from __future__ import annotations
 
