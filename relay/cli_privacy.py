@@ -11,7 +11,7 @@ import click
 from inbound import mailbox
 from policy import audit, privacy, stats
 from policy.suppression import mask, normalise
-from relay import spool
+from relay import spool_files
 from relay.cli_common import emit, json_option, migrated_store, reason_option, with_settings
 
 
@@ -71,7 +71,7 @@ def privacy_export(settings, address, reason) -> None:
     store = migrated_store(settings)
     audit.record(store, "privacy export", mask(address), reason)
     records = privacy.export(store, address) | {
-        "queue": spool.address_records(settings.spool_dir, address),
+        "queue": spool_files.address_records(settings.spool_dir, address),
         "inbound": mailbox.records_from(mailbox.mailbox_path(settings.data_dir, settings.node.name), address)}
     emit({"address": address, "node": settings.node.name, "records": records}, True, list)
 
@@ -95,7 +95,7 @@ def privacy_erase(settings, address, reason, as_json) -> None:
     store = migrated_store(settings)
     audit.record(store, "privacy erase", mask(address), reason)
     counts = privacy.erase(store, address) | {
-        "queue": spool.erase_address(settings.spool_dir, address),
+        "queue": spool_files.erase_address(settings.spool_dir, address),
         "inbound": mailbox.erase_from(mailbox.mailbox_path(settings.data_dir, settings.node.name), address)}
     kept = len(privacy.export(store, address)["suppressions"])
     emit({"erased": counts, "suppressions_kept": kept}, as_json,

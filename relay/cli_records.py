@@ -13,7 +13,7 @@ import click
 from policy import audit, credentials, suppression, tenants
 from policy.suppression_import import import_lines
 from relay.cli_common import emit, json_option, migrated_store, reason_option, with_settings
-from relay.spool import drop, message_detail, queue_summary, retry_now
+from relay.spool_files import drop, message_detail, queue_summary, retry_now
 
 # ---- credentials
 

@@ -17,7 +17,7 @@ from policy import standing, tenants
 from policy.metrics import SCRAPED
 from policy.settings import Settings
 from policy.store import Store, epoch
-from relay.spool import pending_stats
+from relay.spool_files import pending_stats
 
 
 class NodeCollector:
