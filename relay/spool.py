@@ -168,7 +168,7 @@ class Spool:
                           m.from_domain, m.data))
             conn.executemany("INSERT INTO recipients (queue_id, recipient, next_attempt, updated) VALUES (?, ?, ?, ?)",
                              [(m.id, r, due_at, received) for r in m.recipients])
-        done = self._submit_nowait(insert)
+        done = self._submit(insert)
         if handoff is None:
             return await done
 
@@ -193,7 +193,7 @@ class Spool:
                          (state, attempts, next_attempt, reply, utcnow(), token, queue_id, recipient))
             if state in FINAL:
                 erase_finished(conn, queue_id)
-        return self._submit_nowait(update) if wait else self._submit_later(update)
+        return self._submit(update) if wait else self._submit_later(update)
 
     def due(self, now: float, limit: int, leased_before: float = 0.0) -> list[Due]:
         """Recipients to try, oldest first; never-tried ones leased before `leased_before` too (the leases of a
@@ -243,10 +243,7 @@ class Spool:
         self._writer.close()
         self._reader.close()
 
-    async def _submit(self, op: Op) -> None:
-        await self._submit_nowait(op)
-
-    def _submit_nowait(self, op: Op) -> asyncio.Future:
+    def _submit(self, op: Op) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         self._flush_later()           # the records waiting for company go first: the writer takes them together

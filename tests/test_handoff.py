@@ -245,7 +245,7 @@ def test_a_failing_write_does_not_fail_the_record_committed_with_it(tmp_path):
         store = Spool(tmp_path / "shard-0.sqlite")
         try:
             await store.enqueue(Message("m1", "acme", "a@example.com", ("x@example.net",), b"data"))
-            blocker = store._submit_nowait(lambda conn: time.sleep(0.3))    # the writer is busy: the next two
+            blocker = store._submit(lambda conn: time.sleep(0.3))    # the writer is busy: the next two
             await asyncio.sleep(0.05)                                         # are committed as one group
             recorded = store.record("m1", "x@example.net", "delivered", 1, 0, "250 ok", None, wait=False)
             refused = asyncio.ensure_future(store.enqueue(
