@@ -303,9 +303,8 @@ def _instance(section: str, values: dict[str, Any], base: Path) -> Any:
 
 
 def _distinct_listeners(s: Settings, source: str) -> None:
-    """Every worker binds its listeners with SO_REUSEPORT, so two listeners given one address would both
-    bind it and the kernel would split the connections between them (mail clients reaching the inbound
-    listener): refused. Port 0 (any free port) may repeat."""
+    """Two listeners given one address: refused here, naming both keys, rather than by the kernel at bind
+    ("address already in use") without saying which. Port 0 (any free port) may repeat."""
     seen: dict[Listen, str] = {}
     for key, addresses in (("[submission] listen", s.submission.listen), ("[submission] tls_listen", s.submission.tls_listen),
                            ("[inbound] listen", s.inbound.listen), ("[http] listen", s.http.listen)):

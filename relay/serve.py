@@ -1,11 +1,13 @@
 """`websofttt serve`: the node's worker processes.
 
-One Python process cannot use a second core, so the node runs `node.workers` processes. Each binds
-every listener itself with SO_REUSEPORT (the kernel spreads connections), owns one spool shard and
-its own store connection. The parent only supervises: it tells systemd READY=1 once every worker
-listens, restarts a worker that dies, passes SIGHUP on (each worker reloads its TLS certificate and
-DKIM keys; open connections stay), and on SIGTERM or SIGINT asks every worker to drain (finish open
-transactions) and exits 0. Counters reach /metrics through prometheus-client's multiprocess files in
+One Python process cannot use a second core, so the node runs `node.workers` processes. The parent
+binds every listener once and the workers inherit the sockets: a connection waits in one queue until a
+worker with time for it accepts it (with SO_REUSEPORT the kernel hashed each connection to one worker,
+busy or not, and ten long-lived connections split 8:2 one time in nine; a dying worker's queue was
+reset). Each worker owns one spool shard and its own store connection. The parent only supervises: it
+tells systemd READY=1 once every worker listens, restarts a worker that dies, passes SIGHUP on (each
+worker reloads its TLS certificate and DKIM keys; open connections stay), and on SIGTERM or SIGINT
+closes its listeners, asks every worker to drain (finish open transactions) and exits 0. Counters reach /metrics through prometheus-client's multiprocess files in
 data_dir/metrics (relay/cli.py points it there before this module is imported).
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ def setup_logging(settings: Settings) -> None:
 
 
 def bind(address: Listen) -> socket.socket:
-    """A listening socket with SO_REUSEPORT, so every worker can bind the same address.
+    """A listening socket, bound once by the parent; the workers it forks inherit it.
 
     The protocol is named (IPPROTO_TCP): the sockets accepted from it inherit it, and only then does the
     event loop set TCP_NODELAY on them; with protocol 0 a multi-line reply's second segment waited ~40 ms
@@ -64,7 +66,6 @@ def bind(address: Listen) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(1024)
     except OSError as e:
@@ -83,7 +84,7 @@ def listeners(settings: Settings, roles: tuple[str, ...]) -> list[tuple[Listen, 
 
 
 def lock_roles(settings: Settings, roles: tuple[str, ...]) -> int:
-    """One `serve` per role and data dir: a second one would silently share the ports (SO_REUSEPORT)."""
+    """One `serve` per role and data dir: two would share one spool and one node name."""
     path = settings.data_dir / f"serve-{'-'.join(roles)}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -103,8 +104,7 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
     lock_roles(settings, roles)
     addresses = [a for a, _ in listeners(settings, roles)]
     addresses += [*settings.inbound.listen] * ("inbound" in roles) + [*settings.http.listen] * ("http" in roles)
-    for address in addresses:          # fail fast, in the parent, with a clear message
-        bind(address).close()
+    sockets = {address: bind(address) for address in addresses if address[1]}   # fails fast, in the parent
     store = open_store(settings)
     store.migrate()
     store.close()
@@ -116,7 +116,7 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
 
     def start(index: int) -> None:
         ready[index].clear()
-        proc = context.Process(target=run_worker, args=(settings, index, roles, starters, ready[index]),
+        proc = context.Process(target=run_worker, args=(settings, index, roles, starters, ready[index], sockets),
                                name=f"worker-{index}")
         proc.start()
         workers[index] = proc
@@ -129,6 +129,8 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
     def stop(signum, frame) -> None:
         nonlocal stopping
         stopping = True
+        for sock in sockets.values():      # the workers close their copies as they drain: new clients are refused
+            sock.close()
         for proc in workers.values():
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGTERM)
@@ -161,14 +163,15 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
 
 
 def run_worker(settings: Settings, index: int, roles: tuple[str, ...], starters: Mapping[str, Starter],
-               ready) -> None:
+               ready, sockets: Mapping[Listen, socket.socket]) -> None:
+    """One worker; `sockets` are the parent's listening sockets (port 0, any free port, is bound here)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent turns ^C into SIGTERM for each worker
     signal.signal(signal.SIGHUP, signal.SIG_IGN)   # until the worker can reload
 
     async def main() -> None:
         started = asyncio.get_running_loop().create_future()
         started.add_done_callback(lambda _: ready.set())
-        await worker_main(settings, index, roles, started=started, starters=starters)
+        await worker_main(settings, index, roles, started=started, starters=starters, bind=lambda a: sockets[a] if a[1] else bind(a))
     try:
         eventloop.run(main())
     except Exception:               # logged as JSON, not printed by multiprocessing; the parent restarts it
@@ -228,14 +231,15 @@ class Service(Protocol):
         """Re-read certificates (SIGHUP)."""
 
 
-# (settings, worker index, bind) -> the running service; `bind` makes a SO_REUSEPORT listening socket
+# (settings, worker index, bind) -> the running service; `bind` gives the listening socket of an address
 Starter = Callable[[Settings, int, Callable[[Listen], socket.socket]], Awaitable[Service]]
 
 
 async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
                       stop: asyncio.Event | None = None, started: asyncio.Future | None = None,
                       resolver: dns.asyncresolver.Resolver | None = None,
-                      starters: Mapping[str, Starter] | None = None) -> None:
+                      starters: Mapping[str, Starter] | None = None,
+                      bind: Callable[[Listen], socket.socket] = bind) -> None:
     """Serve until SIGTERM or `stop` is set, then drain; `started` receives the bound ports by role.
 
     Submission and delivery are this module's; other roles come as `starters`. `resolver` replaces the

@@ -90,11 +90,25 @@ def test_workers_share_the_port_and_each_owns_a_shard(node):
     proc = node()
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 2
-    ids = {send(client(node)) for _ in range(30)}     # one connection each: the kernel spreads them
+    ids = {send(client(node)) for _ in range(30)}     # one connection each, taken by either worker
     assert ids == queued_ids(node)
     shards = sorted(p.name for p in (node.dir / "var/spool/n1").glob("shard-*.sqlite"))
     assert shards == ["shard-0.sqlite", "shard-1.sqlite"]
     assert all(i.endswith(".n1") for i in ids)
+
+
+def test_a_stalled_worker_leaves_new_connections_to_the_other(node):
+    """One queue of connections for all workers: a worker that stops accepting (here SIGSTOP, in life a
+    long GC pause or a wedged call) does not hold the connections that would have been hashed to it."""
+    proc = node()
+    stalled, _ = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(stalled), signal.SIGSTOP)
+    try:
+        for _ in range(20):                          # per-worker queues: each would wait with chance 1/2
+            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+                assert s.recv(100).startswith(b"220 ")
+    finally:
+        os.kill(int(stalled), signal.SIGCONT)
 
 
 def test_sigterm_lets_the_open_transaction_finish_then_exits_0(node):
