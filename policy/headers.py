@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from email.errors import MessageError
 from email.header import decode_header, make_header
 
-from flanker.addresslib import address
-from flanker.addresslib.address import EmailAddress
+from policy.addressparser import EmailAddress, address
 
 MAX_LINE = 998  # RFC 5322 2.1.1, octets excluding CRLF
 _CACHED_FROM = 998  # longer From values are parsed every time (the cache holds 4096 values of at most this)

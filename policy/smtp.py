@@ -37,7 +37,8 @@ import ipaddress
 
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, syntax
-from flanker.addresslib import address as flanker_address
+
+from policy.addressparser import address as flanker_address
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -1,6 +1,7 @@
 """Operating a real `websofttt serve`: systemd readiness, SIGHUP reloads, JSON logs, /metrics over workers."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import smtplib
 import ssl
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +92,35 @@ def test_logs_are_json_lines_without_secrets(node):
     assert PASSWORD not in log and "app1" not in log
     assert "you@example.net" not in log and "y***@example.net" in log     # masked by default
     assert not re.search(r"(bounce|unsubscribe)\+[a-z2-7]{8}", log)
+
+
+def not_json_object(line: str) -> bool:
+    try:
+        return not isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return True
+
+
+def test_serve_writes_only_json_without_flanker_parse_tables(node, tmp_path, monkeypatch):
+    """As under systemd after an install: flanker without its PLY tables, in a read-only directory. Building
+    its parsers prints nothing and writes no table (root writes despite the chmod, so that is checked too)."""
+    copy = tmp_path / "site"
+    installed = Path(importlib.util.find_spec("flanker").origin).parent
+    shutil.copytree(installed, copy / "flanker", ignore=shutil.ignore_patterns("*parsetab*", "__pycache__"))
+    directories = [copy, *(p for p in copy.rglob("*") if p.is_dir())]
+    for directory in directories:
+        directory.chmod(0o555)
+    monkeypatch.setenv("PYTHONPATH", str(copy), prepend=os.pathsep)
+    try:
+        proc = node()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        for directory in directories:
+            directory.chmod(0o755)
+    assert not list(copy.rglob("*parsetab*"))
+    log = node.log()
+    assert log and [line for line in log.splitlines() if not_json_object(line)] == []
 
 
 def test_metrics_sum_every_worker_and_healthz(node):
