@@ -207,7 +207,7 @@ def queue() -> None:
 @json_option
 @with_settings
 def queue_list(settings, as_json) -> None:
-    """Queued messages: id, tenant, size and recipient counts by state (no addresses).
+    """Queued messages, oldest first: id, tenant, size and recipient counts by state (no addresses).
 
     \b
     Example:
@@ -269,7 +269,7 @@ def queue_drop(settings, queue_id) -> None:
 
     \b
     Example:
-        websofttt queue drop agrbfbkxyncyqjo26u.node1
+        websofttt queue drop 06h4kehqevd6smsl6c.node1
     """
     count = drop(settings.spool_dir, queue_id)
     if count < 0:

@@ -65,9 +65,10 @@ class Message:
 
 
 def new_queue_id(node: str) -> str:
-    """Time-ordered and unique across nodes: 48-bit milliseconds + 42 random bits, base32, then the node name."""
+    """Unique across nodes, and sorted as strings in the order they were made: 48-bit milliseconds + 40
+    random bits in base32hex (0-9a-v, in ASCII order; base32's a-z2-7 is not), then the node name."""
     raw = int(time.time() * 1000).to_bytes(6, "big") + os.urandom(5)
-    return base64.b32encode(raw).decode().rstrip("=").lower() + "." + node
+    return base64.b32hexencode(raw).decode().rstrip("=").lower() + "." + node
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -14,20 +14,23 @@ from relay.spool import PENDING, connect, erase_finished, shard_paths
 
 
 def queue_summary(spool_dir: Path) -> list[dict]:
-    """Every message in the node's shards: id, tenant, received, size and recipient counts by state (no addresses)."""
+    """Every message in the node's shards: id, tenant, received, size and recipient counts by state (no addresses).
+
+    In the order they were queued, over all shards: by received time (to the second), then by id. Not by id
+    alone: ids made before they were base32hex do not sort like their times, and a spool keeps them until
+    their messages are done."""
     rows: list[dict] = []
     for path in shard_paths(spool_dir):
         conn = connect(path)
         try:
-            for mid, tenant, received, size in conn.execute(
-                    "SELECT id, tenant, received, size FROM messages ORDER BY id"):
+            for mid, tenant, received, size in conn.execute("SELECT id, tenant, received, size FROM messages"):
                 states = dict(conn.execute(
                     "SELECT state, count(*) FROM recipients WHERE queue_id = ? GROUP BY state", [mid]).fetchall())
                 rows.append({"id": mid, "tenant": tenant, "received": received, "size": size,
                              "recipients": sum(states.values()), "states": states})
         finally:
             conn.close()
-    return rows
+    return sorted(rows, key=lambda row: (row["received"], row["id"]))
 
 
 def pending_stats(spool_dir: Path) -> tuple[int, str | None]:
