@@ -3,8 +3,12 @@
 - address parsing never raises: the stdlib parser behind aiosmtpd throws IndexError on some malformed
   paths (`MAIL FROM:<a@`), which aiosmtpd would answer with a Python exception name;
 - every reply is one printable line (a client's control characters are never echoed back) and every
-  4xx/5xx carries an enhanced status code (RFC 3463), also aiosmtpd's own ("503 Error: need MAIL
-  command" becomes "503 5.5.1 Error: need MAIL command");
+  2xx/4xx/5xx but the greeting and the EHLO list carries an enhanced status code (RFC 2034, RFC 3463),
+  also aiosmtpd's own ("503 Error: need MAIL command" becomes "503 5.5.1 Error: need MAIL command",
+  "250 OK" "250 2.0.0 OK"), so EHLO offers ENHANCEDSTATUSCODES; and PIPELINING (RFC 2920), which
+  aiosmtpd's line-by-line reading already serves: each reply is written as its command is handled;
+- BDAT (CHUNKING, RFC 3030) is not offered: aiosmtpd reads DATA only, and a client may use BDAT only
+  where EHLO offers it; one that does anyway is told to use DATA;
 - an unexpected exception is answered 451 4.3.0 (try again), never with its name and message;
 - nothing is written to a connection already closing (lines pipelined behind a 421/502 goodbye);
 - STARTTLS inside TLS is refused (RFC 3207 §4.2): aiosmtpd would start TLS over TLS, which asyncio's
@@ -45,6 +49,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DEFAULT = {"421": "4.3.2", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500": "5.5.2", "501": "5.5.4",
             "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "530": "5.7.0", "535": "5.7.8", "550": "5.7.1",
             "552": "5.3.4", "553": "5.1.3", "554": "5.6.0", "555": "5.5.4"}
+# aiosmtpd's own 2xx replies, with the codes RFC 2034 asks for (its greeting and EHLO list take none)
+_NO_BDAT = '500 Error: command "BDAT" not recognized'
+_OWN_2XX = {"250 OK": "250 2.0.0 OK", "221 Bye": "221 2.0.0 Bye", "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+            "252 Cannot VRFY user, but will accept message and attempt delivery":
+            "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery"}
+EXTENSIONS = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES")      # added to aiosmtpd's EHLO list
 INTERNAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 YIELD_EVERY = 16
 BAD_SYNTAX = "500 Error: bad syntax"         # aiosmtpd's answer to a line that is no command
@@ -74,6 +84,11 @@ def clean_reply(status: str) -> str:
     code, sep, text = status[:3], status[3:4], status[4:]
     if status.startswith("500 Error: ("):
         return INTERNAL_ERROR
+    if status == _NO_BDAT:
+        return "502 5.5.1 BDAT (CHUNKING) is not offered here: use DATA"
+    if code[0] == "2":
+        return _OWN_2XX.get(status) or (f"250 2.0.0 {text}" if status.startswith(("250 Supported commands:",
+                                                                                    "250 Syntax:")) else status)
     if code in _DEFAULT and sep in (" ", "-") and not _ENHANCED.match(text):
         return f"{code}{sep}{_DEFAULT[code]} {text}".rstrip()
     return status
@@ -87,6 +102,10 @@ def _command_methods(cls: type) -> list[str]:
 
 class Handler:
     """Base of the listeners' aiosmtpd handlers (see the module doc on `dir`)."""
+
+    async def handle_EHLO(self, server, session, envelope, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname          # aiosmtpd leaves it to a handler that has this hook
+        return [*responses[:-1], *EXTENSIONS, responses[-1]]
 
     def __dir__(self) -> list[str]:
         return _command_methods(type(self))

@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword, _Missing
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword, Session, _Missing
 
 from policy import credentials, logs, metrics
 from policy.groupcommit import GroupCommit
@@ -135,12 +135,24 @@ def _failed(reason: str, ip: str) -> None:
     logs.event("auth_failure", reason=reason, client=ip)
 
 
+class _Session(Session):
+    """aiosmtpd's session without `login_data`, which it sets at every successful AUTH and answers with a
+    deprecation warning in the log each time; the relay reads `auth_data`."""
+    login_data = None
+
+
 class AsyncAuthSMTP(SaferSMTP):
-    """aiosmtpd's SMTP with PLAIN and LOGIN checked by an async `authenticator.check`."""
+    """aiosmtpd's SMTP with PLAIN and LOGIN checked by an async `authenticator.check`, and the customary
+    AUTH LOGIN prompts (aiosmtpd's decode to "User Name\\0" and "Password\\0")."""
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
 
     def __init__(self, handler, *, authenticator: Authenticator, **kwargs):
         self.async_authenticator = authenticator
         super().__init__(handler, **kwargs)
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
 
     def _authenticate(self, mechanism: str, auth_data: LoginPassword) -> AuthResult:
         # Called synchronously by aiosmtpd's auth_PLAIN/auth_LOGIN: defer the decision to _finish_auth.

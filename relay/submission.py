@@ -68,7 +68,7 @@ class SubmissionHandler(Handler):
         self.header_policy = HeaderPolicy(settings.provider.domains, settings.provider.hostname)
         self.authenticator = Authenticator(store, writes, self.limits, VerifiedLogins(
             settings.submission.auth_cache_ttl, settings.submission.auth_cache_size))
-        self.replies = _reply_map(settings.submission.max_message_size)
+        self.refusals = _refusals(settings.submission.max_message_size)
 
     async def handle_PROXY(self, server, session: Session, envelope: Envelope, proxy: ProxyData) -> bool:
         server.take_proxy_address(proxy)
@@ -181,14 +181,27 @@ def _shown(text: str) -> str:
     return text.encode("ascii", "backslashreplace").decode()[:200].replace("\r", "").replace("\n", "")
 
 
-# aiosmtpd's own replies that a policy answer replaces (enhanced status codes, our limits named).
-def _reply_map(max_size: int) -> dict[str, str]:
+@dataclass(frozen=True)
+class Refusal:
+    stage: str
+    reason: str
+    reply: str
+
+
+# aiosmtpd's own refusals, answered as policy refusals are (our limits named, logged and counted).
+def _refusals(max_size: int) -> dict[str, Refusal]:
     too_big = f"552 5.3.4 Message exceeds the maximum size of {max_size} bytes"
+    no_dsn = "no DSN (RFC 3461): bounces come back to the relay, which suppresses and reports them"
     return {
-        "552 Error: Too much mail data": too_big,
-        "552 Error: message size exceeds fixed maximum message size": too_big,
-        "500 Line too long (see RFC5321 4.5.3.1.6)": f"554 5.6.0 Line longer than {LINE_LIMIT} octets",
-        "553 5.1.3 Error: malformed address": "553 5.1.3 Malformed address",
+        "552 Error: Too much mail data": Refusal("data", "too_big", too_big),
+        "552 Error: message size exceeds fixed maximum message size": Refusal("mail", "too_big", too_big),
+        "500 Line too long (see RFC5321 4.5.3.1.6)": Refusal("data", "line_too_long",
+                                                             f"554 5.6.0 Line longer than {LINE_LIMIT} octets"),
+        "553 5.1.3 Error: malformed address": Refusal("mail", "bad_address", "553 5.1.3 Malformed address"),
+        "555 MAIL FROM parameters not recognized or not implemented": Refusal(
+            "mail", "parameter", f"555 5.5.4 MAIL FROM takes SIZE, BODY and SMTPUTF8 only; RET and ENVID: {no_dsn}"),
+        "555 RCPT TO parameters not recognized or not implemented": Refusal(
+            "rcpt", "parameter", f"555 5.5.4 RCPT TO takes no parameters; NOTIFY and ORCPT: {no_dsn}"),
     }
 
 
@@ -197,11 +210,16 @@ class SubmissionSMTP(AsyncAuthSMTP):
 
     def __init__(self, handler: SubmissionHandler, sessions: "Sessions", **kwargs):
         self.sessions = sessions
-        self.replies = handler.replies
+        self.refusals = handler.refusals
         super().__init__(handler, authenticator=handler.authenticator, **kwargs)
 
     async def push(self, status: str) -> None:
-        await super().push(self.replies.get(status, status))
+        refusal = self.refusals.get(status) if isinstance(status, str) else None
+        if refusal is not None:
+            sender: Sender | None = getattr(self.session, "sender", None)
+            tenant = sender.tenant.id if sender else self.event_handler._identify(self.session)[0]
+            status = _refused(refusal.stage, refusal.reason, refusal.reply, tenant)
+        await super().push(status)
 
     def tls_description(self) -> str | None:
         obj = self.transport.get_extra_info("ssl_object") if self.transport else None

@@ -162,7 +162,8 @@ def test_clean_reply():
     from policy.smtp import INTERNAL_ERROR, clean_reply
     assert clean_reply("503 Error: need MAIL command") == "503 5.5.1 Error: need MAIL command"
     assert clean_reply("550 5.7.1 already coded") == "550 5.7.1 already coded"
-    assert clean_reply("250 OK") == "250 OK"
+    assert clean_reply("250 OK") == "250 2.0.0 OK"                       # RFC 2034: 2xx too
+    assert clean_reply("250 queued as x") == "250 queued as x"        # ours, given as they are
     assert clean_reply("500 Error: (IndexError) string index out of range") == INTERNAL_ERROR
     assert clean_reply('500 Error: command "\rX" not recognized') == '500 5.5.2 Error: command "?X" not recognized'
     assert clean_reply("501 Syntax: \udcff") == "501 5.5.4 Syntax: \\udcff"      # invalid UTF-8 from the client
@@ -193,7 +194,7 @@ def test_sessions_find_the_same_commands_and_mechanisms_as_full_introspection():
             raise AssertionError("not called")
 
     loop = asyncio.new_event_loop()
-    handler = type("Handler", (), {"replies": {}, "authenticator": Authenticator()})()
+    handler = type("Handler", (), {"refusals": {}, "authenticator": Authenticator()})()
     smtp = SubmissionSMTP(handler, sessions=None, loop=loop)
     full = {name[5:] for name in object.__dir__(smtp) if name.startswith("smtp_")}
     assert set(smtp._smtp_methods) == full and "STARTTLS" in full and "AUTH" in full
