@@ -25,12 +25,14 @@ import random
 import re
 import time
 from collections import deque
+from functools import partial
 
 from policy import bounces, dkimkeys, logs, metrics, outbox, sent, standing, suppression, tenants
 from policy.groupcommit import GroupCommit
 from policy.settings import Settings
 from policy.store import Store, StoreError, epoch, utcnow
 from policy.tokens import TokenKeys
+from relay.eightbit import ConversionError, to_7bit
 from relay.routing import RouteError, Router
 from relay.signing import SigningError, SigningKey, provider_keys, sign
 from relay.smtp_out import Courier, Outcome
@@ -274,10 +276,7 @@ class DeliveryLoop:
         token = None if provider else due.token or await self._new_token(due, body)
         copy = body if provider else self._headers(due, token) + body
         try:
-            keys = self._signing_keys(due)
-            with metrics.dkim_signing.time():
-                signed = (await asyncio.to_thread(sign, copy, keys) if len(copy) > SIGN_IN_THREAD
-                          else sign(copy, keys)) + copy
+            signed = await self._signed(due, copy)
         except SigningError as e:
             return await self._defer(due, f"451 4.7.5 DKIM signing failed: {e}", token)
         domain = due.recipient.rpartition("@")[2]
@@ -289,8 +288,26 @@ class DeliveryLoop:
             envelope_from = "" if provider else f"bounce+{token}@{self.settings.provider.bounce_domain}"
             logs.event("attempt", queue_id=due.queue_id, tenant=due.tenant, recipient=due.recipient,
                        attempt=due.attempts + 1, hosts=len(destinations))
-            outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed)
+            seven_bit = partial(self._seven_bit, due, copy) if due.eightbit or not body.isascii() else None
+            outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed, seven_bit)
         await self._record(due, outcome, token)
+
+    async def _signed(self, due: Due, copy: bytes) -> bytes:
+        """`copy` under its DKIM signatures; a large one is hashed in a thread, not on the sessions' event loop."""
+        keys = self._signing_keys(due)
+        with metrics.dkim_signing.time():
+            return (await asyncio.to_thread(sign, copy, keys) if len(copy) > SIGN_IN_THREAD
+                    else sign(copy, keys)) + copy
+
+    async def _seven_bit(self, due: Due, copy: bytes) -> bytes | Outcome:
+        """The copy for a next hop without 8BITMIME: converted, then signed, so the signatures cover what is sent.
+        8-bit header fields cannot be converted: 554 5.6.3 (RFC 6152 §3, RFC 3463), a permanent failure."""
+        try:
+            return await self._signed(due, to_7bit(copy))
+        except ConversionError as e:
+            return Outcome(False, True, f"554 5.6.3 Conversion required but not possible: {e}")
+        except SigningError as e:
+            return Outcome(False, False, f"451 4.7.5 DKIM signing failed: {e}")
 
     def reload_keys(self) -> None:
         """Re-read the provider's DKIM keys (SIGHUP, rotation) and forget cached tenant keys."""

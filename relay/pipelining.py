@@ -88,24 +88,33 @@ class PipeliningSMTP(aiosmtplib.SMTP):
         self.protocol.transport.set_protocol(self.protocol)     # every loop takes its callbacks from it again
         return response
 
+    async def offers(self, extension: str) -> bool:
+        """Whether the peer offers `extension` (asked for again after STARTTLS: the reply to EHLO may differ)."""
+        await self._ehlo_or_helo_if_needed()
+        return self.supports_extension(extension)
+
     async def transaction(self, mail_from: str, recipient: str, message: bytes, command_timeout: float,
-                          data_timeout: float) -> SMTPResponse:
+                          data_timeout: float, eightbit: bool = False) -> SMTPResponse:
         """MAIL, RCPT, DATA and the message; raises what aiosmtplib's mail(), rcpt() and data() raise.
 
         A non-ASCII address goes with SMTPUTF8 (RFC 6531) to a peer that offers it; to one that does not,
-        the recipient is refused here, permanently (553 5.6.7), instead of failing on every retry."""
+        the recipient is refused here, permanently (553 5.6.7), instead of failing on every retry. An `eightbit`
+        message goes with BODY=8BITMIME (RFC 6152), to a peer that `offers` 8BITMIME only."""
         await self._ehlo_or_helo_if_needed()     # after STARTTLS the extensions are asked for again
         utf8 = not (mail_from + recipient).isascii()
         if utf8 and not self.supports_extension("smtputf8"):
             raise aiosmtplib.SMTPRecipientRefused(
                 553, "5.6.7 Non-ASCII address, and the next hop does not offer SMTPUTF8", recipient)
         encoding, options = ("utf-8", ["SMTPUTF8"]) if utf8 else ("ascii", [])
+        if eightbit:
+            options.append("BODY=8BITMIME")
         if not self.supports_extension("pipelining"):
             await self.mail(mail_from, options=options, encoding=encoding, timeout=command_timeout)
             await self.rcpt(recipient, encoding=encoding, timeout=command_timeout)
             return await self.data(message, timeout=data_timeout)
         commands = b"MAIL FROM:%s%s\r\nRCPT TO:%s\r\nDATA\r\n" % (
-            _path(mail_from).encode(encoding), b" SMTPUTF8" if utf8 else b"", _path(recipient).encode(encoding))
+            _path(mail_from).encode(encoding), "".join(" " + o for o in options).encode(),
+            _path(recipient).encode(encoding))
         replies = await self._guarded(commands, 3, command_timeout)
         mail, rcpt, data = (replies + replies[-1:] * 2)[:3]    # a 421 stands for the replies that never came
         if data.code == 354 and (mail.code != 250 or rcpt.code not in (250, 251)):

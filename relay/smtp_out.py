@@ -3,6 +3,10 @@
 Connections are reused per destination (up to `messages_per_connection` copies) and pipeline their
 commands where the peer offers it (RFC 2920), held within global and per-destination limits, and every step has a timeout, so a slow or dead host holds up only its
 own copies. The answer is an `Outcome`: delivered, or a failure that is `permanent` (bounce) or not.
+
+An 8-bit copy goes with BODY=8BITMIME where the next hop offers it; where it does not, the copy is replaced,
+on that connection, by the 7-bit one that `SevenBit` makes (RFC 6152 §3): the courier learns what the next hop
+offers only once connected, and the conversion must come before signing.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -38,6 +43,10 @@ class Outcome:
         return m.group(1) if m else ""
 
 
+# The copy made 7-bit and signed anew for a next hop without 8BITMIME, or the outcome when it cannot be.
+SevenBit = Callable[[], Awaitable[bytes | Outcome]]
+
+
 @dataclass
 class _Connection:
     smtp: PipeliningSMTP
@@ -58,28 +67,31 @@ class Courier:
         ca = delivery.smarthost_ca_file
         self._verified_tls = ssl.create_default_context(cafile=str(ca) if ca else None)   # required TLS: verify
 
-    async def send(self, destinations: list[Destination], mail_from: str, recipient: str, data: bytes) -> Outcome:
-        """Try each destination in order until one gives an SMTP answer; connection faults move on."""
+    async def send(self, destinations: list[Destination], mail_from: str, recipient: str, data: bytes,
+                   seven_bit: SevenBit | None = None) -> Outcome:
+        """Try each destination in order until one gives an SMTP answer; connection faults move on.
+        `seven_bit`: `data` is 8-bit, and this makes the copy for a next hop without 8BITMIME."""
         outcome = Outcome(False, False, "451 4.4.1 No destination to try", local=True)
         async with self._all:
             for dest in destinations:
                 slot = self._slots.setdefault(dest, asyncio.Semaphore(self.settings.per_destination))
                 async with slot:
-                    outcome = await self._send_to(dest, mail_from, recipient, data)
+                    outcome = await self._send_to(dest, mail_from, recipient, data, seven_bit)
                 if not outcome.local:
                     return outcome
         return outcome
 
-    async def _send_to(self, dest: Destination, mail_from: str, recipient: str, data: bytes) -> Outcome:
+    async def _send_to(self, dest: Destination, mail_from: str, recipient: str, data: bytes,
+                       seven_bit: SevenBit | None) -> Outcome:
         conn = self._reuse(dest)
         if conn is not None:
             try:
-                return await self._transaction(dest, conn, mail_from, recipient, data)
+                return await self._transaction(dest, conn, mail_from, recipient, data, seven_bit)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
                 pass                                  # the idle connection was closed by the peer: a new one
         try:
             conn = _Connection(await self._connect(dest))
-            return await self._transaction(dest, conn, mail_from, recipient, data)
+            return await self._transaction(dest, conn, mail_from, recipient, data, seven_bit)
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
             return Outcome(False, False, f"451 4.4.1 {dest.host}:{dest.port}: {_describe(e)}", local=True)
 
@@ -117,10 +129,18 @@ class Courier:
         return smtp
 
     async def _transaction(self, dest: Destination, conn: _Connection, mail_from: str, recipient: str,
-                           data: bytes) -> Outcome:
+                           data: bytes, seven_bit: SevenBit | None) -> Outcome:
         s, smtp = self.settings, conn.smtp
         try:
-            response = await smtp.transaction(mail_from, recipient, data, s.command_timeout, s.data_timeout)
+            eightbit = seven_bit is not None
+            if eightbit and not await smtp.offers("8bitmime"):
+                converted = await seven_bit()
+                if isinstance(converted, Outcome):
+                    await self._release(dest, conn, reset=False)     # nothing was sent on it
+                    return converted
+                data, eightbit = converted, False
+            response = await smtp.transaction(mail_from, recipient, data, s.command_timeout, s.data_timeout,
+                                              eightbit)
         except aiosmtplib.SMTPResponseException as e:
             outcome = Outcome(False, e.code >= 500, f"{e.code} {_one_line(e.message)}")
             if e.code == 421:

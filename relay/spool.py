@@ -34,7 +34,8 @@ from policy.store import enable_wal, utcnow
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, mail_from TEXT NOT NULL, size INTEGER NOT NULL,
-    received TEXT NOT NULL, smtputf8 INTEGER NOT NULL DEFAULT 0, campaign TEXT, from_domain TEXT, data BLOB);
+    received TEXT NOT NULL, smtputf8 INTEGER NOT NULL DEFAULT 0, campaign TEXT, from_domain TEXT, data BLOB,
+    eightbit INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS recipients (
     queue_id TEXT NOT NULL REFERENCES messages(id), recipient TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
@@ -62,6 +63,7 @@ class Message:
     smtputf8: bool = False
     campaign: str | None = None
     from_domain: str = ""
+    eightbit: bool = False      # submitted with BODY=8BITMIME (RFC 6152); 8-bit bytes without it count on the way out
 
 
 def new_queue_id(node: str) -> str:
@@ -77,7 +79,23 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA secure_delete=ON")
     conn.executescript(_SCHEMA)
+    _add_column(conn, "messages", "eightbit", "INTEGER NOT NULL DEFAULT 0")
     return conn
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str, definition: str) -> None:
+    """A column that spool files written by an earlier version lack. The check is made again under the write
+    lock: a worker's connections and the command line open one file at once, and a second ALTER would fail."""
+    if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def shard_path(spool_dir: Path, shard: int) -> Path:
@@ -106,6 +124,7 @@ class Due:
     received: str
     campaign: str | None
     from_domain: str | None
+    eightbit: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,7 +136,8 @@ class Queued:
 
     def due(self, recipient: str, token: str | None = None) -> Due:
         m = self.message
-        return Due(m.id, recipient, 0, token, m.tenant, m.mail_from, self.received, m.campaign, m.from_domain)
+        return Due(m.id, recipient, 0, token, m.tenant, m.mail_from, self.received, m.campaign, m.from_domain,
+                   m.eightbit)
 
 
 class Handoff(Protocol):
@@ -164,9 +184,9 @@ class Spool:
         def insert(conn: sqlite3.Connection) -> None:
             m = message
             conn.execute("INSERT INTO messages (id, tenant, mail_from, size, received, smtputf8, campaign, from_domain, "
-                         "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         "data, eightbit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (m.id, m.tenant, m.mail_from, len(m.data), received, int(m.smtputf8), m.campaign,
-                          m.from_domain, m.data))
+                          m.from_domain, m.data, int(m.eightbit)))
             conn.executemany("INSERT INTO recipients (queue_id, recipient, next_attempt, updated) VALUES (?, ?, ?, ?)",
                              [(m.id, r, due_at, received) for r in m.recipients])
         done = self._submit(insert)
@@ -205,10 +225,10 @@ class Spool:
             params.append(leased_before)
         rows = self._reader.execute(
             "SELECT r.queue_id, r.recipient, r.attempts, r.token, m.tenant, m.mail_from, m.received, m.campaign, "
-            "m.from_domain "
+            "m.from_domain, m.eightbit "
             "FROM recipients r JOIN messages m ON m.id = r.queue_id "
             "WHERE r." + PENDING + " AND " + when + " ORDER BY r.next_attempt LIMIT ?", (*params, limit)).fetchall()
-        return [Due(*row) for row in rows]
+        return [Due(*row[:-1], bool(row[-1])) for row in rows]
 
     def next_due(self) -> float | None:
         return self._reader.execute("SELECT min(next_attempt) FROM recipients WHERE " + PENDING).fetchone()[0]

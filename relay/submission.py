@@ -135,7 +135,8 @@ class SubmissionHandler(Handler):
         logs.event("received", queue_id=queue_id, tenant=sender.tenant.id, size=len(raw), client=session.peer[0])
         data = self._trace_headers(server, session, sender, queue_id, check) + raw
         message = Message(queue_id, sender.tenant.id, envelope.mail_from, tuple(envelope.rcpt_tos), data,
-                          envelope.smtp_utf8, check.campaign, check.from_domain)
+                          envelope.smtp_utf8, check.campaign, check.from_domain,
+                          "BODY=8BITMIME" in envelope.mail_options)
         try:
             await self.spool.enqueue(message, self.handoff)
         except SpoolError as e:

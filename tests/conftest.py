@@ -202,17 +202,22 @@ def run_cli(*args: str, cwd: Path, stdin: str | None = None, env: dict | None = 
 
 class Sink:
     """An SMTP next hop whose answer to DATA is `self.mode`; counts sessions and concurrency. It offers
-    PIPELINING (RFC 2920) as real MTAs do, unless `pipelining` is False."""
+    PIPELINING (RFC 2920) as real MTAs do, unless `pipelining` is False, and 8BITMIME (RFC 6152) unless
+    `eightbit` is False."""
 
-    def __init__(self, mode: str = "accept", pipelining: bool = True):
+    def __init__(self, mode: str = "accept", pipelining: bool = True, eightbit: bool = True):
         self.mode = mode
         self.pipelining = pipelining
+        self.eightbit = eightbit
         self.received: list[tuple[str, list[str], bytes]] = []
+        self.mail_options: list[list[str]] = []       # the MAIL parameters of each copy received
         self.sessions = self.active = self.peak = 0
         self.lock = threading.Lock()
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
+        if not self.eightbit:
+            responses = [r for r in responses if r[4:] != "8BITMIME"]
         return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
 
     async def handle_DATA(self, server, session, envelope):
@@ -230,6 +235,7 @@ class Sink:
         if self.mode == "policy":
             return "550 5.7.1 message refused as spam"
         self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        self.mail_options.append(list(envelope.mail_options))
         return "250 2.0.0 ok"
 
 
