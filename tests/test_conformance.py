@@ -8,7 +8,6 @@ import logging
 import shutil
 import smtplib
 import socket
-import ssl
 import subprocess
 
 import pytest
