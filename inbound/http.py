@@ -175,7 +175,7 @@ def metrics_registry(collectors: Iterable = ()) -> CollectorRegistry:
 
 def make_app(store: Store, keys: TokenKeys, collectors: Iterable = (),
              checks: dict[str, Callable[[], None]] | None = None) -> web.Application:
-    """The HTTP role. Store calls are synchronous: one indexed SQLite lookup, cheaper than a thread hop.
+    """The HTTP role. Store calls go through `store.call`: inline on SQLite, in a thread on PostgreSQL.
 
     `collectors` add scrape-time gauges to /metrics; `checks` are named health checks beyond the store,
     each raising when its part cannot serve (both come from the composition root).
@@ -188,7 +188,7 @@ def make_app(store: Store, keys: TokenKeys, collectors: Iterable = (),
         return _reply(request, 404, "gone_title", "gone")
 
     async def show(request: web.Request) -> web.Response:
-        sub = optout.lookup(store, keys, token_of(request))
+        sub = await store.call(optout.lookup, store, keys, token_of(request))
         if sub is None:
             return not_found(request)
         if sub.opted_out:
@@ -199,7 +199,7 @@ def make_app(store: Store, keys: TokenKeys, collectors: Iterable = (),
         form = await request.post()
         if form.get(_FIELD) != _VALUE:
             return _reply(request, 400, "bad_title", "bad")
-        sub = optout.by_token(store, keys, token_of(request), source="one-click")
+        sub = await store.call(optout.by_token, store, keys, token_of(request), "one-click")
         if sub is None:
             return not_found(request)
         logs.event("unsubscribe", tenant=sub.tenant, recipient=sub.recipient, via="one-click")
@@ -209,7 +209,7 @@ def make_app(store: Store, keys: TokenKeys, collectors: Iterable = (),
         failed = []
         for name, check in checks.items():
             try:
-                check()
+                await store.call(check)
             except Exception as e:      # a closed store, an unreadable spool: take this node out of rotation
                 log.warning("health check %s failed: %s", name, e)
                 failed.append(name)

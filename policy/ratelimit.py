@@ -22,6 +22,9 @@ class Limits:
         """
         return self.store.count(f"auth:user:{username.lower()}", self.window) >= self.max_failures
 
+    def either_locked(self, ip: str, username: str) -> bool:
+        return self.ip_locked(ip) or self.user_locked(username)
+
     def auth_failed(self, username: str, ip: str) -> None:
         self.store.hit(f"auth:user:{username.lower()}", self.window)
         self.store.hit(f"auth:ip:{ip}", self.window)

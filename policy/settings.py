@@ -56,6 +56,7 @@ class Paths:
 @dataclass(frozen=True)
 class Store:
     url: str = ""
+    acquire_timeout: float = 2.0           # seconds a command waits for a PostgreSQL connection before 451 4.3.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class Submission:
     auth_cache_ttl: float = 3600.0         # a worker skips scrypt for a login it verified this recently; 0: off
     auth_cache_size: int = 10000           # logins each worker keeps verified (oldest dropped first)
     timeout: float = 300.0                 # idle seconds before the server closes a session
-    trust_cache_ttl: float = 5.0           # seconds a worker caches tenants' trusted networks
+    trust_cache_ttl: float = 5.0           # seconds a worker trusts what it read of a tenant (networks, status)
     shutdown_grace: float = 30.0           # on SIGTERM, how long open transactions may take to finish
     proxy_protocol: bool = False           # `listen` addresses expect a PROXY header (v1/v2) first
 
@@ -204,7 +205,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                  "abuse_address": _address, "privacy_address": _address, "terms_version": _str},
     "node": {"name": _node_name, "workers": _workers},
     "paths": {"data_dir": _dir},
-    "store": {"url": _store_url},
+    "store": {"url": _store_url, "acquire_timeout": parse_duration},
     "submission": {"listen": _listen_list, "tls_listen": _listen_list, "max_message_size": _count,
                    "max_recipients": _count, "auth_failures": _count, "auth_failure_window": parse_duration,
                    "auth_cache_ttl": parse_duration, "auth_cache_size": _count,

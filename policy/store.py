@@ -6,6 +6,11 @@ nodes. `open_store` picks one from the settings; nothing outside policy/ knows w
 written once, in the subset both engines speak, with `?` or `:name` parameters; the schema is the
 named migrations of policy/schema.py, applied under a lock so nodes and workers starting together
 do not race.
+
+Code on an event loop reaches the store through one calling convention, `await store.call(fn, *args)`:
+SQLite runs `fn` inline (its calls take microseconds, less than a hop to a thread would cost), PostgreSQL
+in a thread of the store's own, so a round trip to the server, or a wait for a connection, holds up only
+the command that needs it and never the other sessions of the worker.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 import psycopg
 
@@ -25,6 +30,7 @@ from policy.schema import MIGRATIONS
 if TYPE_CHECKING:
     from policy.settings import Settings
 
+T = TypeVar("T")
 Params = Sequence[Any] | dict[str, Any]
 StoreError = (sqlite3.Error, psycopg.Error)      # what a failing store raises, whichever the engine
 
@@ -82,6 +88,10 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` (which uses this store) from an event loop, without blocking it (see the module doc)."""
+        return fn(*args)
 
     def one(self, sql: str, params: Params = ()) -> dict | None:
         cur = self.execute(sql, params)
@@ -150,7 +160,7 @@ def open_store(settings: "Settings", *, other_thread: bool = False, durable: boo
     disk before it returns, for writers that mark their input done elsewhere right after (inbound)."""
     if settings.store.url:
         from policy.store_postgres import PostgresStore
-        return PostgresStore(settings.store.url)
+        return PostgresStore(settings.store.url, settings.store.acquire_timeout)
     return SqliteStore(settings.store_path, other_thread=other_thread, durable=durable)
 
 

@@ -1,7 +1,11 @@
 """The PostgreSQL store (`store.url = "postgresql://…"`): what several nodes share.
 
 psycopg 3 with a small connection pool per Store (a broken connection is replaced, not fatal).
-Statements run in autocommit; `transaction()` holds one pooled connection for this thread's
+`call` runs its function in one of the store's THREADS threads, which wait for a pooled connection at
+most `acquire_timeout` (psycopg_pool's PoolTimeout, a psycopg.OperationalError, then answers the command
+451 4.3.0): a slow or unreachable server holds up the commands that need it, not the event loop. There
+are more threads than connections so that a command waiting for one is bounded by that timeout, not by
+a queue of other commands. Statements run in autocommit; `transaction()` holds one pooled connection for this thread's
 statements; `exclusive()` is a transaction holding a transaction-scoped advisory
 lock, the counterpart of SQLite's BEGIN IMMEDIATE, so read-modify-write sections (migrations included)
 are serialised across every node. The SQL of policy/ is translated once per statement: `?` and
@@ -9,24 +13,27 @@ are serialised across every node. The SQL of policy/ is translated once per stat
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
 from psycopg.types.numeric import NumericLoader
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from policy.schema import to_postgres
-from policy.store import Params, Store
+from policy.store import Params, Store, T
 
 EXCLUSIVE_LOCK = 0x5773_5454   # the advisory lock key of exclusive sections ("WsTT")
-POOL_SIZE = 4                  # per Store: the event loop's statements, plus a CLI's or a thread's
-CONNECT_TIMEOUT = 10.0         # seconds to wait for a connection from the pool
+POOL_SIZE = 4                  # connections per Store (a worker, a CLI command)
+THREADS = 16                   # threads of `call` per Store: the waits for a connection beyond POOL_SIZE
+ACQUIRE_TIMEOUT = 10.0         # seconds to wait for a connection, unless the settings say (store.acquire_timeout)
 
 _TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?|(?<!:):([A-Za-z_]\w*)|%")
 
@@ -75,12 +82,29 @@ class _Result:
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str):
+    def __init__(self, url: str, acquire_timeout: float = ACQUIRE_TIMEOUT):
         info = psycopg.conninfo.conninfo_to_dict(url)
         self.where = f"postgresql://{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-        self.pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT, open=True,
+        self.acquire_timeout = acquire_timeout
+        self.pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, timeout=acquire_timeout, open=True,
                                    kwargs={"autocommit": True}, configure=_configure, name="websofttt")
         self._held = threading.local()      # the connection of this thread's exclusive section
+        self._threads: ThreadPoolExecutor | None = None      # made at the first `call` (after a fork)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """In a thread; a call that finds no thread free within `acquire_timeout` is dropped with PoolTimeout."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="store")
+        begun = threading.Event()
+
+        def run() -> T:
+            begun.set()
+            return fn(*args)
+        job = asyncio.get_running_loop().run_in_executor(self._threads, run)
+        done, _ = await asyncio.wait({job}, timeout=self.acquire_timeout)
+        if not done and not begun.is_set() and job.cancel():
+            raise PoolTimeout(f"no store connection within {self.acquire_timeout:g} s")
+        return await job
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -122,4 +146,6 @@ class PostgresStore(Store):
         return to_postgres(statement)
 
     def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
         self.pool.close()

@@ -62,14 +62,15 @@ class Authenticator:
         Guesses queued behind each other are refused once the failures before them reach the limit.
         """
         username, secret = login.login.decode("utf-8", "replace"), login.password
-        if self.limits.ip_locked(ip):
+        call = self.store.call
+        if await call(self.limits.ip_locked, ip):
             return await _locked(ip)
-        stored, tenant = credentials.lookup_hash(self.store, username)
+        stored, tenant = await call(credentials.lookup_hash, self.store, username)
         if tenant is not None and self.logins.verified(ip, username, secret, stored):
             return self._accepted(username, tenant, "remembered")
         if credentials.is_slow(secret):
             ok = await self._in_turn(username, ip, tenant, stored, secret)
-        elif self.limits.user_locked(username):
+        elif await call(self.limits.user_locked, username):
             ok = None
         else:
             ok = credentials.verify_password(stored, secret)
@@ -78,7 +79,7 @@ class Authenticator:
         if ok and tenant is not None:
             self.logins.remember(ip, username, secret, stored)
             return self._accepted(username, tenant, credentials.kind_of(stored).value)
-        self.limits.auth_failed(username, ip)
+        await call(self.limits.auth_failed, username, ip)
         _failed("bad_credentials", ip)
         return AuthResult(success=False, handled=False)
 
@@ -86,7 +87,7 @@ class Authenticator:
         """The slow check when its turn comes; None if a lockout was reached meanwhile (answered after the
         turn, so that the lockout's delay does not hold the queue)."""
         async with self._turn:
-            if self.limits.ip_locked(ip) or self.limits.user_locked(username):
+            if await self.store.call(self.limits.either_locked, ip, username):
                 return None
             if tenant is None or credentials.kind_of(stored) is credentials.Kind.GENERATED:
                 return await self._pretend()

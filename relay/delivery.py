@@ -28,6 +28,7 @@ from collections import deque
 from functools import partial
 
 from policy import bounces, dkimkeys, logs, metrics, outbox, sent, standing, suppression, tenants
+from policy.cache import Recent
 from policy.groupcommit import GroupCommit
 from policy.settings import Settings
 from policy.store import Store, StoreError, epoch, utcnow
@@ -45,7 +46,6 @@ _CAMPAIGN = re.compile(r"[^A-Za-z0-9._-]")
 _ENHANCED = re.compile(r"^[245]\d\d[ -]([245]\.\d{1,3}\.\d{1,3})\b")
 TENANT_KEY_TTL = 30.0         # seconds a loop caches a tenant domain's key (or its absence)
 CHECKPOINT_INTERVAL = 1.0     # seconds between WAL truncations while bodies are being erased
-TENANT_STATUS_TTL = 5.0       # seconds a loop trusts a tenant's status (suspension holds its mail)
 HOLD_RECHECK = 60.0           # seconds between looks at a suspended tenant's held mail
 OUTBOX_INTERVAL = 1.0         # seconds between looks at the store's outbox
 KEY_REFRESH = 60.0            # seconds between re-reads of the provider's keys (a rotation becomes active)
@@ -64,12 +64,12 @@ class Fresh:
         self.queued: Queued | None = None                 # set once the spool has committed it
         self.recipients = deque(dict.fromkeys(message.recipients))
         self.tokens = tokens
-        self.recorded: bool | None = None                 # the tokens' sent rows: committed, failed, not yet tried
+        self.recorded: asyncio.Future | None = None       # the tokens' sent rows, committed (or the error)
         self.lease_ends = time.time() + LEASE             # the scan sees its rows from then on
 
     def next_due(self) -> Due:
         recipient = self.recipients.popleft()
-        return self.queued.due(recipient, self.tokens[recipient] if self.recorded else None)
+        return self.queued.due(recipient, self.tokens[recipient] if _committed(self.recorded) else None)
 
 
 class DeliveryLoop:
@@ -93,8 +93,8 @@ class DeliveryLoop:
         self._erased = False          # a body was erased since the last WAL checkpoint
         self._checkpointed = 0.0
         self._tasks: set[asyncio.Task] = set()
-        self._tenant_keys: dict[tuple[str, str], tuple[float, SigningKey | None]] = {}
-        self._suspended: dict[str, tuple[float, bool]] = {}
+        self._tenant_keys: Recent[SigningKey | None] = Recent(TENANT_KEY_TTL)
+        self._suspended: Recent[bool] = Recent(settings.submission.trust_cache_ttl)   # suspension holds mail
         self._outbox_checked = 0.0
         self._keys_loaded = time.monotonic()
 
@@ -113,7 +113,7 @@ class DeliveryLoop:
                 else:
                     self._scan_waiting = True
             self._pump()
-            self._refresh_keys()
+            await self._refresh_keys()
             if self._erased and time.monotonic() - self._checkpointed >= CHECKPOINT_INTERVAL:
                 self._erased, self._checkpointed = False, time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, self.spool.checkpoint)
@@ -157,9 +157,9 @@ class DeliveryLoop:
             return False
         fresh = self._reserved[message.id] = Fresh(message, {r: self.tokens.issue() for r in recipients})
         message_id = _message_id(message.data)
-        self.writes.later(_record_sent, fresh, [(t, message.tenant, r, message_id, message.id,
-                                                 self.settings.delivery.sent_retention)
-                                                for r, t in fresh.tokens.items()])
+        fresh.recorded = self.writes.submit(_record_sent, [(t, message.tenant, r, message_id, message.id,
+                                                            self.settings.delivery.sent_retention)
+                                                           for r, t in fresh.tokens.items()], soon=False)
         self._fresh_keys.update((message.id, r) for r in recipients)
         self._fresh_recipients += count
         self._fresh_bytes += size
@@ -176,9 +176,13 @@ class DeliveryLoop:
             self._scan_at = 0.0
             self.wake.set()
             return
-        if fresh.recorded is None:
-            self.writes.flush()
-        if not fresh.recorded:        # the store failed: each copy records a token of its own (or is deferred)
+        if fresh.recorded.done():
+            return self._queue_fresh(fresh, queued)
+        self.writes.hurry()
+        fresh.recorded.add_done_callback(lambda _: self._queue_fresh(fresh, queued))
+
+    def _queue_fresh(self, fresh: Fresh, queued: Queued) -> None:
+        if not _committed(fresh.recorded):     # each copy records a token of its own (or is deferred)
             log.warning("cannot record the tokens of %s, each copy records its own", queued.message.id)
         fresh.queued = queued
         self._fresh.append(fresh)
@@ -246,26 +250,27 @@ class DeliveryLoop:
     async def _take_outbox(self) -> None:
         """Move provider mail from the store's outbox into this shard's spool (durable before it leaves the outbox)."""
         try:
-            if not outbox.waiting(self.store):
+            call = self.store.call
+            if not await call(outbox.waiting, self.store):
                 return
-            for item in outbox.claim(self.store):
+            for item in await call(outbox.claim, self.store):
                 await self.spool.enqueue(Message(new_queue_id(self.settings.node.name), outbox.PROVIDER, "",
                                                  (item.recipient,), item.raw))
-                outbox.done(self.store, item.id)
+                await call(outbox.done, self.store, item.id)
                 self._scan_at = 0.0
         except (SpoolError, OSError, RuntimeError, *StoreError) as e:     # the claim lapses; another try takes it
             log.error("cannot take provider mail from the outbox: %s", e)
 
     async def deliver(self, due: Due, body: bytes | None = None) -> None:
         """The outbound path of one recipient, top to bottom (`body`: handed over in memory, else read)."""
-        if self._held(due.tenant):
+        if await self._held(due.tenant):
             return await self.spool.record(due.queue_id, due.recipient, "deferred", due.attempts,
                                            time.time() + HOLD_RECHECK, "451 4.7.1 Held: the tenant is suspended",
                                            due.token)
         age = time.time() - epoch(due.received)
         if age > self.settings.delivery.max_queue_lifetime:
             return await self._finish(due, "expired", "554 4.4.7 Message expired in the queue", due.token)
-        entry = suppression.find(self.store, due.tenant, due.recipient)
+        entry = await self.store.call(suppression.find, self.store, due.tenant, due.recipient)
         if entry is not None:
             metrics.suppression_hits.labels("delivery", entry.cause).inc()
             return await self._finish(due, "suppressed", f"550 5.7.1 Recipient {entry.reason}", due.token)
@@ -294,7 +299,7 @@ class DeliveryLoop:
 
     async def _signed(self, due: Due, copy: bytes) -> bytes:
         """`copy` under its DKIM signatures; a large one is hashed in a thread, not on the sessions' event loop."""
-        keys = self._signing_keys(due)
+        keys = await self._signing_keys(due)
         with metrics.dkim_signing.time():
             return (await asyncio.to_thread(sign, copy, keys) if len(copy) > SIGN_IN_THREAD
                     else sign(copy, keys)) + copy
@@ -311,38 +316,34 @@ class DeliveryLoop:
 
     def reload_keys(self) -> None:
         """Re-read the provider's DKIM keys (SIGHUP, rotation) and forget cached tenant keys."""
-        self.keys = provider_keys(self.settings, self.store)
+        self._keys_read(provider_keys(self.settings, self.store))
+
+    def _keys_read(self, keys: list[SigningKey]) -> None:
+        self.keys = keys
         self._tenant_keys.clear()
         self._keys_loaded = time.monotonic()
 
-    def _refresh_keys(self) -> None:
+    async def _refresh_keys(self) -> None:
         """Every KEY_REFRESH, from the loop and before a copy is signed (fresh mail starts without the loop)."""
         if time.monotonic() - self._keys_loaded >= KEY_REFRESH:
+            self._keys_loaded = time.monotonic()      # one reload at a time
             try:
-                self.reload_keys()
+                self._keys_read(await self.store.call(provider_keys, self.settings, self.store))
             except Exception as e:      # a busy store or a damaged key: keep signing with the keys we have
                 log.error("cannot reload DKIM keys, keeping the current ones: %s", e)
-                self._keys_loaded = time.monotonic()
 
-    def _held(self, tenant: str) -> bool:
+    async def _held(self, tenant: str) -> bool:
         if tenant == outbox.PROVIDER:
             return False
-        cached = self._suspended.get(tenant)
-        if cached is None or time.monotonic() - cached[0] > TENANT_STATUS_TTL:
-            found = tenants.get(self.store, tenant)
-            cached = self._suspended[tenant] = (time.monotonic(), found is not None and not found.active)
-        return cached[1]
+        return await self._suspended.get(tenant, lambda: self.store.call(_suspended, self.store, tenant))
 
-    def _signing_keys(self, due: Due) -> list[SigningKey]:
+    async def _signing_keys(self, due: Due) -> list[SigningKey]:
         """The tenant's key for its From domain first (DMARC alignment), then the provider's (identification)."""
-        self._refresh_keys()
+        await self._refresh_keys()
         domain = (due.from_domain or "").lower()
-        cached = self._tenant_keys.get((due.tenant, domain))
-        if cached is None or time.monotonic() - cached[0] > TENANT_KEY_TTL:
-            found = dkimkeys.find(self.store, due.tenant, domain) if domain else None
-            key = SigningKey(found.domain, found.selector, found.key()) if found else None
-            cached = self._tenant_keys[(due.tenant, domain)] = (time.monotonic(), key)
-        return [cached[1], *self.keys] if cached[1] else self.keys
+        key = await self._tenant_keys.get((due.tenant, domain), lambda: self.store.call(
+            _tenant_key, self.store, due.tenant, domain)) if domain else None
+        return [key, *self.keys] if key else self.keys
 
     async def _new_token(self, due: Due, body: bytes) -> str:
         """A token for this copy, committed with its sent row before the copy leaves (a reply names it)."""
@@ -372,8 +373,8 @@ class DeliveryLoop:
             return self.writes.later(bounces.delivered, due.tenant, due.recipient)
         if not outcome.permanent:
             return await self._defer(due, outcome.reply, token)
-        bounces.record(self.store, self.settings.policy, due.tenant, due.recipient, outcome.status, True, "",
-                       source=f"delivery {due.queue_id}")
+        await self.store.call(bounces.record, self.store, self.settings.policy, due.tenant, due.recipient,
+                              outcome.status, True, "", f"delivery {due.queue_id}")
         await self._finish(due, "failed", outcome.reply, token)
 
     async def _defer(self, due: Due, reply: str, token: str | None) -> None:
@@ -423,14 +424,24 @@ def _message_id(body: bytes) -> str | None:
     return m.group(1).decode("utf-8", "replace").strip() if m else None
 
 
-def _record_sent(store: Store, fresh: Fresh, rows: list[tuple]) -> None:
-    """The sent rows of one handed-over message, one write of the group commit. `fresh.recorded` is True once
-    it ran without error: after `flush` returns, that is once it is committed (a failed group transaction is
-    rolled back and each of its writes run again on its own)."""
-    fresh.recorded = False
+def _record_sent(store: Store, rows: list[tuple]) -> None:
+    """The sent rows of one handed-over message, one write of the group commit."""
     for row in rows:
         sent.record(store, *row)
-    fresh.recorded = True
+
+
+def _suspended(store: Store, tenant: str) -> bool:
+    found = tenants.get(store, tenant)
+    return found is not None and not found.active
+
+
+def _tenant_key(store: Store, tenant: str, domain: str) -> SigningKey | None:
+    found = dkimkeys.find(store, tenant, domain)
+    return SigningKey(found.domain, found.selector, found.key()) if found else None
+
+
+def _committed(write: asyncio.Future | None) -> bool:
+    return write is not None and write.done() and not write.cancelled() and write.exception() is None
 
 
 def _forget_sent(store: Store, tokens: list[str]) -> None:

@@ -295,7 +295,7 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
         await asyncio.gather(*runs)
         for spool in spools:
             spool.close()
-        writes.flush()
+        await writes.drain()
         store.close()
         if own_stop:
             loop.remove_signal_handler(signal.SIGTERM)

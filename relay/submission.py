@@ -18,6 +18,7 @@ from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import Envelope, Session
 
 from policy import logs, metrics, standing, suppression, tenants
+from policy.cache import Recent
 from policy.groupcommit import GroupCommit
 from policy.headers import HeaderCheck, HeaderPolicy, check_headers
 from policy.ratelimit import Limits
@@ -40,20 +41,23 @@ class Sender:
     username: str | None    # None: a trusted network
 
 
-class TrustedNetworks:
-    """Tenants' CIDRs, reloaded from the store every few seconds so CLI changes reach running workers."""
+class Tenants:
+    """What submission reads of tenants (their trusted networks; each tenant's row at MAIL), trusted for
+    `submission.trust_cache_ttl`: changes from the command line reach running workers within it."""
 
     def __init__(self, store: Store, ttl: float):
-        self.store, self.ttl = store, ttl
-        self._loaded = -ttl
-        self._nets: list = []
+        self.store = store
+        self._networks: Recent[list] = Recent(ttl, size=1)
+        self._rows: Recent[tenants.Tenant | None] = Recent(ttl)
 
-    def tenant_for(self, ip: str) -> str | None:
-        now = time.monotonic()
-        if now - self._loaded > self.ttl:
-            self._nets, self._loaded = tenants.trusted_networks(self.store), now
+    async def for_address(self, ip: str) -> str | None:
+        """The tenant whose trusted network holds `ip`, if any."""
+        nets = await self._networks.get("", lambda: self.store.call(tenants.trusted_networks, self.store))
         addr = ipaddress.ip_address(ip)
-        return next((tenant for net, tenant in self._nets if addr in net), None)
+        return next((tenant for net, tenant in nets if addr in net), None)
+
+    async def get(self, tenant_id: str) -> tenants.Tenant | None:
+        return await self._rows.get(tenant_id, lambda: self.store.call(tenants.get, self.store, tenant_id))
 
 
 class SubmissionHandler(Handler):
@@ -64,7 +68,7 @@ class SubmissionHandler(Handler):
         self.spool = spool
         self.handoff = handoff          # this worker's delivery loop, if any: accepted mail goes to it in memory
         self.limits = Limits(store, settings.submission)
-        self.trusted = TrustedNetworks(store, settings.submission.trust_cache_ttl)
+        self.tenants = Tenants(store, settings.submission.trust_cache_ttl)
         self.header_policy = HeaderPolicy(settings.provider.domains, settings.provider.hostname)
         self.authenticator = Authenticator(store, writes, self.limits, VerifiedLogins(
             settings.submission.auth_cache_ttl, settings.submission.auth_cache_size))
@@ -76,10 +80,10 @@ class SubmissionHandler(Handler):
 
     # MAIL FROM: who is sending, and may they send now?
     async def handle_MAIL(self, server, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
-        tenant_id, username = self._identify(session)
+        tenant_id, username = await self.identify(session)
         if tenant_id is None:
             return _refused("mail", "unauthenticated", "530 5.7.0 Authentication required")
-        tenant = tenants.get(self.store, tenant_id)
+        tenant = await self.tenants.get(tenant_id)
         if tenant is None:
             return _refused("mail", "unknown_tenant", "550 5.7.1 This account no longer exists", tenant_id)
         if not tenant.active:
@@ -90,7 +94,7 @@ class SubmissionHandler(Handler):
             return _refused("mail", "terms", f"550 5.7.1 Tenant {tenant.id} has not accepted the terms of service "
                                              f"version {version} (websofttt tenant accept-terms {tenant.id})", tenant.id)
         rate = tenant.message_rate(self.settings.policy.tenant_rate)
-        if not self.limits.message_allowed(tenant.id, rate):
+        if not await self.store.call(self.limits.message_allowed, tenant.id, rate):
             return _refused("mail", "rate_limit", f"451 4.7.1 Message rate limit for tenant {tenant.id} reached, "
                                                   f"try again later", tenant.id)
         session.sender = Sender(tenant, username)
@@ -98,10 +102,11 @@ class SubmissionHandler(Handler):
         envelope.mail_options.extend(options)
         return "250 2.1.0 Sender OK"
 
-    def _identify(self, session: Session) -> tuple[str | None, str | None]:
+    async def identify(self, session: Session) -> tuple[str | None, str | None]:
+        """(tenant, username) of an authenticated session, (tenant, None) from a trusted network, else Nones."""
         if isinstance(session.auth_data, Authenticated):
             return session.auth_data.tenant, session.auth_data.username
-        return self.trusted.tenant_for(session.peer[0]), None
+        return await self.tenants.for_address(session.peer[0]), None
 
     # RCPT TO: a valid address, within limits, not suppressed for this tenant.
     async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str,
@@ -113,7 +118,7 @@ class SubmissionHandler(Handler):
         if not valid_address(address):
             return _refused("rcpt", "bad_address", f"553 5.1.3 Recipient address <{_shown(address)}> is not a valid "
                                                    f"address", tenant_id)
-        entry = suppression.find(self.store, tenant_id, address)
+        entry = await self.store.call(suppression.find, self.store, tenant_id, address)
         if entry is not None:
             metrics.suppression_hits.labels("rcpt", entry.cause).inc()
             return _refused("rcpt", "suppressed", f"550 5.7.1 Recipient <{_shown(address)}> {entry.reason}",
@@ -218,7 +223,7 @@ class SubmissionSMTP(AsyncAuthSMTP):
         refusal = self.refusals.get(status) if isinstance(status, str) else None
         if refusal is not None:
             sender: Sender | None = getattr(self.session, "sender", None)
-            tenant = sender.tenant.id if sender else self.event_handler._identify(self.session)[0]
+            tenant = sender.tenant.id if sender else (await self.event_handler.identify(self.session))[0]
             status = _refused(refusal.stage, refusal.reason, refusal.reply, tenant)
         await super().push(status)
 

@@ -100,7 +100,6 @@ def test_not_spam_and_duplicate_reports_do_not_count(relay, sink):
 
 def test_held_mail_of_a_suspended_tenant_is_kept_and_sent_after_resume(relay, sink, monkeypatch):
     monkeypatch.setattr(delivery, "HOLD_RECHECK", 0.3)
-    monkeypatch.setattr(delivery, "TENANT_STATUS_TTL", 0.0)
     sink.mode = "defer"
     queue_id = submit(relay, ("a@example.net",))
     wait_states(relay, queue_id, {"deferred"})
