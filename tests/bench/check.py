@@ -2,8 +2,8 @@
 
 A throughput figure is worthless if a path silently skips work, so each path's output is read
 once: the plain paths must arrive unsigned and unchanged, paths c and f with OpenDKIM's signature
-(d=example.com), paths d, e and g with the relay's (d=websofttt.com); every signature is verified
-with dkimpy against the public keys of this run (no DNS: the records are handed to dkimpy).
+(d=example.com), paths d, e, g, d-pg and d-pg1ms with the relay's (d=websofttt.com); every signature
+is verified with dkimpy against the public keys of this run (no DNS: the records are handed to dkimpy).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import dkim
 
 EXPECTED_SIGNER = {"a": None, "b": None, "c": "example.com", "d": "websofttt.com", "e": "websofttt.com",
-                   "f": "example.com", "g": "websofttt.com"}
+                   "f": "example.com", "g": "websofttt.com", "d-pg": "websofttt.com", "d-pg1ms": "websofttt.com"}
 
 
 def strip_sink_headers(raw: bytes) -> bytes:

@@ -1,10 +1,16 @@
-"""The services of one benchmark run (sink, three Postfix instances, OpenDKIM, Dovecot, the relay) and the
-runs against them.
+"""The services of one benchmark run (sink, three Postfix instances, OpenDKIM, Dovecot, the relay, and for
+the d-pg paths a PostgreSQL server with a relay node per path) and the runs against them.
 
 `Bench.run` is one measured run: start the injector, stop the clock when the sink has counted all N,
-and take the servers' CPU, memory and the load from outside around it. `Bench.ehlo_times` times EHLO
+and take the servers' CPU, memory and the load from outside around it; on request, the heartbeat
+probe (heartbeat.py) times NOOPs on a connection of its own meanwhile. `Bench.ehlo_times` times EHLO
 replies from a client, `Bench.flood_probe` measures a tenant's rate under a flood of wrong passwords.
 Everything it starts is stopped by pid in `Bench.stop`, which run.py calls in a finally block.
+
+The d-pg paths' PostgreSQL is tests/postgres.py's private server (fsync off: what is measured is the
+relay's way with a store across a network, not the database's disk); path d-pg1ms reaches it through
+tests/latency_proxy.py, run as a process of its own so that the harness's threads do not jitter its
+timers. The proxy stands for the network: its CPU is reported apart, not as the relay's cost.
 """
 from __future__ import annotations
 
@@ -23,10 +29,15 @@ import message
 from dovecot import Dovecot, calibrate
 from measure import Daemon, ForeignLoad, RssSampler, cpu_seconds, free_port, percentile
 from postfix import OpenDKIM, Postfix
-from relay_node import GENERATED_USERNAME, PASSWORD, USERNAME, RelayNode
+from relay_node import DKIM_RECORD, GENERATED_USERNAME, PASSWORD, USERNAME, RelayNode
 from sink import Sink
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.append(str(REPO))
+
+import psycopg  # noqa: E402
+from tests.postgres import PostgresServer  # noqa: E402
 
 PATHS = {
     "a": "smtp-source -> smtp-sink",
@@ -36,11 +47,17 @@ PATHS = {
     "e": "loadgen TLS+AUTH password -> relay -> sink",
     "f": "loadgen TLS+AUTH -> Postfix+Dovecot+OpenDKIM -> sink",
     "g": "loadgen TLS+AUTH generated -> relay -> sink",
+    "d-pg": "smtp-source -> relay (PostgreSQL store) -> sink",
+    "d-pg1ms": "smtp-source -> relay (PostgreSQL +1 ms) -> sink",
 }
-RELAY_PATHS = "deg"         # the paths whose server is the relay node
-AUTH_PATHS = "efg"          # the paths the load generator drives over STARTTLS + AUTH PLAIN
-SLOW_AUTH = "f"             # every AUTH pays a ~0.1 s password check (Dovecot checks the Argon2id hash even on
-                            # a cache hit); the relay pays scrypt once per worker (its verified-logins cache)
+RELAY_PATHS = ("d", "e", "g")   # the paths whose server is the relay node with its store in SQLite
+# The paths whose relay node keeps its store in PostgreSQL (a node and a database each): the milliseconds
+# the latency proxy adds to each of the store's round trips, or None for a direct connection.
+PG_DELAY_MS: dict[str, float | None] = {"d-pg": None, "d-pg1ms": 1.0}
+HEARTBEAT_PATHS = ("d", "d-pg", "d-pg1ms")     # the paths whose measured runs carry the heartbeat probe
+AUTH_PATHS = ("e", "f", "g")    # the paths the load generator drives over STARTTLS + AUTH PLAIN
+SLOW_AUTH = ("f",)              # every AUTH pays a ~0.1 s password check (Dovecot checks the Argon2id hash even on
+                                # a cache hit); the relay pays scrypt once per worker (its verified-logins cache)
 STALL_SECONDS = 60          # a run whose sink count does not move for this long has failed
 PER_DESTINATION = 10        # the relay's default delivery.per_destination (per worker)
 LATENCY_CONNECTIONS = 20    # pooled client connections of the latency probe (opened before its clock starts)
@@ -48,6 +65,8 @@ EHLO_COUNT = 20             # EHLOs timed per listener, each on a new connection
 FLOOD_CLIENTS = 50          # flooding clients, from 127.0.0.2 ... 127.0.0.51
 FLOOD_ALONE_SECONDS = 20    # the tenant's rate alone is steady: at most this long
 VICTIM_CONCURRENCY = 10     # the verified tenant's client in the flood probe (from 127.0.0.1)
+HEARTBEAT_INTERVAL = 0.05   # seconds between the heartbeat probe's NOOPs
+RTT_QUERIES = 200           # `SELECT 1` round trips timed to show what the store's network adds
 
 
 class RunFailed(Exception):
@@ -79,7 +98,12 @@ class Bench:
         self.dovecot: Dovecot | None = None
         self.postfix_sasl: Postfix | None = None
         self.relay: RelayNode | None = None
+        self.postgres: PostgresServer | None = None
+        self.proxy: Daemon | None = None          # DelayProxy between d-pg1ms's node and PostgreSQL
+        self.pg_nodes: dict[str, RelayNode] = {}
+        self.store_rtt: dict | None = None        # `SELECT 1` round trip, direct and through the proxy
         self.injector: Daemon | None = None
+        self.heartbeat: Daemon | None = None
         self.others: list = []                   # the flood probe's relay nodes and clients, stopped with the rest
         self.broken: dict[str, str] = {}
         self.sink_port = 0
@@ -113,6 +137,55 @@ class Bench:
                 f"{self.args.workers} workers (data {self.relay.data})")
             if "g" in paths and self.relay.generated_file is None:
                 log(f"path g: no generated credential: {self.relay.generated_error}")
+        if any(p in PG_DELAY_MS for p in paths):
+            self._start_postgres()
+
+    def _start_postgres(self) -> None:
+        """The d-pg paths: a private PostgreSQL server, a database and a relay node for each path, d-pg1ms's
+        through the delaying proxy; a path whose part does not start fails alone."""
+        paths = [p for p in PG_DELAY_MS if p in self.args.paths]
+        self.postgres = PostgresServer()
+        try:
+            self.postgres.start()
+        except (RuntimeError, OSError) as e:
+            for path in paths:
+                self.fail(path, f"PostgreSQL did not start: {e}")
+            return
+        with psycopg.connect(self.postgres.url("postgres")) as conn:
+            version = conn.info.server_version
+        log(f"PostgreSQL {version // 10000}.{version % 10000} on 127.0.0.1:{self.postgres.port} "
+            f"(data {self.postgres.dir})")
+        for path in paths:
+            delay = PG_DELAY_MS[path]
+            try:
+                url = direct = self.postgres.new_database()
+                if delay is not None:
+                    self.proxy, port = self._start_proxy(delay)
+                    url = direct.replace(f":{self.postgres.port}/", f":{port}/")
+                    self.store_rtt = _store_rtt(direct, url)
+                    log(f"store round trip, median of {RTT_QUERIES} `SELECT 1`: {self.store_rtt['direct_ms']:.3f} ms "
+                        f"direct, {self.store_rtt['proxied_ms']:.3f} ms through the proxy (+{delay} ms asked)")
+                self.pg_nodes[path] = node = RelayNode(self.root, self.sink_port, self.args.workers,
+                                                       name=f"relay-{path}", store_url=url)
+            except (RuntimeError, OSError, psycopg.Error) as e:
+                self.fail(path, f"relay node on PostgreSQL did not start: {e}")
+                continue
+            log(f"relay for {path} on 127.0.0.1:{node.port}, store {url}")
+
+    def _start_proxy(self, delay_ms: float) -> tuple[Daemon, int]:
+        """tests/latency_proxy.py in a process of its own, in front of PostgreSQL; returns it and its port."""
+        out = self.root / "latency-proxy.out"
+        proxy = Daemon("latency proxy", [sys.executable, str(REPO / "tests" / "latency_proxy.py"),
+                                         str(self.postgres.port), str(delay_ms)],
+                       self.root / "latency-proxy.log", stdout=out)
+        deadline = time.monotonic() + 10
+        while not out.read_text().endswith("\n"):
+            if not proxy.alive() or time.monotonic() > deadline:
+                proxy.stop()
+                raise RuntimeError(f"the latency proxy did not start: "
+                                   f"{(self.root / 'latency-proxy.log').read_text(errors='replace')[-500:]}")
+            time.sleep(0.05)
+        return proxy, int(out.read_text())
 
     def _start_sasl(self, limit: int) -> None:
         """Path f: the password's Argon2id parameters (as costly as the relay's scrypt), Dovecot, Postfix."""
@@ -137,8 +210,9 @@ class Bench:
         self.sink = Sink(self.root, self.sink_port)
 
     def stop(self) -> None:
-        for service in (self.injector, *self.others, self.relay, self.postfix_sasl, self.postfix_dkim, self.dovecot,
-                        self.opendkim, self.postfix, self.sink):
+        for service in (self.injector, self.heartbeat, *self.others, self.relay, *self.pg_nodes.values(), self.proxy,
+                        self.postgres, self.postfix_sasl, self.postfix_dkim, self.dovecot, self.opendkim, self.postfix,
+                        self.sink):
             if service is None:
                 continue
             try:
@@ -146,14 +220,21 @@ class Bench:
             except Exception as e:    # keep stopping the others
                 log(f"while stopping {type(service).__name__}: {e}")
 
+    def node(self, path: str) -> RelayNode | None:
+        """The relay node that serves `path` (None for the Postfix paths and a)."""
+        return self.pg_nodes.get(path) if path in PG_DELAY_MS else self.relay if path in RELAY_PATHS else None
+
     def port(self, path: str) -> int:
         return {"a": self.sink_port, "b": getattr(self.postfix, "port", 0),
                 "c": getattr(self.postfix_dkim, "port", 0),
-                "f": getattr(self.postfix_sasl, "port", 0)}.get(path) or self.relay.port
+                "f": getattr(self.postfix_sasl, "port", 0)}.get(path) or self.node(path).port
 
     def cpu_parts(self, path: str) -> dict[str, list[int]]:
         """The process trees whose CPU a path costs, by name: the server, plus OpenDKIM for c, plus OpenDKIM and
-        Dovecot (master, auth, auth-workers) for f; none for a."""
+        Dovecot (master, auth, auth-workers) for f, plus the PostgreSQL server (its backends are its children)
+        for the d-pg paths; none for a."""
+        if path in PG_DELAY_MS:
+            return {"relay": [self.pg_nodes[path].daemon.pid], "postgres": [self.postgres.process.pid]}
         relay = {"relay": [self.relay.daemon.pid]} if self.relay else {}
         return {"a": {}, "b": {"postfix": [self.postfix.daemon.pid]} if self.postfix else {},
                 "c": {"postfix": [self.postfix_dkim.daemon.pid], "opendkim": [self.opendkim.daemon.pid]}
@@ -210,8 +291,8 @@ class Bench:
             out = out[-1500:]
         err = (self.root / "injector.log").read_text(errors="replace").strip().splitlines()[-5:]
         text = f"injector exited {self.injector.proc.returncode}: {out} {' | '.join(err)}".strip()
-        if path in RELAY_PATHS and self.relay is not None:
-            text += f" | relay log: {' | '.join(self.relay.refusals())}"
+        if self.node(path) is not None:
+            text += f" | relay log: {' | '.join(self.node(path).refusals())}"
         if path == "f" and self.postfix_sasl is not None:
             problems = self.postfix_sasl.problems()
             text += f" | Postfix: {problems} | Dovecot: {self.dovecot.diagnose(3)}"
@@ -231,21 +312,55 @@ class Bench:
             return None
         return out["errors"] if out.get("sent", 0) >= n and out.get("errors") else None
 
-    def run(self, path: str, n: int, concurrency: int, reuse: bool, rate: float | None = None) -> dict:
-        """One measured run: inject N, stop the clock when the sink has them all; CPU and RSS around it."""
+    def run(self, path: str, n: int, concurrency: int, reuse: bool, rate: float | None = None,
+            heartbeat: bool = False) -> dict:
+        """One measured run: inject N, stop the clock when the sink has them all; CPU and RSS around it.
+        heartbeat: NOOPs timed on a connection of their own to the relay while the run lasts (heartbeat.py)."""
         try:
-            return self._run(path, n, concurrency, reuse, rate)
+            return self._run(path, n, concurrency, reuse, rate, heartbeat)
         finally:
-            if self.injector is not None:
-                self.injector.stop()         # a failed run must not leave its injector sending
-                self.injector = None
+            for daemon in (self.injector, self.heartbeat):
+                if daemon is not None:
+                    daemon.stop()            # a failed run must not leave its injector sending
+            self.injector = self.heartbeat = None
 
-    def _run(self, path: str, n: int, concurrency: int, reuse: bool, rate: float | None) -> dict:
+    def _start_heartbeat(self, path: str) -> None:
+        """heartbeat.py on the path's relay node, returning once its EHLO was answered."""
+        out = self.root / "heartbeat.out"
+        self.heartbeat = Daemon("heartbeat", [sys.executable, str(HERE / "heartbeat.py"), "--port",
+                                              str(self.port(path)), "--interval", str(HEARTBEAT_INTERVAL)],
+                                self.root / "heartbeat.log", stdout=out)
+        deadline = time.monotonic() + 30
+        while not out.read_text().startswith("ready\n"):
+            if not self.heartbeat.alive() or time.monotonic() > deadline:
+                raise RunFailed(f"the heartbeat probe did not get its EHLO answered: "
+                                f"{(self.root / 'heartbeat.log').read_text(errors='replace')[-500:]}")
+            time.sleep(0.02)
+
+    def _stop_heartbeat(self, started: float, finished: float) -> dict:
+        """Stop the heartbeat probe; its NOOP reply times (ms) of the NOOPs written while the run lasted. A NOOP
+        still unanswered counts with the time it had waited."""
+        self.heartbeat.stop()
+        self.heartbeat = None
+        out = json.loads((self.root / "heartbeat.out").read_text().splitlines()[-1])
+        samples = out["samples"] + ([out["pending"]] if out["pending"] else [])
+        times = [ms for sent, ms in samples if started <= sent <= finished]
+        result = {"heartbeat_ms": times, "heartbeat": {
+            "count": len(times), "p50_ms": round(percentile(times, 50), 2) if times else None,
+            "p99_ms": round(percentile(times, 99), 2) if times else None, "max_ms": max(times, default=None)}}
+        if out["error"]:
+            result["heartbeat"]["error"] = out["error"]
+        return result
+
+    def _run(self, path: str, n: int, concurrency: int, reuse: bool, rate: float | None, heartbeat: bool) -> dict:
         parts = self.cpu_parts(path)
         roots = self.cpu_roots(path)
         sink = self.sink
         base = sink.count
         sink.arm(base + n)
+        if heartbeat:
+            self._start_heartbeat(path)
+        proxy_before = cpu_seconds([self.proxy.pid]) if path == "d-pg1ms" else 0.0
         cpu_before = cpu_seconds(roots)
         parts_before = {name: cpu_seconds(pids) for name, pids in parts.items()}
         timeout = 120 + n * 1.0
@@ -268,6 +383,7 @@ class Bench:
                                     f"{self.injector_failure(path) if injected else 'injector still running'}")
                 time.sleep(0.02)
             finished = sink.reached_at
+            beats = self._stop_heartbeat(started, finished) if heartbeat else {}
             injector.proc.wait(60)
             injected = injected or time.monotonic()
             retried = self._retried(n, rate) if injector.proc.returncode != 0 else []
@@ -276,6 +392,7 @@ class Bench:
             sink.settle(quiet=1.0)       # trailing work (queue clean-up, records) is part of the cost
             cpu = cpu_seconds(roots) - cpu_before if roots else None
             parts_cpu = {name: cpu_seconds(pids) - parts_before[name] for name, pids in parts.items()}
+            proxy_cpu = cpu_seconds([self.proxy.pid]) - proxy_before if path == "d-pg1ms" else None
         seconds = finished - started
         result = {"path": path, "concurrency": concurrency, "reuse": reuse, "messages": n,
                   "seconds": round(seconds, 3), "rate": round(n / seconds, 2),
@@ -286,7 +403,9 @@ class Bench:
                   "peak_pss_mib": round(rss.peak_pss_kib / 1024, 1) if roots else None,
                   "cpu_ms_parts": {k: round(v * 1000 / n, 3) for k, v in parts_cpu.items()} if len(parts) > 1 else None,
                   "extra_at_sink": sink.count - base - n,
-                  "foreign_cpu_share": round(foreign.share, 3)}
+                  "foreign_cpu_share": round(foreign.share, 3)} | beats
+        if proxy_cpu is not None:
+            result["proxy_cpu_ms_per_message"] = round(proxy_cpu * 1000 / n, 3)
         if retried:
             result["client_errors"] = retried
             log(f"{path} {config_name(concurrency, reuse)}: all {n} sent, after errors the client retried: "
@@ -302,8 +421,6 @@ class Bench:
         records = {}
         if self.opendkim:
             records[f"{self.opendkim.selector}._domainkey.{self.opendkim.domain}"] = self.opendkim.dns_txt()
-        if self.relay:
-            records["s1._domainkey.websofttt.com"] = self.relay.dns_txt()
         seen: set[Path] = set()
         verdicts = {}
         for path in self.args.paths:
@@ -318,7 +435,9 @@ class Bench:
                 continue
             time.sleep(0.5)       # smtp-sink closes the dump file after it counted the "."
             dumps = check.new_dumps(dump_dir, seen)
-            results = [check.check_message(path, p.read_bytes(), records) for p in dumps]
+            node = self.node(path)           # each relay node has a provider key of its own
+            keys = records | ({DKIM_RECORD: node.dns_txt()} if node is not None else {})
+            results = [check.check_message(path, p.read_bytes(), keys) for p in dumps]
             bad = [r for r in results if not r.startswith("ok")]
             verdicts[path] = (bad[0] if bad else results[0] if results else "FAIL: nothing dumped") + \
                 f" ({len(dumps)} messages)"
@@ -330,6 +449,8 @@ class Bench:
         cannot reach the sink during another path's run."""
         log(f"path {path} FAILED: {why}")
         self.broken[path] = why
+        if path in self.pg_nodes:
+            self.pg_nodes.pop(path).stop()
         if path in RELAY_PATHS and self.relay is not None and all(
                 p in self.broken for p in RELAY_PATHS if p in self.args.paths):
             self.relay.stop()
@@ -454,6 +575,21 @@ class Bench:
         except ValueError:
             raise RunFailed(f"the tenant's client exited {run.returncode}: {run.stderr.decode(errors='replace')[-1000:]}") \
                 from None
+
+
+def _store_rtt(direct: str, proxied: str) -> dict:
+    """Median `SELECT 1` round trip (ms) to PostgreSQL, direct and through the proxy, and what the proxy adds."""
+    out = {}
+    for name, url in (("direct_ms", direct), ("proxied_ms", proxied)):
+        with psycopg.connect(url, autocommit=True) as conn:
+            times = []
+            for _ in range(RTT_QUERIES):
+                started = time.perf_counter()
+                conn.execute("SELECT 1").fetchone()
+                times.append((time.perf_counter() - started) * 1000)
+        out[name] = round(statistics.median(times), 3)
+    out["added_ms"] = round(out["proxied_ms"] - out["direct_ms"], 3)
+    return out
 
 
 def _victim_summary(run: dict, seconds: float, cpu: float) -> dict:

@@ -10,11 +10,12 @@ person for path e (`credential add`, stored as scrypt) and, for path g, a genera
 for STARTTLS and, on a second port, implicit TLS (the EHLO timing uses both). Everything else is the embedded default: DKIM signing of every copy,
 the durable spool (fsync before 250), JSON logs (to a file here). The tenant gets a rate far above
 the default 10000/1h because one benchmark sends more than that; the limit itself is still
-checked (and counted in the store) for every message.
+checked (and counted in the store) for every message. The store is SQLite in the data dir unless a
+PostgreSQL URL is given (`[store] url`, paths d-pg and d-pg1ms); `init` creates its schema and the
+provider's DKIM key in it, as it would for the first node of a cluster.
 """
 from __future__ import annotations
 
-import base64
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from measure import Daemon, free_ports, wait_port
 TENANT, USERNAME, PASSWORD = "bench", "app1", "bench password for app1, loopback only"
 GENERATED_USERNAME = "app2"          # path g: a generated credential (`credential add --generate`)
 RATE = "1000000000/1h"
+DKIM_RECORD = "s1._domainkey.websofttt.com"
 
 
 class NoGeneratedCredential(RuntimeError):
@@ -37,9 +39,11 @@ def websofttt_bin() -> str:
 
 
 class RelayNode:
-    def __init__(self, root: Path, sink_port: int, workers: int, name: str = "relay", generated: bool = False):
+    def __init__(self, root: Path, sink_port: int, workers: int, name: str = "relay", generated: bool = False,
+                 store_url: str = ""):
         """generated: also add GENERATED_USERNAME with `credential add --generate` (path g); when that fails,
-        `generated_error` says why and `generated_file` stays None."""
+        `generated_error` says why and `generated_file` stays None. store_url: a postgresql:// URL for the
+        store (an empty database), or empty for SQLite in the data dir."""
         self.dir = root / name
         self.dir.mkdir(parents=True)
         self.data = self.dir / "var"
@@ -52,6 +56,9 @@ workers = {workers}
 
 [paths]
 data_dir = "{self.data}"
+
+[store]
+url = "{store_url}"
 
 [submission]
 listen = ["127.0.0.1:{self.port}"]
@@ -124,12 +131,12 @@ routes = {{ "example.net" = "127.0.0.1:{sink_port}" }}
         raise RuntimeError(f"websofttt serve is not serving: {self.log_tail()}")
 
     def dns_txt(self) -> str:
-        """The provider key's DKIM TXT record (s1._domainkey.websofttt.com), for the correctness check."""
-        from cryptography.hazmat.primitives import serialization
-        pem = (self.data / "dkim" / "s1.pem").read_bytes()
-        public = serialization.load_pem_private_key(pem, None).public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        return f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
+        """The provider key's DKIM TXT record (s1._domainkey.websofttt.com), for the correctness check, as
+        `websofttt dkim dns` gives it to publish (the key is a file with SQLite, in the store with PostgreSQL)."""
+        for line in self._cli("dkim", "dns").splitlines():
+            if line.startswith(f"{DKIM_RECORD}. IN TXT "):
+                return "".join(line.split(" IN TXT ", 1)[1].strip().split('"')[1::2])
+        raise RuntimeError(f"`websofttt dkim dns` printed no {DKIM_RECORD} record")
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

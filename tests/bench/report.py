@@ -5,23 +5,27 @@ move the figure; min and max are shown so that the spread is visible. Ratios are
 (the relay's run against Postfix's run of the same round and configuration), then their median.
 The AUTH paths with a slow password check (e, f) may run fewer messages per run than the others in
 the same round (see run.py, --auth-messages): a ratio of rates is still taken within the round.
+The heartbeat probe's NOOP reply times are pooled over the rounds of a configuration before their
+percentiles are taken (a single run of a quick benchmark holds a few dozen of them).
 """
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
 
-from measure import summary
+from measure import percentile, summary
 
-RATIOS = (("d", "b"), ("d", "c"), ("e", "d"), ("e", "f"), ("g", "d"))
+RATIOS = (("d", "b"), ("d", "c"), ("e", "d"), ("e", "f"), ("g", "d"), ("d-pg", "d"), ("d-pg1ms", "d"))
 PROBE = {"a": "loadgen -> smtp-sink (the probe's floor, at d's rate)", "b": "loadgen -> Postfix -> sink",
          "c": "loadgen -> Postfix+OpenDKIM -> sink", "d": "loadgen -> relay (trusted net) -> sink",
          "e": "loadgen TLS+AUTH password -> relay -> sink",
          "f": "loadgen TLS+AUTH -> Postfix+Dovecot+OpenDKIM -> sink",
          "g": "loadgen TLS+AUTH generated -> relay -> sink"}
 SERVER = {"b": "Postfix", "c": "Postfix+OpenDKIM", "d": "relay (trusted net)", "e": "relay (TLS+AUTH password)",
-          "f": "Postfix+Dovecot+OpenDKIM (TLS+AUTH)", "g": "relay (TLS+AUTH generated)"}
-WIDTH = 54
+          "f": "Postfix+Dovecot+OpenDKIM (TLS+AUTH)", "g": "relay (TLS+AUTH generated)",
+          "d-pg": "relay + PostgreSQL (trusted net)", "d-pg1ms": "relay + PostgreSQL 1 ms away"}
+HEARTBEAT_TARGET_MS = 20        # the heartbeat's p99 a relay whose store never blocks its event loop stays under
+WIDTH = 56
 
 
 def _name(concurrency: int, reuse: bool) -> str:
@@ -56,8 +60,13 @@ def summarise(runs: list[dict], paths: Sequence[str], configs: Sequence[tuple[in
             for r in chosen:
                 for k, v in (r.get("cpu_ms_parts") or {}).items():
                     parts.setdefault(k, []).append(v)
+            beats = [ms for r in chosen for ms in r.get("heartbeat_ms", ())]
+            proxy = [r["proxy_cpu_ms_per_message"] for r in chosen if "proxy_cpu_ms_per_message" in r]
             out.setdefault(path, {})[_name(concurrency, reuse)] = {
                 "messages": chosen[0]["messages"],
+                **({"heartbeat": {"count": len(beats), "p50_ms": round(percentile(beats, 50), 2),
+                                  "p99_ms": round(percentile(beats, 99), 2), "max_ms": max(beats)}} if beats else {}),
+                **({"proxy_cpu_ms_per_message": round(statistics.median(proxy), 3)} if proxy else {}),
                 "cpu_ms_parts": {k: round(statistics.median(v), 3) for k, v in parts.items()} or None,
                 "rate": {k: round(v, 1) for k, v in summary([r["rate"] for r in chosen]).items()},
                 "cpu_ms_per_message": round(statistics.median(cpu), 3) if cpu else None,
@@ -70,9 +79,10 @@ def summarise(runs: list[dict], paths: Sequence[str], configs: Sequence[tuple[in
 
 def cpu_per_message(runs: list[dict]) -> dict[str, dict[str, float]]:
     """Median CPU ms per message of each server path over its runs, per connection mode (b: Postfix,
-    c: Postfix+OpenDKIM, f: Postfix+OpenDKIM+Dovecot, d, e and g: every process of the relay node)."""
+    c: Postfix+OpenDKIM, f: Postfix+OpenDKIM+Dovecot, d, e and g: every process of the relay node, d-pg and
+    d-pg1ms: the relay node's and the PostgreSQL server's)."""
     out: dict[str, dict[str, float]] = {}
-    for path in "bcdefg":
+    for path in SERVER:
         for mode, reuse in (("new", False), ("reuse", True)):
             values = [r["cpu_ms_per_message"] for r in _runs(runs, path, reuse=reuse)
                       if r["cpu_ms_per_message"] is not None]
@@ -126,10 +136,11 @@ def render(results: dict, paths: Sequence[str], configs: Sequence[tuple[int, boo
     lines.append("(others: median share of the machine's CPU used by processes this benchmark did not start, "
                  "during the run; above ~10 % the figures are disturbed)")
     if results["ratios"]:
-        lines.append(f"\n{'ratio of msg/s':<14} " + " ".join(f"{n:>22}" for n in (f"{t}/{b}" for t, b in RATIOS)))
+        shown = [(t, b) for t, b in RATIOS if any(f"{t}/{b}" in rs for rs in results["ratios"].values())]
+        lines.append(f"\n{'ratio of msg/s':<14} " + " ".join(f"{n:>22}" for n in (f"{t}/{b}" for t, b in shown)))
         for name, rs in results["ratios"].items():
             cells = []
-            for t, b in RATIOS:
+            for t, b in shown:
                 r = rs.get(f"{t}/{b}")
                 cells.append(f"{r['median']:.3f} [{', '.join(f'{x:.2f}' for x in r['rounds'])}]" if r else "-")
             lines.append(f"{name:<14} " + " ".join(f"{c:>22}" for c in cells))
@@ -137,12 +148,14 @@ def render(results: dict, paths: Sequence[str], configs: Sequence[tuple[int, boo
                      "network; e/d: what STARTTLS + AUTH with a person's password costs the relay; e/f: the relay vs "
                      "Postfix + Dovecot + OpenDKIM, both over STARTTLS + AUTH; g/d: the same with a generated credential. "
                      "e and g are driven by loadgen.py (Python), d by smtp-source (C): on a small machine the injectors "
-                     "take different shares of the CPU, so for e/d and g/d the CPU ratios below are the cleaner figure)")
+                     "take different shares of the CPU, so for e/d and g/d the CPU ratios below are the cleaner "
+                     "figure; d-pg/d: the relay with its store on PostgreSQL vs on SQLite; d-pg1ms/d: the same with "
+                     "the store 1 ms away, a round trip the relay should overlap rather than wait for)")
     cpu = results.get("cpu_per_message") or {}
     if cpu:
         lines.append("\nCPU ms per message (median over concurrencies and rounds), one connection per message / reuse:")
         for path, modes in cpu.items():
-            lines.append(f"  {path} {SERVER[path]:<37} " + "  ".join(f"{m} {v:7.2f}" for m, v in modes.items()))
+            lines.append(f"  {path:<7} {SERVER[path]:<37} " + "  ".join(f"{m} {v:7.2f}" for m, v in modes.items()))
         for top, bottom in RATIOS:
             both = [m for m in ("new", "reuse") if m in cpu.get(top, {}) and m in cpu.get(bottom, {})]
             if both:
@@ -153,6 +166,7 @@ def render(results: dict, paths: Sequence[str], configs: Sequence[tuple[int, boo
         if parts:
             lines.append("  by process tree: " + "; ".join(
                 f"{path} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in ps.items()) for path, name, ps in parts))
+    lines += _render_store(results, paths)
     costs = results.get("password_check")
     if costs:
         lines.append(f"\none password check, CPU ms (median of {costs['checks_timed']} timed checks on this machine): "
@@ -213,6 +227,33 @@ def render(results: dict, paths: Sequence[str], configs: Sequence[tuple[int, boo
     if results["failures"]:
         lines.append("\nFAILED: " + "\n        ".join(f"{p}: {v}" for p, v in results["failures"].items()))
     return "\n".join(lines)
+
+
+def _render_store(results: dict, paths: Sequence[str]) -> list[str]:
+    """The store round trip the proxy made, its CPU, and the heartbeat probe's NOOP reply times."""
+    lines = []
+    rtt = results.get("store_round_trip")
+    if rtt:
+        lines.append(f"\nPostgreSQL round trip (median `SELECT 1`): {rtt['direct_ms']:.3f} ms direct, "
+                     f"{rtt['proxied_ms']:.3f} ms through the latency proxy of d-pg1ms (+{rtt['added_ms']:.3f} ms)")
+    proxy = [(name, s["proxy_cpu_ms_per_message"]) for name, s in results["summary"].get("d-pg1ms", {}).items()
+             if "proxy_cpu_ms_per_message" in s]
+    if proxy:
+        lines.append("  the proxy's own CPU (the simulated network, not in d-pg1ms's CPU above), ms per message: "
+                     + ", ".join(f"{name} {v:.2f}" for name, v in proxy))
+    beats = [(path, name, s["heartbeat"]) for path in paths for name, s in results["summary"].get(path, {}).items()
+             if "heartbeat" in s]
+    if beats:
+        lines.append(f"\nheartbeat: NOOP reply time on a connection of its own to the relay, one every 50 ms "
+                     f"during the runs (target p99 < {HEARTBEAT_TARGET_MS} ms with d-pg1ms):")
+        for path, name, b in beats:
+            lines.append(f"  {path:<7} {name:<10} p50 {b['p50_ms']:7.2f} ms  p99 {b['p99_ms']:7.2f} ms  max "
+                         f"{b['max_ms']:7.2f} ms  ({b['count']} NOOPs)")
+    errors = [f"round {r['round']} {r['path']} {_name(r['concurrency'], r['reuse'])}: {r['heartbeat']['error']}"
+              for r in results["runs"] if (r.get("heartbeat") or {}).get("error")]
+    if errors:
+        lines.append("  WARNING: the heartbeat's connection failed in: " + "; ".join(errors))
+    return lines
 
 
 def render_flood(users: str, v: dict) -> list[str]:

@@ -10,24 +10,29 @@ messages per connection ("reuse"):
   f  loadgen STARTTLS + AUTH PLAIN -> Postfix + Dovecot SASL (ARGON2ID, as costly as the relay's scrypt)
      + OpenDKIM milter -> smtp-sink
   g  loadgen STARTTLS + AUTH PLAIN, a generated credential (`credential add --generate`) -> relay -> smtp-sink
+  d-pg     as d, the relay node's store on PostgreSQL (a private server started here, a database of its own)
+  d-pg1ms  as d-pg, the store reached through tests/latency_proxy.py, 1 ms added to each round trip
 Each run sends N messages (--messages), except f with one connection per message, where every message
 pays a ~0.1 s password check (Dovecot checks the Argon2id hash at every login, see dovecot.py): it
 sends --auth-messages (default N/10, at least 100); the report says which count each run had. (The
 relay checks a person's password with scrypt once per worker and then remembers the verified login,
-submission.auth_cache_ttl, so e runs the full N.) Rounds interleave the paths (a b c d e f g,
-a b c d e f g, ...) so that drift of the machine hits all alike, and the ratios (d/b, d/c, e/d, e/f,
-g/d) are taken within each round. A run's clock starts when the injector starts and stops when the sink has counted
-all of its messages. After the rounds: the latency probe, the EHLO reply time (relay after STARTTLS,
+submission.auth_cache_ttl, so e runs the full N.) Rounds interleave the paths (a b c d e f g d-pg d-pg1ms,
+a b c ..., ...) so that drift of the machine hits all alike, and the ratios (d/b, d/c, e/d, e/f, g/d,
+d-pg/d, d-pg1ms/d) are taken within each round. A run's clock starts when the injector starts and stops
+when the sink has counted all of its messages. During the runs of d, d-pg and d-pg1ms the heartbeat
+probe (heartbeat.py) times a NOOP every 50 ms on a connection of its own: a store that blocks the
+relay's event loop shows there. After the rounds: the latency probe, the EHLO reply time (relay after STARTTLS,
 relay implicit TLS, Postfix's smtpd), the floor of the relay's stack on its own event loop (floor.py),
 and the flood probe (a verified tenant's rate while 50 addresses try wrong passwords; flood.py).
 Everything runs on 127.0.0.1 (and 127.0.0.2-51 for the flood) only.
 
 Usage (as root; `make bench BENCH_ARGS="..."` runs the same):
   .venv/bin/python tests/bench/run.py [--quick] [--messages N] [--auth-messages N] [--workers W] [--rounds R]
-        [--paths a,b,c,d,e,f,g] [--concurrency 10,50] [--modes new,reuse] [--skip PATH:MODE,...]
+        [--paths a,b,c,d,e,f,g,d-pg,d-pg1ms] [--concurrency 10,50] [--modes new,reuse] [--skip PATH:MODE,...]
         [--latency-seconds S] [--floor-messages N] [--flood-seconds S] [--flood-only] [--keep] [--output FILE]
 The modules: harness.py (the runs), postfix.py, dovecot.py, relay_node.py, sink.py, loadgen.py, flood.py,
-floor.py, measure.py, check.py, message.py, report.py.
+floor.py, heartbeat.py, measure.py, check.py, message.py, report.py; tests/postgres.py (the PostgreSQL
+server) and tests/latency_proxy.py (the delay) from the test suite.
 """
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
-from harness import PATHS, SLOW_AUTH, Bench, RunFailed, config_name, log  # noqa: E402
+from harness import HEARTBEAT_PATHS, PATHS, SLOW_AUTH, Bench, RunFailed, config_name, log  # noqa: E402
 from measure import cpu_model, openssl_rsa2048  # noqa: E402
 from postfix import ensure_packages  # noqa: E402
 
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.chown(dump_dir, "postfix")      # smtp-sink writes its dumps after dropping to this user
             bench.start(dump_dir)
             results["password_check"] = {k: v for k, v in (bench.password_costs or {}).items() if k != "hash"}
+            results["store_round_trip"] = bench.store_rtt
             results["checks"] = bench.correctness(dump_dir)
             bench.swap_sink()
         warm = min(args.messages, 200)
@@ -168,16 +174,19 @@ def main(argv: list[str] | None = None) -> int:
                     if path in bench.broken or (path, "reuse" if reuse else "new") in args.skip:
                         continue
                     try:
-                        r = bench.run(path, messages_for(args, path, reuse), concurrency, reuse)
+                        r = bench.run(path, messages_for(args, path, reuse), concurrency, reuse,
+                                      heartbeat=path in HEARTBEAT_PATHS)
                     except RunFailed as e:
                         bench.fail(path, f"round {rnd} {config_name(concurrency, reuse)}: {e}")
                         continue
                     r["round"] = rnd
                     results["runs"].append(r)
+                    beat = r.get("heartbeat") or {}
                     log(f"round {rnd} {config_name(concurrency, reuse):9} {path}: {r['rate']:8.1f} msg/s "
                         f"({r['seconds']:.2f} s, injected in {r['inject_seconds']:.2f} s"
                         + (f", {r['cpu_ms_per_message']:.2f} ms CPU/msg" if r["cpu_ms_per_message"] is not None else "")
-                        + ")")
+                        + (f", NOOP p50 {beat['p50_ms']:.2f} ms p99 {beat['p99_ms']:.2f} ms of {beat['count']}"
+                           if beat.get("count") else "") + ")")
         probes = [(p, p) for p in "bcdefg" if p in args.paths and p not in bench.broken]
         if "a" in args.paths and "d" in args.paths:
             probes.insert(0, ("a", "d"))     # the probe's own floor: straight into the sink at the relay's rate
