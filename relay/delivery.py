@@ -1,7 +1,7 @@
 """The delivery loop of one spool shard: each due recipient gets its own signed copy, then a recorded outcome.
 
 `deliver` is the whole outbound path for one recipient, in order: hold, expiry, suppression re-check,
-token, per-recipient headers, DKIM, route, send, record. Everything it decides is recorded in the
+token, per-recipient headers, DKIM (relay/signer.py), route, send, record. Everything it decides is recorded in the
 spool (state, attempts, next attempt) and as an event in the store.
 
 Mail of a suspended tenant is held: not tried, not expired, kept until `tenant resume` (re-checked every
@@ -27,7 +27,7 @@ import time
 from collections import deque
 from functools import partial
 
-from policy import bounces, dkimkeys, logs, metrics, outbox, sent, standing, suppression, tenants
+from policy import bounces, logs, metrics, outbox, sent, standing, suppression, tenants
 from policy.cache import Recent
 from policy.groupcommit import GroupCommit
 from policy.settings import Settings
@@ -35,7 +35,8 @@ from policy.store import Store, StoreError, epoch, utcnow
 from policy.tokens import TokenKeys
 from relay.eightbit import ConversionError, to_7bit
 from relay.routing import RouteError, Router
-from relay.signing import SigningError, SigningKey, provider_keys, sign
+from relay.signer import Signer
+from relay.signing import SigningError
 from relay.smtp_out import Courier, Outcome
 from relay.spool import LEASE, Due, Message, Queued, Spool, SpoolError, new_queue_id
 
@@ -44,13 +45,9 @@ log = logging.getLogger("websofttt.delivery")
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.I | re.M)
 _CAMPAIGN = re.compile(r"[^A-Za-z0-9._-]")
 _ENHANCED = re.compile(r"^[245]\d\d[ -]([245]\.\d{1,3}\.\d{1,3})\b")
-TENANT_KEY_TTL = 30.0         # seconds a loop caches a tenant domain's key (or its absence)
 CHECKPOINT_INTERVAL = 1.0     # seconds between WAL truncations while bodies are being erased
 HOLD_RECHECK = 60.0           # seconds between looks at a suspended tenant's held mail
 OUTBOX_INTERVAL = 1.0         # seconds between looks at the store's outbox
-KEY_REFRESH = 60.0            # seconds between re-reads of the provider's keys (a rotation becomes active)
-SIGN_IN_THREAD = 256 * 1024   # bytes over which a copy is signed in a thread: hashing megabytes would hold
-                              # every session of this worker's event loop
 FRESH_RECIPIENTS = 4096       # recipients handed over in memory and not yet started, at most
 FRESH_BYTES = 32 * 1024 * 1024    # bodies of those, at most (one copy per message, whatever its recipients)
 
@@ -73,11 +70,11 @@ class Fresh:
 
 
 class DeliveryLoop:
-    def __init__(self, settings: Settings, store: Store, writes: GroupCommit, spool: Spool, keys: list[SigningKey],
+    def __init__(self, settings: Settings, store: Store, writes: GroupCommit, spool: Spool, signer: Signer,
                  tokens: TokenKeys, router: Router, courier: Courier):
         self.settings = settings
         self.store, self.writes, self.spool = store, writes, spool
-        self.keys, self.tokens = keys, tokens
+        self.signer, self.tokens = signer, tokens
         self.router, self.courier = router, courier
         self.wake = asyncio.Event()
         self._inflight: set[tuple[str, str]] = set()     # claimed: an attempt runs, or its outcome is not committed
@@ -93,10 +90,8 @@ class DeliveryLoop:
         self._erased = False          # a body was erased since the last WAL checkpoint
         self._checkpointed = 0.0
         self._tasks: set[asyncio.Task] = set()
-        self._tenant_keys: Recent[SigningKey | None] = Recent(TENANT_KEY_TTL)
         self._suspended: Recent[bool] = Recent(settings.submission.trust_cache_ttl)   # suspension holds mail
         self._outbox_checked = 0.0
-        self._keys_loaded = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Look at the spool when something there is due (or every second) and start what is due there, up to the
@@ -113,7 +108,7 @@ class DeliveryLoop:
                 else:
                     self._scan_waiting = True
             self._pump()
-            await self._refresh_keys()
+            await self.signer.refresh()
             if self._erased and time.monotonic() - self._checkpointed >= CHECKPOINT_INTERVAL:
                 self._erased, self._checkpointed = False, time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, self.spool.checkpoint)
@@ -281,7 +276,7 @@ class DeliveryLoop:
         token = None if provider else due.token or await self._new_token(due, body)
         copy = body if provider else self._headers(due, token) + body
         try:
-            signed = await self._signed(due, copy)
+            signed = await self.signer.sign(due.tenant, due.from_domain, copy)
         except SigningError as e:
             return await self._defer(due, f"451 4.7.5 DKIM signing failed: {e}", token)
         domain = due.recipient.rpartition("@")[2]
@@ -297,53 +292,20 @@ class DeliveryLoop:
             outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed, seven_bit)
         await self._record(due, outcome, token)
 
-    async def _signed(self, due: Due, copy: bytes) -> bytes:
-        """`copy` under its DKIM signatures; a large one is hashed in a thread, not on the sessions' event loop."""
-        keys = await self._signing_keys(due)
-        with metrics.dkim_signing.time():
-            return (await asyncio.to_thread(sign, copy, keys) if len(copy) > SIGN_IN_THREAD
-                    else sign(copy, keys)) + copy
-
     async def _seven_bit(self, due: Due, copy: bytes) -> bytes | Outcome:
         """The copy for a next hop without 8BITMIME: converted, then signed, so the signatures cover what is sent.
         8-bit header fields cannot be converted: 554 5.6.3 (RFC 6152 §3, RFC 3463), a permanent failure."""
         try:
-            return await self._signed(due, to_7bit(copy))
+            return await self.signer.sign(due.tenant, due.from_domain, to_7bit(copy))
         except ConversionError as e:
             return Outcome(False, True, f"554 5.6.3 Conversion required but not possible: {e}")
         except SigningError as e:
             return Outcome(False, False, f"451 4.7.5 DKIM signing failed: {e}")
 
-    def reload_keys(self) -> None:
-        """Re-read the provider's DKIM keys (SIGHUP, rotation) and forget cached tenant keys."""
-        self._keys_read(provider_keys(self.settings, self.store))
-
-    def _keys_read(self, keys: list[SigningKey]) -> None:
-        self.keys = keys
-        self._tenant_keys.clear()
-        self._keys_loaded = time.monotonic()
-
-    async def _refresh_keys(self) -> None:
-        """Every KEY_REFRESH, from the loop and before a copy is signed (fresh mail starts without the loop)."""
-        if time.monotonic() - self._keys_loaded >= KEY_REFRESH:
-            self._keys_loaded = time.monotonic()      # one reload at a time
-            try:
-                self._keys_read(await self.store.call(provider_keys, self.settings, self.store))
-            except Exception as e:      # a busy store or a damaged key: keep signing with the keys we have
-                log.error("cannot reload DKIM keys, keeping the current ones: %s", e)
-
     async def _held(self, tenant: str) -> bool:
         if tenant == outbox.PROVIDER:
             return False
         return await self._suspended.get(tenant, lambda: self.store.call(_suspended, self.store, tenant))
-
-    async def _signing_keys(self, due: Due) -> list[SigningKey]:
-        """The tenant's key for its From domain first (DMARC alignment), then the provider's (identification)."""
-        await self._refresh_keys()
-        domain = (due.from_domain or "").lower()
-        key = await self._tenant_keys.get((due.tenant, domain), lambda: self.store.call(
-            _tenant_key, self.store, due.tenant, domain)) if domain else None
-        return [key, *self.keys] if key else self.keys
 
     async def _new_token(self, due: Due, body: bytes) -> str:
         """A token for this copy, committed with its sent row before the copy leaves (a reply names it)."""
@@ -433,11 +395,6 @@ def _record_sent(store: Store, rows: list[tuple]) -> None:
 def _suspended(store: Store, tenant: str) -> bool:
     found = tenants.get(store, tenant)
     return found is not None and not found.active
-
-
-def _tenant_key(store: Store, tenant: str, domain: str) -> SigningKey | None:
-    found = dkimkeys.find(store, tenant, domain)
-    return SigningKey(found.domain, found.selector, found.key()) if found else None
 
 
 def _committed(write: asyncio.Future | None) -> bool:

@@ -39,7 +39,7 @@ from policy.tokens import TokenKeys
 from relay import eventloop
 from relay.delivery import DeliveryLoop
 from relay.routing import Router
-from relay.signing import provider_keys
+from relay.signer import Signer
 from relay.smtp_out import Courier
 from relay.sdnotify import notify
 from relay.spool import Spool, shard_path, shard_paths
@@ -202,7 +202,8 @@ def smarthost_auth(settings: Settings) -> tuple[str, str] | None:
 
 def delivery_loop(settings: Settings, store: Store, writes: GroupCommit, spool: Spool,
                   resolver: dns.asyncresolver.Resolver | None = None) -> DeliveryLoop:
-    return DeliveryLoop(settings, store, writes, spool, provider_keys(settings, store), TokenKeys.load(store, settings.tokens.secret_file),
+    return DeliveryLoop(settings, store, writes, spool, Signer(settings, store),
+                        TokenKeys.load(store, settings.tokens.secret_file),
                         Router(settings.delivery, resolver, smarthost_auth=smarthost_auth(settings)),
                         Courier(settings.delivery, settings.provider.hostname))
 
@@ -275,7 +276,7 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
             for service in services.values():
                 service.reload()
             for d in deliveries:
-                d.reload_keys()
+                d.signer.reload()
             log.info("reloaded TLS certificate and DKIM keys")
         except Exception as e:     # a half-written certificate: keep serving with the old one
             log.error("reload failed, still using the previous certificate and keys: %s", e)

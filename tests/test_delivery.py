@@ -303,8 +303,8 @@ def test_a_hanging_destination_does_not_hold_up_the_others(relay_factory, sink):
 
 
 def test_a_rotated_key_signs_once_active_without_a_restart(relay_factory, sink, monkeypatch):
-    from relay import delivery
-    monkeypatch.setattr(delivery, "KEY_REFRESH", 0.0)
+    from relay import signer
+    monkeypatch.setattr(signer, "KEY_REFRESH", 0.0)
     relay = start(relay_factory, sink)
     pending = dkimkeys.rotate(relay.store, "s2", 3600)                # published, not yet signing
     wait_states(relay, submit(relay), {"delivered"})

@@ -27,7 +27,7 @@ from pathlib import Path
 import check
 import message
 from dovecot import Dovecot, calibrate
-from measure import Daemon, ForeignLoad, RssSampler, cpu_seconds, free_port, percentile
+from measure import Daemon, ForeignLoad, RssSampler, cpu_seconds, free_port, percentile, reply_code
 from postfix import OpenDKIM, Postfix
 from relay_node import DKIM_RECORD, GENERATED_USERNAME, PASSWORD, USERNAME, RelayNode
 from sink import Sink
@@ -600,16 +600,6 @@ def _victim_summary(run: dict, seconds: float, cpu: float) -> dict:
             "relay_cpu_share": round(cpu / seconds, 2)}
 
 
-def _reply(f) -> str:
-    """The code of one complete SMTP reply read from a file object (multiline replies to their last line)."""
-    while True:
-        line = f.readline()
-        if not line:
-            raise RunFailed("the server closed the connection")
-        if line[3:4] != b"-":
-            return line[:3].decode("ascii", "replace")
-
-
 def _ehlo_once(port: int, mode: str, nodelay: bool = True) -> float:
     """One connection: the seconds from writing EHLO to the end of its reply (after STARTTLS for "starttls").
     The client sets TCP_NODELAY as asyncio's clients (aiosmtplib, the load generator) do, unless `nodelay` is False."""
@@ -621,20 +611,20 @@ def _ehlo_once(port: int, mode: str, nodelay: bool = True) -> float:
     sock = tls.wrap_socket(raw) if mode == "implicit" else raw
     try:
         f = sock.makefile("rb")
-        if _reply(f) != "220":
+        if reply_code(f) != "220":
             raise RunFailed("no 220 greeting")
         if mode == "starttls":
             sock.sendall(b"EHLO ehlo.example.com\r\n")
-            _reply(f)
+            reply_code(f)
             sock.sendall(b"STARTTLS\r\n")
-            if _reply(f) != "220":
+            if reply_code(f) != "220":
                 raise RunFailed("STARTTLS refused")
             f.close()
             sock = tls.wrap_socket(raw)
             f = sock.makefile("rb")
         started = time.perf_counter()
         sock.sendall(b"EHLO ehlo.example.com\r\n")
-        code = _reply(f)
+        code = reply_code(f)
         elapsed = time.perf_counter() - started
         if code != "250":
             raise RunFailed(f"EHLO answered {code}")

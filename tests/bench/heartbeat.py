@@ -19,6 +19,8 @@ import socket
 import sys
 import time
 
+from measure import reply_code
+
 
 class Stopped(Exception):
     """SIGTERM or SIGINT: the probe's time is up."""
@@ -26,16 +28,6 @@ class Stopped(Exception):
 
 def _stop(signum: int, frame: object) -> None:
     raise Stopped
-
-
-def _reply(f) -> str:
-    """The code of one complete SMTP reply (multiline replies to their last line)."""
-    while True:
-        line = f.readline()
-        if not line:
-            raise ConnectionError("the relay closed the connection")
-        if line[3:4] != b"-":
-            return line[:3].decode("ascii", "replace")
 
 
 def main() -> int:
@@ -52,17 +44,17 @@ def main() -> int:
         sock = socket.create_connection(("127.0.0.1", args.port), timeout=60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         f = sock.makefile("rb")
-        if _reply(f) != "220":
+        if reply_code(f) != "220":
             raise ConnectionError("no 220 greeting")
         sock.sendall(b"EHLO heartbeat.example.com\r\n")
-        if _reply(f) != "250":
+        if reply_code(f) != "250":
             raise ConnectionError("EHLO refused")
         print("ready", flush=True)
         tick = time.monotonic()
         while True:
             pending_since = time.monotonic()
             sock.sendall(b"NOOP\r\n")
-            code = _reply(f)
+            code = reply_code(f)
             samples.append([round(pending_since, 4), round((time.monotonic() - pending_since) * 1000, 3)])
             pending_since = None
             if code != "250":

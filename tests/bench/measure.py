@@ -267,3 +267,13 @@ def openssl_rsa2048() -> dict:
     version = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
     return {"sign_per_s": float(by_name["sign/s"]), "verify_per_s": float(by_name["verify/s"]),
             "openssl": " ".join(version.split()[:2])}
+
+
+def reply_code(f) -> str:
+    """The code of one complete SMTP reply read from a file object (multiline replies to their last line)."""
+    while True:
+        line = f.readline()
+        if not line:
+            raise ConnectionError("the server closed the connection")
+        if line[3:4] != b"-":
+            return line[:3].decode("ascii", "replace")
