@@ -5,8 +5,9 @@ psycopg 3 with a small connection pool per Store (a broken connection is replace
 most `acquire_timeout` (psycopg_pool's PoolTimeout, a psycopg.OperationalError, then answers the command
 451 4.3.0): a slow or unreachable server holds up the commands that need it, not the event loop. There
 are more threads than connections so that a command waiting for one is bounded by that timeout, not by
-a queue of other commands. Statements run in autocommit; `transaction()` holds one pooled connection for this thread's
-statements; `exclusive()` is a transaction holding a transaction-scoped advisory
+a queue of other commands. Statements run in autocommit; `transaction()` holds one pooled connection
+for this thread's statements and sends them in psycopg's pipeline mode (a group commit of any size is
+one round trip, see `_Batch`); `exclusive()` is a transaction holding a transaction-scoped advisory
 lock, the counterpart of SQLite's BEGIN IMMEDIATE, so read-modify-write sections (migrations included)
 are serialised across every node. The SQL of policy/ is translated once per statement: `?` and
 `:name` parameters to psycopg's, and numeric sums back to Python ints.
@@ -65,18 +66,56 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.adapters.register_loader("numeric", _IntegralNumeric)
 
 
-class _Result:
-    """A cursor's results, read before its connection goes back to the pool."""
+class _Batch:
+    """The pipeline of a transaction (psycopg's pipeline mode): its statements go to the server together,
+    one round trip for a group commit of any size instead of one per statement; a statement's results
+    are waited for only when someone reads them."""
 
-    def __init__(self, cur: psycopg.Cursor):
-        self.rowcount = cur.rowcount
-        self.description = cur.description
+    def __init__(self, pipeline: psycopg.Pipeline):
+        self.pipeline, self.open = pipeline, True
+
+    def sync(self) -> None:
+        if self.open:
+            self.pipeline.sync()
+
+
+class _Result:
+    """A cursor's results, read before its connection goes back to the pool; inside a transaction, when
+    first asked for (after the transaction they are all there)."""
+
+    def __init__(self, cur: psycopg.Cursor, batch: _Batch | None = None):
+        self._cur, self._batch = cur, batch
+        if batch is None:
+            self._read()
+
+    def _read(self) -> None:
+        if self._batch is not None:
+            self._batch.sync()
+            self._batch = None
+        cur = self._cur
+        self._rowcount, self._description = cur.rowcount, cur.description
         self._rows = list(cur.fetchall()) if cur.description else []
 
+    @property
+    def rowcount(self) -> int:
+        if self._batch is not None:
+            self._read()
+        return self._rowcount
+
+    @property
+    def description(self):
+        if self._batch is not None:
+            self._read()
+        return self._description
+
     def fetchone(self):
+        if self._batch is not None:
+            self._read()
         return self._rows.pop(0) if self._rows else None
 
     def fetchall(self):
+        if self._batch is not None:
+            self._read()
         rows, self._rows = self._rows, []
         return rows
 
@@ -116,12 +155,14 @@ class PostgresStore(Store):
             yield conn
 
     def execute(self, sql: str, params: Params = ()) -> _Result:
-        with self._connection() as conn:
-            return _Result(conn.execute(translate(sql), params))     # even (): psycopg then undoubles %%
+        with self._connection() as conn:      # even (): psycopg then undoubles %%
+            return _Result(conn.execute(translate(sql), params), getattr(self._held, "batch", None))
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> int:
         with self._connection() as conn, conn.cursor() as cur:
             cur.executemany(translate(sql), list(rows))
+            if (batch := getattr(self._held, "batch", None)) is not None:
+                batch.sync()
             return cur.rowcount
 
     @contextmanager
@@ -135,12 +176,13 @@ class PostgresStore(Store):
         """This thread's statements run on one pooled connection inside one transaction."""
         if getattr(self._held, "conn", None) is not None:
             raise RuntimeError("transactions do not nest")
-        with self.pool.connection() as conn, conn.transaction():
-            self._held.conn = conn
+        with self.pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+            self._held.conn, self._held.batch = conn, _Batch(pipeline)
             try:
                 yield
             finally:
-                self._held.conn = None
+                self._held.batch.open = False
+                self._held.conn = self._held.batch = None
 
     def ddl(self, statement: str) -> str:
         return to_postgres(statement)
