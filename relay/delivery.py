@@ -1,7 +1,8 @@
 """The delivery loop of one spool shard: each due recipient gets its own signed copy, then a recorded outcome.
 
-`deliver` is the whole outbound path for one recipient, in order: hold, expiry, suppression re-check,
-token, per-recipient headers, DKIM (relay/signer.py), route, send, record. Everything it decides is recorded in the
+`deliver` is the whole outbound path for one recipient, in order: hold, expiry, suppression re-check (for
+mail read back from the spool: a retry, or mail that waited there; mail handed over in memory was looked
+up at its RCPT a moment before), token, per-recipient headers, DKIM (relay/signer.py), route, send, record. Everything it decides is recorded in the
 spool (state, attempts, next attempt) and as an event in the store.
 
 Mail of a suspended tenant is held: not tried, not expired, kept until `tenant resume` (re-checked every
@@ -265,13 +266,14 @@ class DeliveryLoop:
         age = time.time() - epoch(due.received)
         if age > self.settings.delivery.max_queue_lifetime:
             return await self._finish(due, "expired", "554 4.4.7 Message expired in the queue", due.token)
-        entry = await self.store.call(suppression.find, self.store, due.tenant, due.recipient)
-        if entry is not None:
-            metrics.suppression_hits.labels("delivery", entry.cause).inc()
-            return await self._finish(due, "suppressed", f"550 5.7.1 Recipient {entry.reason}", due.token)
-        body = body if body is not None else self.spool.body(due.queue_id)
-        if body is None:
-            return                                    # dropped by the operator meanwhile
+        if body is None:              # from the spool; mail handed over in memory was looked up at RCPT just now
+            entry = await self.store.call(suppression.find, self.store, due.tenant, due.recipient)
+            if entry is not None:
+                metrics.suppression_hits.labels("delivery", entry.cause).inc()
+                return await self._finish(due, "suppressed", f"550 5.7.1 Recipient {entry.reason}", due.token)
+            body = self.spool.body(due.queue_id)
+            if body is None:
+                return                                # dropped by the operator meanwhile
         provider = due.tenant == outbox.PROVIDER
         token = None if provider else due.token or await self._new_token(due, body)
         copy = body if provider else self._headers(due, token) + body
