@@ -30,17 +30,20 @@ def slow_relay(tmp_path, pg_url):
     """A submission worker on PostgreSQL through a proxy adding `delay_ms`; tenant acme trusts 127.0.0.0/8."""
     running: list = []
 
-    def start(delay_ms: float, acquire_timeout: float = 2.0) -> RunningRelay:
+    def start(delay_ms: float, acquire_timeout: float = 2.0, sink=None) -> RunningRelay:
+        """`sink`: also the delivery role, sending example.net to it."""
         target = urlsplit(pg_url)
         proxy = DelayProxy("127.0.0.1", target.port, delay_ms)
         proxy.start()
-        direct = dataclasses.replace(make_settings(tmp_path / "var"), store=StoreSettings(pg_url))
+        delivery = {"routes": {"example.net": ("127.0.0.1", sink.port)}, "retry_schedule": (0.5,)} if sink else None
+        direct = dataclasses.replace(make_settings(tmp_path / "var", delivery), store=StoreSettings(pg_url))
         prepare(direct)
         store = open_store(direct)
         tenants.add(store, "acme", ["example.com"], ["127.0.0.0/8"], None)
         tenants.accept_terms(store, "acme", direct.provider.terms_version)
         store.close()
-        relay = RunningRelay(dataclasses.replace(direct, store=StoreSettings(through(pg_url, proxy), acquire_timeout)))
+        relay = RunningRelay(dataclasses.replace(direct, store=StoreSettings(through(pg_url, proxy), acquire_timeout)),
+                             ("submission", "delivery") if sink else ("submission",))
         relay.proxy = proxy
         running.append((relay, proxy))
         return relay
@@ -139,6 +142,44 @@ def test_a_database_that_stops_answering_costs_451_not_a_frozen_worker(slow_rela
     assert len(refused) >= 2 and max(refused) < 1.5, outcomes          # the others had a connection: 250
     assert all(code in (250, 451) for _, (code, _) in outcomes), outcomes
     assert max(noops) < 0.1, noops
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
+        assert client.sendmail("app@example.com", ["you@example.net"], message()) == {}
+
+
+def test_a_database_outage_in_the_middle_of_a_load_loses_no_accepted_message(slow_relay, sink):
+    """Senders keep going while the link to the database drops every connection and stays down for a
+    second: meanwhile commands get 451 4.3.0, every message that got its 250 reaches the next hop, and
+    mail is accepted again once the database is back, by the same worker."""
+    relay = warmed(slow_relay(delay_ms=1, acquire_timeout=0.3, sink=sink))
+    accepted, refused = [], []
+
+    def sender() -> None:
+        for _ in range(40):
+            try:
+                with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
+                    client.sendmail("app@example.com", ["you@example.net"], message())
+                    accepted.append(1)
+            except smtplib.SMTPRecipientsRefused as e:
+                refused.append(next(iter(e.recipients.values())))
+            except smtplib.SMTPResponseException as e:
+                refused.append((e.smtp_code, e.smtp_error))
+            time.sleep(0.02)
+    senders = [threading.Thread(target=sender) for _ in range(3)]
+    for thread in senders:
+        thread.start()
+    time.sleep(0.5)
+    relay.proxy.pause()
+    relay.proxy.close_connections()
+    time.sleep(1.0)
+    relay.proxy.resume()
+    for thread in senders:
+        thread.join(120)
+    assert refused and accepted, (len(accepted), refused)
+    assert all(code == 451 and text.startswith(b"4.3.0") for code, text in refused), refused
+    deadline = time.monotonic() + 60
+    while len(sink.received) < len(accepted):
+        assert time.monotonic() < deadline, (len(sink.received), len(accepted))
+        time.sleep(0.1)
     with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
         assert client.sendmail("app@example.com", ["you@example.net"], message()) == {}
 
