@@ -1,15 +1,16 @@
 """The flood of the flood probe: clients that try wrong passwords over STARTTLS as fast as they can.
 
     python flood.py --port P --first 127.0.0.2 --clients 50 --duration S --users unknown|victim
-                    [--victim app1] [--threshold 5]
+                    [--victim app1]
 
 One client per source address (--first, --first + 1, ...; Linux routes all of 127.0.0.0/8 to lo), each a
 loop that never waits: connect, EHLO, STARTTLS, EHLO, AUTH PLAIN with a wrong password, QUIT. The
 username is a new unknown one at every attempt (`--users unknown`: what a password sprayer does, so that
 no username is tried often enough to be locked) or the victim's (`--users victim`: a brute force on one
-account). Run as its own process; prints one JSON object: the replies to AUTH by code, and per address
-whether the lockout held: after its `--threshold`-th 535 (or after its first 454) an address must get
-454 4.7.0 and nothing else, and never 235.
+account). Run as its own process; prints one JSON object: each address's replies to AUTH in order, and
+when it got its first 454. `summarize` (used by the bench, over one flood or several in a row) judges
+per address whether the lockout held: after its threshold-th 535 (or after its first 454) an address
+must get 454 4.7.0 and nothing else, and never 235.
 """
 from __future__ import annotations
 
@@ -125,26 +126,43 @@ async def flood(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     deadline = started + args.duration
     await asyncio.gather(*(client(args, s, deadline, tls, out) for s in sources))
+    texts: dict[str, str] = {}
+    for source in sources:
+        for code, text in out[source][1].items():
+            texts.setdefault(code, text)
+    return {"started": started, "users": args.users, "reply_text": texts,
+            "sequences": {s: out[s][0] for s in sources}, "first_454": {s: out[s][2] for s in sources}}
+
+
+def summarize(floods: list[dict], threshold: int) -> dict:
+    """What one or more consecutive floods from the same addresses did, judged per address over all of
+    them (a lockout lasts longer than the probe, so an address's replies are one sequence)."""
+    sources = list(floods[0]["sequences"])
+    seqs = {s: [code for f in floods for code in f["sequences"][s]] for s in sources}
+    first_454 = {s: next((f["first_454"][s] for f in floods if f["first_454"][s] is not None), None) for s in sources}
+    started = floods[0]["started"]
     by_code: dict[str, int] = {}
     texts: dict[str, str] = {}
+    for f in floods:
+        for code, text in f["reply_text"].items():
+            texts.setdefault(code, text)
     broken = {}
     for source in sources:
-        seq, t, _ = out[source]
-        for code in seq:
+        for code in seqs[source]:
             by_code[code] = by_code.get(code, 0) + 1
-        for code, text in t.items():
-            texts.setdefault(code, text)
-        why = judge(seq, args.threshold)
+        why = judge(seqs[source], threshold)
         if why:
             broken[source] = why
-    locked = [out[s][2] for s in sources]
+    locked = list(first_454.values())
     return {"started": started, "all_locked_after": None if None in locked else round(max(locked) - started, 2),
-            "clients": len(sources), "addresses": f"{sources[0]} ... {sources[-1]}", "users": args.users,
+            "clients": len(sources), "addresses": f"{sources[0]} ... {sources[-1]}", "users": floods[0]["users"],
             "attempts": sum(by_code.values()), "by_code": by_code, "reply_text": texts,
             "lockout_held": len(sources) - len(broken), "lockout_broken": broken,
-            "locked_out": sum(1 for s in sources if out[s][2] is not None),
-            "reached_threshold": sum(1 for s in sources if out[s][0].count("535") >= args.threshold),
-            "max_535_per_address": max((out[s][0].count("535") for s in sources), default=0)}
+            "locked_out": sum(1 for s in sources if first_454[s] is not None),
+            "reached_threshold": sum(1 for s in sources if seqs[s].count("535") >= threshold),
+            "max_535_per_address": max((seqs[s].count("535") for s in sources), default=0),
+            "seconds": round(sum(f["seconds"] for f in floods), 2),
+            "cpu_seconds": round(sum(f["cpu_seconds"] for f in floods), 2)}
 
 
 def main() -> int:
@@ -155,7 +173,6 @@ def main() -> int:
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--users", choices=("unknown", "victim"), default="unknown")
     p.add_argument("--victim", default="app1")
-    p.add_argument("--threshold", type=int, default=5, help="the relay's [submission] auth_failures")
     args = p.parse_args()
     first = ipaddress.ip_address(args.first)
     if not (first.is_loopback and (first + args.clients - 1).is_loopback):

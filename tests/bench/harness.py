@@ -63,7 +63,7 @@ PER_DESTINATION = 10        # the relay's default delivery.per_destination (per 
 LATENCY_CONNECTIONS = 20    # pooled client connections of the latency probe (opened before its clock starts)
 EHLO_COUNT = 20             # EHLOs timed per listener, each on a new connection
 FLOOD_CLIENTS = 50          # flooding clients, from 127.0.0.2 ... 127.0.0.51
-FLOOD_ALONE_SECONDS = 20    # the tenant's rate alone is steady: at most this long
+FLOOD_WINDOW_SECONDS = 5    # the flood probe alternates windows this long: alone, flood, alone, ...
 VICTIM_CONCURRENCY = 10     # the verified tenant's client in the flood probe (from 127.0.0.1)
 HEARTBEAT_INTERVAL = 0.05   # seconds between the heartbeat probe's NOOPs
 RTT_QUERIES = 200           # `SELECT 1` round trips timed to show what the store's network adds
@@ -497,68 +497,89 @@ class Bench:
     # flood probe
     def flood_probe(self, users: str, seconds: float) -> dict:
         """A verified tenant's rate (path e: STARTTLS + AUTH, new connection per message, c10, from 127.0.0.1)
-        alone (at most FLOOD_ALONE_SECONDS), then for `seconds` while FLOOD_CLIENTS clients from 127.0.0.2 ...
-        flood the relay with wrong passwords, for unknown usernames or for the tenant's own (`users`).
-        The rate under the flood is given over the whole flood and over its part after every flooding
-        address got its first 454 (before that, each address's first failures cost the relay a password check).
+        alone and while FLOOD_CLIENTS clients from 127.0.0.2 ... flood the relay with wrong passwords, for
+        unknown usernames or for the tenant's own (`users`), for `seconds` in all.
 
-        Each variant runs on a relay node of its own, fresh (lockouts last auth_failure_window: the first
-        variant's would decide the second's), with the relay's default settings."""
+        Windows of FLOOD_WINDOW_SECONDS alternate: alone, flood, alone, flood, ..., alone. The rate of a node
+        drifts by tens of percent from one half-minute to the next on this machine, so each flood window is
+        compared with the mean of the two alone windows around it, and the ratio is the median of those.
+        The lockout is judged per address over all flood windows. Windows that start after every flooding
+        address got its first 454 are also given apart (before that, each address's first failures cost the
+        relay a password check). Each variant runs on a relay node of its own, fresh (lockouts last
+        auth_failure_window: the first variant's would decide the second's), with the relay's default settings."""
+        from flood import summarize
         from policy.settings import load_settings
         node = RelayNode(self.root, self.sink_port, self.args.workers, name=f"relay-flood-{users}")
         self.others.append(node)
+        windows = max(2, round(seconds / FLOOD_WINDOW_SECONDS))
+        width = seconds / windows
         try:
             sub = load_settings(node.config).submission
             threshold, window = sub.auth_failures, sub.auth_failure_window
             warm = self._victim(node, 2.0)            # the tenant's credential verified before any flood
             if not warm["accepted_at"]:
                 raise RunFailed(f"the tenant could not send before the flood: {warm['errors']}")
-            cpu0 = cpu_seconds([node.daemon.pid])
-            alone_seconds = min(seconds, FLOOD_ALONE_SECONDS)
-            alone = self._victim(node, alone_seconds)
-            cpu1 = cpu_seconds([node.daemon.pid])
-            flood_out = self.root / f"flood-{users}.json"
-            flood = Daemon(f"flood {users}", [sys.executable, str(HERE / "flood.py"), "--port", str(node.port),
-                                              "--first", "127.0.0.2", "--clients", str(FLOOD_CLIENTS),
-                                              "--duration", str(seconds), "--users", users, "--victim", USERNAME,
-                                              "--threshold", str(threshold)],
-                           self.root / f"flood-{users}.log", stdout=flood_out)
-            self.others.append(flood)
-            try:
-                during = self._victim(node, seconds)
-                flood.proc.wait(seconds + 120)
-            finally:
-                flood.stop()
-                self.others.remove(flood)
-            cpu2 = cpu_seconds([node.daemon.pid])
-            try:
-                fl = json.loads(flood_out.read_text())
-            except ValueError:
-                raise RunFailed(f"the flood client printed no result: "
-                                f"{(self.root / f'flood-{users}.log').read_text(errors='replace')[-1000:]}") from None
+            alone = [self._victim_window(node, width)]
+            during, floods = [], []
+            for i in range(windows):
+                flood_out = self.root / f"flood-{users}-{i}.json"
+                flood = Daemon(f"flood {users}", [sys.executable, str(HERE / "flood.py"), "--port", str(node.port),
+                                                  "--first", "127.0.0.2", "--clients", str(FLOOD_CLIENTS),
+                                                  "--duration", str(width), "--users", users, "--victim", USERNAME],
+                               self.root / f"flood-{users}.log", stdout=flood_out)
+                self.others.append(flood)
+                try:
+                    during.append(self._victim_window(node, width))
+                    flood.proc.wait(width + 120)
+                finally:
+                    flood.stop()
+                    self.others.remove(flood)
+                try:
+                    floods.append(json.loads(flood_out.read_text()))
+                except ValueError:
+                    raise RunFailed(f"the flood client printed no result: "
+                                    f"{(self.root / f'flood-{users}.log').read_text(errors='replace')[-1000:]}") from None
+                alone.append(self._victim_window(node, width))
         finally:
             node.stop()
             self.others.remove(node)
-        rate_alone = len(alone["accepted_at"]) / alone_seconds
-        rate_flood = len(during["accepted_at"]) / seconds
-        result = {"users": users, "seconds": seconds, "alone_seconds": alone_seconds, "threshold": threshold,
-                  "window_s": window, "alone": _victim_summary(alone, alone_seconds, cpu1 - cpu0),
-                  "with_flood": _victim_summary(during, seconds, cpu2 - cpu1),
-                  "ratio": round(rate_flood / rate_alone, 3) if rate_alone else None, "flood": fl}
-        per_message = (cpu1 - cpu0) / len(alone["accepted_at"]) if alone["accepted_at"] else None
-        if per_message is not None and fl.get("attempts"):
-            flood_cpu = (cpu2 - cpu1) - per_message * len(during["accepted_at"])
-            result["with_flood"]["relay_cpu_ms_per_flood_attempt"] = round(flood_cpu * 1000 / fl["attempts"], 2)
-        locked_at = fl.get("all_locked_after")
-        if locked_at is not None:
-            since = fl["started"] + locked_at
-            end = during["started"] + seconds
-            if end - since >= 3:
-                after = len([t for t in during["accepted_at"] if t >= since]) / (end - since)
-                result["with_flood"]["rate_after_lockout"] = round(after, 2)
-                result["with_flood"]["after_lockout_seconds"] = round(end - since, 1)
-                result["ratio_after_lockout"] = round(after / rate_alone, 3) if rate_alone else None
+        fl = summarize(floods, threshold)
+        ratios = [d["rate"] / ((a["rate"] + b["rate"]) / 2) if a["rate"] + b["rate"] else None
+                  for a, d, b in zip(alone, during, alone[1:])]
+        locked_at = None if fl["all_locked_after"] is None else fl["started"] + fl["all_locked_after"]
+        after = [r for r, d in zip(ratios, during) if locked_at is not None and d["started"] >= locked_at]
+        alone_messages, alone_cpu = sum(a["messages"] for a in alone), sum(a["cpu"] for a in alone)
+        flood_messages, flood_cpu = sum(d["messages"] for d in during), sum(d["cpu"] for d in during)
+        per_message = alone_cpu / alone_messages if alone_messages else None
+        result = {"users": users, "seconds": round(width * windows, 1), "windows": windows,
+                  "window_seconds": round(width, 2), "threshold": threshold,
+                  "window_s": window,
+                  "alone_rates": [a["rate"] for a in alone], "flood_rates": [d["rate"] for d in during],
+                  "window_ratios": [None if r is None else round(r, 3) for r in ratios],
+                  "ratio": _median(ratios), "ratio_after_lockout": _median(after) if after else None,
+                  "windows_after_lockout": len(after),
+                  "alone": {"rate": round(alone_messages / (width * len(alone)), 2),
+                            "relay_cpu_ms_per_message": round(per_message * 1000, 2) if per_message else None,
+                            "relay_cpu_share": round(alone_cpu / (width * len(alone)), 2),
+                            "refused": sum(a["refused"] for a in alone)},
+                  "with_flood": {"rate": round(flood_messages / (width * windows), 2),
+                                 "relay_cpu_share": round(flood_cpu / (width * windows), 2),
+                                 "refused": sum(d["refused"] for d in during),
+                                 "errors": [e for d in during for e in d["errors"]][:5]},
+                  "flood": fl}
+        if per_message is not None and fl["attempts"]:
+            extra = flood_cpu - per_message * flood_messages
+            result["with_flood"]["relay_cpu_ms_per_flood_attempt"] = round(extra * 1000 / fl["attempts"], 2)
         return result
+
+    def _victim_window(self, node: RelayNode, seconds: float) -> dict:
+        """One window of the verified tenant's client: its rate, and the relay's CPU meanwhile."""
+        cpu = cpu_seconds([node.daemon.pid])
+        started = time.monotonic()
+        run = self._victim(node, seconds)
+        sent = len(run["accepted_at"])
+        return {"started": started, "messages": sent, "rate": sent / seconds, "refused": run["error_count"],
+                "errors": run["errors"][:5], "cpu": cpu_seconds([node.daemon.pid]) - cpu}
 
     def _victim(self, node: RelayNode, seconds: float) -> dict:
         """The verified tenant's client for `seconds`: loadgen --duration, one connection per message."""
@@ -592,12 +613,9 @@ def _store_rtt(direct: str, proxied: str) -> dict:
     return out
 
 
-def _victim_summary(run: dict, seconds: float, cpu: float) -> dict:
-    sent = len(run["accepted_at"])
-    return {"messages": sent, "rate": round(sent / seconds, 2), "refused": run["error_count"],
-            "errors": run["errors"][:5],
-            "relay_cpu_ms_per_message": round(cpu * 1000 / sent, 2) if sent else None,
-            "relay_cpu_share": round(cpu / seconds, 2)}
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
 
 
 def _ehlo_once(port: int, mode: str, nodelay: bool = True) -> float:

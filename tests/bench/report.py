@@ -208,8 +208,8 @@ def render(results: dict, paths: Sequence[str], configs: Sequence[tuple[int, boo
     flood = results.get("flood")
     if flood:
         lines.append("\nflood probe: the verified tenant (path e: STARTTLS + AUTH, one connection per message, c10, from "
-                     "127.0.0.1) alone, then under a flood of wrong passwords from 50 clients (127.0.0.2 ... 127.0.0.51), "
-                     "each variant on a fresh relay node:")
+                     "127.0.0.1) alone and under a flood of wrong passwords from 50 clients (127.0.0.2 ... 127.0.0.51), in "
+                     "alternating windows, each variant on a fresh relay node:")
         for users, v in flood.items():
             lines += render_flood(users, v)
     retried = [r for r in results["runs"] if r.get("client_errors")]
@@ -264,17 +264,20 @@ def render_flood(users: str, v: dict) -> list[str]:
     alone, during, fl = v["alone"], v["with_flood"], v["flood"]
     codes = fl["by_code"]
     others = {k: n for k, n in codes.items() if k not in ("535", "454")}
+    rates = " ".join(f"{a:.0f}" + (f" [{f:.0f}]" if f is not None else "")
+                     for a, f in zip(v["alone_rates"], [*v["flood_rates"], None]))
     out = [f"  {title}:",
-           f"    tenant alone {alone['rate']:.1f} msg/s ({alone['messages']} messages in {v.get('alone_seconds', v['seconds']):.0f} s, "
-           f"relay {alone['relay_cpu_share']:.0%} of a core); with the flood {during['rate']:.1f} msg/s "
-           f"({during['messages']} messages in {v['seconds']:.0f} s, relay {during['relay_cpu_share']:.0%} of a core, "
-           f"{during['refused']} refused" + (f": {'; '.join(during['errors'][:2])}" if during["refused"] else "") + ")",
-           f"    rate with flood / rate alone: {v['ratio']:.2f}" if v.get("ratio") is not None else
-           "    rate with flood / rate alone: - (no rate alone)"]
-    if "ratio_after_lockout" in v:
-        out[-1] += (f"; after every flooding address was locked out ({fl['all_locked_after']:.1f} s into the flood): "
-                    f"{during['rate_after_lockout']:.1f} msg/s over {during['after_lockout_seconds']:.0f} s, "
-                    f"{v['ratio_after_lockout']:.2f}")
+           f"    {v['windows']} flood windows of {v['window_seconds']:.0f} s between windows alone; msg/s alone "
+           f"[with the flood]: {rates}",
+           f"    tenant alone {alone['rate']:.1f} msg/s (relay {alone['relay_cpu_share']:.0%} of a core); with the flood "
+           f"{during['rate']:.1f} msg/s (relay {during['relay_cpu_share']:.0%} of a core, {during['refused']} refused"
+           + (f": {'; '.join(during['errors'][:2])}" if during["refused"] else "") + ")",
+           "    rate with flood / rate alone around it, median of the windows: "
+           + (f"{v['ratio']:.2f} (" + ", ".join("-" if r is None else f"{r:.2f}" for r in v["window_ratios"]) + ")"
+              if v.get("ratio") is not None else "- (no rate alone)")]
+    if v.get("ratio_after_lockout") is not None:
+        out[-1] += (f"; in the {v['windows_after_lockout']} windows after every flooding address was locked out "
+                    f"({fl['all_locked_after']:.1f} s into the flood): {v['ratio_after_lockout']:.2f}")
     elif fl.get("all_locked_after") is None:
         out[-1] += "; not every flooding address was locked out before the end"
     if users == "victim":
@@ -282,8 +285,8 @@ def render_flood(users: str, v: dict) -> list[str]:
                    f"the lock answered 454 (threshold {v['threshold']}: attempts already admitted when the first "
                    f"failures were counted are checked too)")
     if during.get("relay_cpu_ms_per_flood_attempt") is not None:
-        out.append(f"    the relay's CPU per flood attempt (its CPU during the flood less the tenant's messages at the "
-                   f"cost they had alone): {during['relay_cpu_ms_per_flood_attempt']:.2f} ms")
+        out.append(f"    the relay's CPU per flood attempt (its CPU in the flood windows less the tenant's messages at "
+                   f"the cost they had alone): {during['relay_cpu_ms_per_flood_attempt']:.2f} ms")
     out.append(f"    the flood: {fl['attempts']} AUTH attempts ({fl['attempts'] / max(fl['seconds'], 0.1):.0f}/s, client "
                f"CPU {fl['cpu_seconds']:.0f} s in {fl['seconds']:.0f} s): {codes.get('535', 0)} x 535, "
                f"{codes.get('454', 0)} x 454 4.7.0 lockout"

@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="messages of each part of floor.py's measurement (default 3000; 1000 with --quick; 0: none)")
     p.add_argument("--flood-seconds", type=float,
                    help="length of the flood in each of the flood probe's two variants (default 60; 30 with --quick; "
-                        "0: no flood probe); the tenant's rate alone is measured for at most 20 s before it")
+                        "0: no flood probe), in windows of 5 s that alternate with as many windows of the tenant alone")
     p.add_argument("--flood-only", action="store_true", help="only the flood probe (a sink and its relay nodes)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs, queues)")
     p.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
