@@ -32,6 +32,11 @@ class Recent(Generic[V]):
             self._values[key] = value
         return value
 
+    def put(self, key: Hashable, value: V) -> None:
+        """What the caller just learnt for certain (a write it made), kept as if read now."""
+        if self._values is not None:
+            self._values[key] = value
+
     def clear(self) -> None:
         if self._values is not None:
             self._values.clear()

@@ -25,9 +25,10 @@ class Limits:
     def either_locked(self, ip: str, username: str) -> bool:
         return self.ip_locked(ip) or self.user_locked(username)
 
-    def auth_failed(self, username: str, ip: str) -> None:
+    def auth_failed(self, username: str, ip: str) -> bool:
+        """Count a failure; True if it locked the client address out."""
         self.store.hit(f"auth:user:{username.lower()}", self.window)
-        self.store.hit(f"auth:ip:{ip}", self.window)
+        return self.store.hit(f"auth:ip:{ip}", self.window) >= self.max_failures
 
     def message_allowed(self, tenant: str, rate: Rate) -> bool:
         """Count one message for `tenant`; False once it is past its rate in the current window."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword, Session, _Missing
 
 from policy import credentials, logs, metrics
+from policy.cache import Recent
 from policy.groupcommit import GroupCommit
 from policy.ratelimit import Limits
 from policy.smtp import SaferSMTP
@@ -42,10 +43,11 @@ class Authenticated:
 
 
 class Authenticator:
-    def __init__(self, store: Store, writes: GroupCommit, limits: Limits, logins: VerifiedLogins):
+    def __init__(self, store: Store, writes: GroupCommit, limits: Limits, logins: VerifiedLogins, trust_ttl: float):
         self.store, self.writes = store, writes
         self.limits = limits
         self.logins = logins
+        self._locked_ips: Recent[bool] = Recent(trust_ttl)      # for STARTTLS only; AUTH reads the store
         self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check",
                                           initializer=_lower_priority)
         self._turn = asyncio.Lock()     # scrypt checks queue here, in arrival order
@@ -64,6 +66,7 @@ class Authenticator:
         username, secret = login.login.decode("utf-8", "replace"), login.password
         call = self.store.call
         if await call(self.limits.ip_locked, ip):
+            self._locked_ips.put(ip, True)
             return await _locked(ip)
         stored, tenant = await call(credentials.lookup_hash, self.store, username)
         if tenant is not None and self.logins.verified(ip, username, secret, stored):
@@ -79,9 +82,18 @@ class Authenticator:
         if ok and tenant is not None:
             self.logins.remember(ip, username, secret, stored)
             return self._accepted(username, tenant, credentials.kind_of(stored).value)
-        await call(self.limits.auth_failed, username, ip)
+        if await call(self.limits.auth_failed, username, ip):
+            self._locked_ips.put(ip, True)
         _failed("bad_credentials", ip)
         return AuthResult(success=False, handled=False)
+
+    async def locked_out(self, ip: str) -> bool:
+        """Whether the client address is locked out, for STARTTLS: such a client could only get a 454 after
+        the TLS handshake, and the handshake is most of what a guess costs the relay. Read from the store
+        at most once per trust_cache_ttl, and kept from this worker's own lockouts, so a lock reaches
+        STARTTLS at once in the worker that counted it and within the TTL in the others and on other
+        nodes. AUTH reads the store itself, so the lockout rules hold whatever this remembers."""
+        return await self._locked_ips.get(ip, lambda: self.store.call(self.limits.ip_locked, ip))
 
     async def _in_turn(self, username: str, ip: str, tenant: str | None, stored: str, secret: bytes) -> bool | None:
         """The slow check when its turn comes; None if a lockout was reached meanwhile (answered after the
@@ -122,12 +134,16 @@ def _lower_priority() -> None:
     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECK_NICE)
 
 
-async def _locked(ip: str) -> AuthResult:
-    """454, after LOCKOUT_DELAY: a guesser on a loop slows to one try per delay and connection, for the
+async def locked(ip: str) -> str:
+    """LOCKED, after LOCKOUT_DELAY: a guesser on a loop slows to one try per delay and connection, for the
     price of a sleeping coroutine here (Postfix's smtpd_error_sleep_time does the same)."""
     _failed("locked_out", ip)
     await asyncio.sleep(LOCKOUT_DELAY)
-    return AuthResult(success=False, handled=False, message=LOCKED)
+    return LOCKED
+
+
+async def _locked(ip: str) -> AuthResult:
+    return AuthResult(success=False, handled=False, message=await locked(ip))
 
 
 def _failed(reason: str, ip: str) -> None:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 
 from aiosmtpd.proxy_protocol import ProxyData
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import Envelope, Session, syntax
 
 from policy import logs, metrics, standing, suppression, tenants
 from policy.cache import Recent
@@ -25,7 +25,7 @@ from policy.ratelimit import Limits
 from policy.settings import Settings
 from policy.smtp import PROXY_TIMEOUT, Handler, valid_address
 from policy.store import Store
-from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator
+from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator, locked
 from relay.logins import VerifiedLogins
 from relay.spool import Handoff, Message, Spool, SpoolError, new_queue_id
 
@@ -71,7 +71,8 @@ class SubmissionHandler(Handler):
         self.tenants = Tenants(store, settings.submission.trust_cache_ttl)
         self.header_policy = HeaderPolicy(settings.provider.domains, settings.provider.hostname)
         self.authenticator = Authenticator(store, writes, self.limits, VerifiedLogins(
-            settings.submission.auth_cache_ttl, settings.submission.auth_cache_size))
+            settings.submission.auth_cache_ttl, settings.submission.auth_cache_size),
+            settings.submission.trust_cache_ttl)
         self.refusals = _refusals(settings.submission.max_message_size)
 
     async def handle_PROXY(self, server, session: Session, envelope: Envelope, proxy: ProxyData) -> bool:
@@ -101,6 +102,14 @@ class SubmissionHandler(Handler):
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 Sender OK"
+
+    async def refuses_tls(self, session: Session) -> str | None:
+        """The reply instead of STARTTLS to an address locked out of AUTH (relay/auth.py), else None; a
+        trusted network needs no AUTH and keeps its STARTTLS."""
+        ip = session.peer[0]
+        if not await self.authenticator.locked_out(ip) or await self.tenants.for_address(ip):
+            return None
+        return await locked(ip)
 
     async def identify(self, session: Session) -> tuple[str | None, str | None]:
         """(tenant, username) of an authenticated session, (tenant, None) from a trusted network, else Nones."""
@@ -226,6 +235,14 @@ class SubmissionSMTP(AsyncAuthSMTP):
             tenant = sender.tenant.id if sender else (await self.event_handler.identify(self.session))[0]
             status = _refused(refusal.stage, refusal.reason, refusal.reply, tenant)
         await super().push(status)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        refused = await self.event_handler.refuses_tls(self.session)
+        if refused:
+            await self.push(refused)
+            return
+        await super().smtp_STARTTLS(arg)
 
     def tls_description(self) -> str | None:
         obj = self.transport.get_extra_info("ssl_object") if self.transport else None

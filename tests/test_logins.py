@@ -24,9 +24,15 @@ NO_SCRYPT = 0.03    # seconds of this process's CPU (client and relay) per login
 
 
 def login(relay, user: str, secret: str, source: str = "127.0.0.1") -> tuple[int, str, float]:
-    """(code, text, seconds the AUTH took) on a new STARTTLS connection from `source`."""
+    """(code, text, seconds the AUTH took) on a new STARTTLS connection from `source`; or those of the
+    STARTTLS, if it was refused."""
     client = smtplib.SMTP("127.0.0.1", relay.port, timeout=30, source_address=(source, 0))
-    client.starttls(context=relay.client_context())
+    started = time.perf_counter()
+    try:
+        client.starttls(context=relay.client_context())
+    except smtplib.SMTPResponseException as e:
+        client.close()
+        return e.smtp_code, e.smtp_error.decode(), time.perf_counter() - started
     client.ehlo("app.example")
     blob = base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
     started = time.perf_counter()
@@ -133,6 +139,29 @@ def test_a_locked_out_address_is_refused_before_the_cache(relay):
     for i in range(5):
         login(relay, f"user{i}", "guess guess guess")
     assert login(relay, "app1", PASSWORD)[0] == 454
+
+
+def test_a_locked_out_address_is_refused_starttls_and_a_trusted_network_is_not(relay):
+    """A guess from a locked-out address could only get 454 after a TLS handshake, which is most of what a
+    guess costs the relay: it gets that 454 to STARTTLS instead, after the same delay, and stays in clear,
+    where AUTH is not offered. Other addresses keep STARTTLS, and so does the locked address once it is
+    in a tenant's trusted networks (which need no AUTH)."""
+    for i in range(5):
+        assert login(relay, f"user{i}", "guess guess guess", source="127.0.0.7")[0] == 535
+    client = smtplib.SMTP("127.0.0.1", relay.port, timeout=30, source_address=("127.0.0.7", 0))
+    client.ehlo("guesser.example")
+    started = time.perf_counter()
+    assert client.docmd("STARTTLS") == (454, b"4.7.0 Too many failed authentication attempts, try again later")
+    assert time.perf_counter() - started >= LOCKOUT_DELAY
+    assert client.ehlo("guesser.example")[0] == 250 and not client.has_extn("auth")
+    assert client.docmd("AUTH", "PLAIN " + base64.b64encode(f"\0app1\0{PASSWORD}".encode()).decode())[0] == 538
+    client.close()
+    assert login(relay, "app1", PASSWORD, source="127.0.0.8")[0] == 235
+    relay.add_tenant("intranet", networks=("127.0.0.7/32",), username=None)
+    client = smtplib.SMTP("127.0.0.1", relay.port, timeout=30, source_address=("127.0.0.7", 0))
+    client.starttls(context=relay.client_context())
+    assert client.ehlo("intranet.example")[0] == 250
+    client.quit()
 
 
 def test_verified_logins_expire_and_are_bounded():
