@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import socket
 import ssl
 import statistics
@@ -364,6 +365,7 @@ class Bench:
         cpu_before = cpu_seconds(roots)
         parts_before = {name: cpu_seconds(pids) for name, pids in parts.items()}
         timeout = 120 + n * 1.0
+        clients_before = _children_cpu()
         with RssSampler(roots) as rss, ForeignLoad() as foreign:
             started = time.monotonic()
             injector = self.inject(path, n, concurrency, reuse, rate)
@@ -385,6 +387,7 @@ class Bench:
             finished = sink.reached_at
             beats = self._stop_heartbeat(started, finished) if heartbeat else {}
             injector.proc.wait(60)
+            client_cpu = _children_cpu() - clients_before
             injected = injected or time.monotonic()
             retried = self._retried(n, rate) if injector.proc.returncode != 0 else []
             if retried is None:
@@ -402,6 +405,7 @@ class Bench:
                   "peak_rss_mib": round(rss.peak_kib / 1024, 1) if roots else None,
                   "peak_pss_mib": round(rss.peak_pss_kib / 1024, 1) if roots else None,
                   "cpu_ms_parts": {k: round(v * 1000 / n, 3) for k, v in parts_cpu.items()} if len(parts) > 1 else None,
+                  "client_cpu_ms_per_message": round(client_cpu * 1000 / n, 3),
                   "extra_at_sink": sink.count - base - n,
                   "foreign_cpu_share": round(foreign.share, 3)} | beats
         if proxy_cpu is not None:
@@ -611,6 +615,13 @@ def _store_rtt(direct: str, proxied: str) -> dict:
         out[name] = round(statistics.median(times), 3)
     out["added_ms"] = round(out["proxied_ms"] - out["direct_ms"], 3)
     return out
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children that have exited: the injector of a run (and the heartbeat
+    probe, a NOOP every 50 ms, when there is one)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _median(values: list[float | None]) -> float | None:

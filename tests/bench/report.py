@@ -54,6 +54,7 @@ def summarise(runs: list[dict], paths: Sequence[str], configs: Sequence[tuple[in
             if not chosen:
                 continue
             cpu = [r["cpu_ms_per_message"] for r in chosen if r["cpu_ms_per_message"] is not None]
+            client = [r["client_cpu_ms_per_message"] for r in chosen if r.get("client_cpu_ms_per_message") is not None]
             rss = [r["peak_rss_mib"] for r in chosen if r["peak_rss_mib"] is not None]
             pss = [r["peak_pss_mib"] for r in chosen if r.get("peak_pss_mib") is not None]
             parts: dict[str, list[float]] = {}
@@ -70,6 +71,7 @@ def summarise(runs: list[dict], paths: Sequence[str], configs: Sequence[tuple[in
                 "cpu_ms_parts": {k: round(statistics.median(v), 3) for k, v in parts.items()} or None,
                 "rate": {k: round(v, 1) for k, v in summary([r["rate"] for r in chosen]).items()},
                 "cpu_ms_per_message": round(statistics.median(cpu), 3) if cpu else None,
+                "client_cpu_ms_per_message": round(statistics.median(client), 3) if client else None,
                 "peak_rss_mib": max(rss) if rss else None,
                 "peak_pss_mib": max(pss) if pss else None,
                 "foreign_cpu_share": _median([r.get("foreign_cpu_share") for r in chosen]),
@@ -123,17 +125,19 @@ def render(results: dict, paths: Sequence[str], configs: Sequence[tuple[int, boo
              f"{results['message_bytes']} bytes per message, {results['rounds']} round(s), relay workers = "
              f"{results['relay_workers']}; messages per run: {results.get('messages_note') or results['messages']}\n",
              f"{'path':<{WIDTH}} {'config':<10} {'msgs':>5} {'median':>8} {'min':>8} {'max':>8}  {'CPU ms/msg':>10} "
-             f"{'peak RSS MiB':>12} {'PSS MiB':>8} {'others':>7}"]
+             f"{'client':>7} {'peak RSS MiB':>12} {'PSS MiB':>8} {'others':>7}"]
     for path in paths:
         for name, s in results["summary"].get(path, {}).items():
             cpu = "-" if s["cpu_ms_per_message"] is None else f"{s['cpu_ms_per_message']:.2f}"
+            client = "-" if s.get("client_cpu_ms_per_message") is None else f"{s['client_cpu_ms_per_message']:.2f}"
             rss = "-" if s["peak_rss_mib"] is None else f"{s['peak_rss_mib']:.0f}"
             pss = "-" if s.get("peak_pss_mib") is None else f"{s['peak_pss_mib']:.0f}"
             other = "-" if s.get("foreign_cpu_share") is None else f"{s['foreign_cpu_share']:.0%}"
             lines.append(f"{path + ' ' + results['paths'][path]:<{WIDTH}} {name:<10} {s.get('messages', ''):>5} "
                          f"{s['rate']['median']:>8.1f} {s['rate']['min']:>8.1f} {s['rate']['max']:>8.1f}  {cpu:>10} "
-                         f"{rss:>12} {pss:>8} {other:>7}")
-    lines.append("(others: median share of the machine's CPU used by processes this benchmark did not start, "
+                         f"{client:>7} {rss:>12} {pss:>8} {other:>7}")
+    lines.append("(client: CPU ms per message of the load generator, smtp-source or loadgen.py, on the same cores as the "
+                 "server; others: median share of the machine's CPU used by processes this benchmark did not start, "
                  "during the run; above ~10 % the figures are disturbed)")
     if results["ratios"]:
         shown = [(t, b) for t, b in RATIOS if any(f"{t}/{b}" in rs for rs in results["ratios"].values())]
@@ -197,7 +201,8 @@ def render(results: dict, paths: Sequence[str], configs: Sequence[tuple[int, boo
     if floor:
         if "error" in floor and "total_new_ms" not in floor:
             lines.append(f"\nfloor of the stack on the relay's loop ({floor.get('loop', '?')}, floor.py): RSA-2048 "
-                         f"{floor.get('rsa_sign_ms', float('nan')):.2f} ms, inbound {floor.get('inbound_new_ms', float('nan')):.2f}"
+                         f"{floor.get('rsa_sign_ms', float('nan')):.2f} ms, "
+                         f"inbound {floor.get('inbound_new_ms', float('nan')):.2f}"
                          f"/{floor.get('inbound_reuse_ms', float('nan')):.2f} ms; FAILED: {floor['error']}")
         else:
             lines.append(f"\nfloor of the stack on the relay's loop ({floor['loop']}, floor.py, {floor['messages']} messages): "
