@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean reliability bench
+.PHONY: run test lint install clean reliability bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,17 @@ run: $(STAMP)
 	$(BIN)/websofttt init --if-new
 	exec $(BIN)/websofttt serve
 
+# The checked rules first (ARCHITECTURE.md): lint, and the floors as import contracts (pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check policy relay inbound tests
+	$(BIN)/lint-imports --no-cache
+
 # The suite on each event loop the workers may run (WEBSOFTTT_LOOP, relay/eventloop.py): uvloop, the default,
 # then asyncio's own. Each run spreads the tests over the cores (pytest-xdist; TEST_JOBS=0 for one process),
 # then runs those marked serial (timing comparisons) alone.
 TEST_JOBS ?= auto
 PARALLEL  := -n $(TEST_JOBS) --dist worksteal -m "not serial"
-test: $(STAMP)
+test: $(STAMP) lint
 	WEBSOFTTT_LOOP=uvloop $(BIN)/python -m pytest $(PARALLEL)
 	WEBSOFTTT_LOOP=uvloop $(BIN)/python -m pytest -m serial
 	WEBSOFTTT_LOOP=asyncio $(BIN)/python -m pytest $(PARALLEL)

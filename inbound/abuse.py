@@ -22,7 +22,7 @@ from inbound.dsn import Fields
 from policy import cases, complaints, outbox, sent, tenants
 from policy.settings import Settings
 from policy.store import Store
-from policy.suppression import mask
+from policy.addresses import mask
 from policy.tokens import TokenKeys
 
 MAX_HEADER = 256 * 1024

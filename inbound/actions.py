@@ -21,7 +21,7 @@ from inbound.addresses import Role
 from inbound.classify import Classification
 from policy import bounces, optout, sent, suppression
 from policy.settings import Settings
-from policy.suppression import mask
+from policy.addresses import mask
 from policy.store import Store
 from policy.tokens import TokenKeys
 

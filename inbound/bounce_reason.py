@@ -22,7 +22,7 @@ import logging
 import re
 from dataclasses import dataclass
 from email.message import Message
-from typing import Iterable
+from collections.abc import Iterable
 
 REASONS = ("mailbox_unknown", "domain_unknown", "mailbox_full", "message_too_large", "policy", "other")
 MAX_DIAGNOSTIC = 300

@@ -22,7 +22,7 @@ import html
 import re
 from dataclasses import dataclass
 from email.message import Message
-from typing import Sequence
+from collections.abc import Sequence
 
 from inbound import bounce_reason, dsn, mime
 from inbound.bounce_reason import Failure

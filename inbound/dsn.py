@@ -6,7 +6,7 @@ A field block is a dict of lower-case field name -> list of unfolded values, as 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from inbound import bounce_reason
 from inbound.bounce_reason import Failure

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from policy import logs, optout
 from policy.optout import Subscription
-from policy.suppression import mask
+from policy.addresses import mask
 from policy.store import Store
 from policy.tokens import TokenKeys
 

@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy.store import enable_wal, utcnow
+from policy.store import utcnow
+from policy.store_sqlite import enable_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbound (

@@ -36,7 +36,7 @@ class InboundHandler(Handler):
         self._tasks: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbound-actions")  # one store connection
 
-    async def handle_PROXY(self, server: "InboundSMTP", session: Session, envelope: Envelope,
+    async def handle_PROXY(self, server: InboundSMTP, session: Session, envelope: Envelope,
                            proxy: ProxyData) -> bool:
         server.take_proxy_address(proxy)
         return server.admit(session.peer[0], server.transport)
@@ -99,7 +99,7 @@ class InboundSMTP(SaferSMTP):
     line_length_limit = 64 * 1024
     _ip: str | None = None      # the address this session is counted against
 
-    def __init__(self, handler: InboundHandler, per_ip: "PerAddress", **kwargs):
+    def __init__(self, handler: InboundHandler, per_ip: PerAddress, **kwargs):
         self.per_ip = per_ip
         too_big = f"552 5.3.4 Message exceeds the maximum size of {handler.size} bytes"
         self.replies = {"552 Error: Too much mail data": too_big,

@@ -15,7 +15,8 @@ from inbound.mailbox import Mailbox, mailbox_path
 from inbound.server import InboundHandler, protocol_factory
 from policy.keys import server_ssl_context
 from policy.settings import Listen, Settings
-from policy.store import Store, open_store
+from policy.engines import open_store
+from policy.store import Store
 from policy.tokens import TokenKeys
 
 Bind = Callable[[Listen], socket.socket]

@@ -11,7 +11,7 @@ bounce may push the tenant over `policy.bounce_rate` (policy/standing).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 from policy import standing, suppression
 from policy.settings import Policy
@@ -46,7 +46,7 @@ def record(store: Store, rules: Policy, tenant: str, recipient: str, status: str
         count = store.hit(key, rules.soft_bounce_window)
         if count < rules.soft_bounce_limit:
             return f"soft bounce {count} of {rules.soft_bounce_limit}"
-        until = datetime.now(timezone.utc) + timedelta(seconds=rules.soft_bounce_suppression)
+        until = datetime.now(UTC) + timedelta(seconds=rules.soft_bounce_suppression)
         suppression.add(store, recipient, tenant, "soft_bounce", source=source,
                         expires=until.strftime("%Y-%m-%dT%H:%M:%SZ"))
         store.reset(key)

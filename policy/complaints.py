@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from policy import standing, suppression
 from policy.settings import Policy
 from policy.store import Store, utcnow
-from policy.suppression import mask
+from policy.addresses import mask
 
 ACTING = ("abuse", "fraud", "virus", "other")
 VERIFIED = ("token", "message_id")       # identification routes that prove the copy was ours and theirs

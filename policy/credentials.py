@@ -20,7 +20,7 @@ import hmac
 import os
 import re
 import secrets
-from enum import Enum
+from enum import StrEnum
 
 from policy.store import Store, utcnow
 from policy.tenants import TenantError, require
@@ -33,7 +33,7 @@ PREFIX = "wst_smtp_"
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     PASSWORD = "password"        # chosen by a person: scrypt
     GENERATED = "generated"      # made here, 256 bits: SHA-256
 

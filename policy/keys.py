@@ -161,7 +161,7 @@ def generate_tls_cert(cert_path: Path, key_path: Path, hostname: str, days: int 
     san = [x509.DNSName(n) for n in dns_names] + [
         x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "::1")
     ]
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from policy.suppression import mask
+from policy.addresses import mask
 
 _TOKEN = re.compile(r"\b(unsubscribe|bounce)\+[A-Za-z2-7]{8,64}|(/u/)[A-Za-z2-7]{8,64}")
 _events = logging.getLogger("websofttt.events")

@@ -2,9 +2,9 @@
 
 The inbound role writes it here; the delivery role moves it into its durable spool within a second and
 delivers it like any copy, signed with the provider's key and with a null envelope sender (RFC 3834
-§3.3: nobody replies to an auto-reply). The store carries it because inbound/ and relay/ never import
-each other (only the command line wires the roles together). A row is claimed for `LEASE` seconds and deleted once spooled, so a delivery
-process that dies in between leaves it to another: at least once.
+§3.3: nobody replies to an auto-reply). The store carries it because inbound/ and relay/ never import each
+other (only the command line wires the roles together). A row is claimed for `LEASE` seconds and deleted once
+spooled, so a delivery process that dies in between leaves it to another: at least once.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ handled next to this by the command (relay/cli_privacy.py).
 """
 from __future__ import annotations
 
-from policy.suppression import normalise
+from policy.addresses import normalise
 from policy.store import Store
 
 ERASED = "(erased)"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 from policy.store import Store, utcnow
 
@@ -20,7 +20,7 @@ class SentCopy:
 
 def record(store: Store, token: str, tenant: str, recipient: str, message_id: str | None, queue_id: str,
            retention: float) -> None:
-    expires = (datetime.now(timezone.utc) + timedelta(seconds=retention)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = (datetime.now(UTC) + timedelta(seconds=retention)).strftime("%Y-%m-%dT%H:%M:%SZ")
     store.execute("INSERT INTO sent (token, tenant, recipient, message_id, queue_id, created, expires) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?)", [token, tenant, recipient.lower(), message_id, queue_id, utcnow(), expires])
 

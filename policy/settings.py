@@ -16,7 +16,7 @@ from typing import Any
 # Listen, Rate and the parsers are re-exported: callers import them from here
 from policy.values import (Listen, Rate, _address, _bool, _count, _dir, _domain, _fraction, _listen_list, _mode,
                            _node_name, _optional_listen, _routes, _schedule, _selector, _store_url, _str, _url,
-                           _workers, parse_duration, parse_listen, parse_rate)
+                           _workers, parse_duration, parse_rate)
 
 DEFAULT_CONFIG_NAME = "websofttt.toml"
 ROLES = ("submission", "delivery", "inbound", "http")     # what `serve --only` may name

@@ -42,9 +42,9 @@ import ipaddress
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, syntax
 
+from policy import replies
 from policy.addressparser import address as flanker_address
 
-_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DEFAULT = {"421": "4.3.2", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500": "5.5.2", "501": "5.5.4",
             "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "530": "5.7.0", "535": "5.7.8", "550": "5.7.1",
@@ -89,7 +89,7 @@ def clean_reply(status: str) -> str:
     if code[0] == "2":
         return _OWN_2XX.get(status) or (f"250 2.0.0 {text}" if status.startswith(("250 Supported commands:",
                                                                                     "250 Syntax:")) else status)
-    if code in _DEFAULT and sep in (" ", "-") and not _ENHANCED.match(text):
+    if code in _DEFAULT and sep in (" ", "-") and not replies.enhanced(text):
         return f"{code}{sep}{_DEFAULT[code]} {text}".rstrip()
     return status
 

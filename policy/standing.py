@@ -18,9 +18,9 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
-from policy import tenants
+from policy import events, tenants
 from policy.settings import Policy
-from policy.store import Store, utcnow
+from policy.store import Store
 
 log = logging.getLogger("websofttt.policy")
 
@@ -91,6 +91,6 @@ def enforce(store: Store, rules: Policy, tenant: str) -> str | None:
         return None
     reason = f"automatically suspended: {reason}"
     tenants.suspend(store, tenant, reason)
-    store.insert("events", {"time": utcnow(), "kind": "suspended", "tenant": tenant, "detail": reason})
+    events.record(store, "suspended", tenant, reason)
     log.warning("tenant %s %s", tenant, reason)
     return reason

@@ -2,7 +2,9 @@
 
 Two engines behind one interface. SQLite (the embedded default): one WAL file in the data dir, shared
 by the node's worker processes. PostgreSQL (`store.url`, policy/store_postgres.py): shared by several
-nodes. `open_store` picks one from the settings; nothing outside policy/ knows which is in use. SQL is
+nodes. Each engine is a module of its own (policy/store_sqlite.py, policy/store_postgres.py), and
+`open_store` (policy/engines.py) picks one from the settings; nothing outside policy/ knows which is in
+use. SQL is
 written once, in the subset both engines speak, with `?` or `:name` parameters; the schema is the
 named migrations of policy/schema.py, applied under a lock so nodes and workers starting together
 do not race.
@@ -17,18 +19,15 @@ from __future__ import annotations
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime, UTC
+from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
 
 import psycopg
 
 from policy.schema import MIGRATIONS
-
-if TYPE_CHECKING:
-    from policy.settings import Settings
 
 T = TypeVar("T")
 Params = Sequence[Any] | dict[str, Any]
@@ -53,7 +52,7 @@ def epoch(stamp: str) -> float:
     if not stamp:
         return 0.0
     parsed = datetime.fromisoformat(stamp)
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 class Result(Protocol):
@@ -152,73 +151,3 @@ class Store(ABC):
 
     def reset(self, key: str) -> None:
         self.execute("DELETE FROM counters WHERE key = ?", [key])
-
-
-def open_store(settings: "Settings", *, other_thread: bool = False, durable: bool = False) -> Store:
-    """The configured store: PostgreSQL when `store.url` is set, else the SQLite file in data_dir.
-    `other_thread`: used by one thread other than the one opening it. `durable`: every commit is on
-    disk before it returns, for writers that mark their input done elsewhere right after (inbound)."""
-    if settings.store.url:
-        from policy.store_postgres import PostgresStore
-        return PostgresStore(settings.store.url, settings.store.acquire_timeout)
-    return SqliteStore(settings.store_path, other_thread=other_thread, durable=durable)
-
-
-def is_set_up(settings: "Settings") -> bool:
-    """Whether `init` ran for this node: its SQLite store exists or, on a shared store, its data dir."""
-    return settings.data_dir.exists() if settings.store.url else settings.store_path.exists()
-
-
-def enable_wal(conn: sqlite3.Connection, wait: float = 10.0) -> None:
-    """Switch a database file to WAL mode. The switch needs the file to itself, and SQLite does not wait
-    for that (no busy handler), so processes opening a new file together retry instead of failing."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-class SqliteStore(Store):
-    """One connection per process (sqlite3 connections must not cross a fork or a thread)."""
-
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 10000, other_thread: bool = False,
-                 durable: bool = False):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000,
-                                    check_same_thread=not other_thread)
-        self.path = path
-        self.where = str(path)
-        enable_wal(self.conn)
-        # NORMAL is crash-safe in WAL mode (a power loss may lose the last commits, never corrupt);
-        # durable writers and the spool, which holds acknowledged mail, use FULL.
-        self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-
-    def execute(self, sql: str, params: Params = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
-
-    def executemany(self, sql: str, rows: Iterable[Params]) -> int:
-        return self.conn.executemany(sql, rows).rowcount
-
-    def exclusive(self) -> AbstractContextManager:
-        """SQLite has one writer at a time: every write transaction is exclusive."""
-        return self.transaction()
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE takes SQLite's single write lock up front (no SQLITE_BUSY on a later upgrade)."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-
-    def close(self) -> None:
-        self.conn.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from policy.addresses import normalise
 from policy.store import Store, utcnow
 
 GLOBAL = "global"
@@ -37,17 +38,6 @@ class Suppression:
 
     def as_json(self) -> dict:
         return asdict(self)
-
-
-def normalise(address: str) -> str:
-    """Addresses are compared case-insensitively: mail systems change case, recipients do not mean to."""
-    return address.strip().strip("<>").lower()
-
-
-def mask(address: str) -> str:
-    """`jane@example.net` -> `j***@example.net`: enough to recognise, not enough to harvest or log."""
-    local, _, domain = address.rpartition("@")
-    return f"{local[:1]}***@{domain}"
 
 
 def add(store: Store, address: str, scope: str = GLOBAL, cause: str = "manual", source: str | None = None,

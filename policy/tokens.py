@@ -47,7 +47,7 @@ class TokenKeys:
         self.current = max(keys)
 
     @classmethod
-    def load(cls, store: Store, secret_file: Path | None) -> "TokenKeys":
+    def load(cls, store: Store, secret_file: Path | None) -> TokenKeys:
         if secret_file is not None:
             return cls({1: base64.b64decode(secret_file.read_bytes().strip())})
         rows = store.all("SELECT name, value FROM secrets WHERE name LIKE ?", [KEY_PREFIX + "%"])

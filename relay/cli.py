@@ -17,12 +17,13 @@ from policy import dkimkeys
 from policy.audit import ReasonRequired
 from policy.keys import KeyMaterialError, check_tls_files, generate_dkim_key, generate_tls_cert
 from policy.settings import ROLES, ConfigError, Settings
-from policy.store import StoreError, is_set_up
+from policy.engines import is_set_up
+from policy.store import StoreError
 from policy.suppression import SuppressionError
 from policy.tenants import TenantError
 from policy.tokens import TokenError, TokenKeys, ensure_secret
 from relay import cli_abuse, cli_dkim, cli_privacy, cli_records, cli_tenants, eventloop
-from relay.cli_common import ServeError, emit, json_option, migrated_store, with_settings
+from relay.cli_common import emit, json_option, migrated_store, with_settings
 from relay.signing import provider_keys
 
 
@@ -101,7 +102,11 @@ def serve(settings: Settings, role: str | None) -> None:
     from relay import serve as serve_mod     # the servers' imports cost a second: only `serve` pays for them
     serve_mod.smarthost_auth(settings)
     serve_mod.setup_logging(settings)
-    sys.exit(serve_mod.serve(settings, (role,) if role else ROLES, starters()))
+    try:
+        sys.exit(serve_mod.serve(settings, (role,) if role else ROLES, starters()))
+    except serve_mod.ServeError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
 
 
 def prepare_metrics(settings: Settings) -> None:
@@ -170,6 +175,6 @@ def main() -> None:
     except USER_ERRORS as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except (*StoreError, OSError, ServeError) as e:
+    except (*StoreError, OSError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

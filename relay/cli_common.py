@@ -7,11 +7,8 @@ import json
 import click
 
 from policy.settings import Settings, find_config, load_settings
-from policy.store import Store, open_store
-
-
-class ServeError(Exception):
-    """The node cannot start (a listener cannot be bound, another serve runs); exit status 1."""
+from policy.engines import open_store
+from policy.store import Store
 
 
 def with_settings(f):

@@ -10,7 +10,7 @@ import click
 
 from inbound import mailbox
 from policy import audit, privacy, stats
-from policy.suppression import mask, normalise
+from policy.addresses import mask, normalise
 from relay import spool_files
 from relay.cli_common import emit, json_option, migrated_store, reason_option, with_settings
 

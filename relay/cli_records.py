@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from policy import audit, credentials, suppression, tenants
+from policy import audit, credentials, events, suppression, tenants
 from policy.suppression_import import import_lines
 from relay.cli_common import emit, json_option, migrated_store, reason_option, with_settings
 from relay.spool_files import drop, message_detail, queue_summary, retry_now
@@ -236,8 +236,7 @@ def queue_show(settings, queue_id, reason, as_json) -> None:
     detail = message_detail(settings.spool_dir, queue_id)
     if detail is None:
         raise click.UsageError(f"no message {queue_id} in this node's queue")
-    detail["events"] = store.all("SELECT time, kind, recipient, detail FROM events WHERE queue_id = ? ORDER BY id",
-                                 [queue_id])
+    detail["events"] = events.of_message(store, queue_id)
     emit(detail, as_json, lambda d: [f"id: {d['id']}", f"tenant: {d['tenant']}", f"from: {d['mail_from']}",
                                      f"received: {d['received']}", f"size: {d['size']}"]
          + [f"  {r['recipient']}  {r['state']}  attempts={r['attempts']}  {r['last_reply'] or ''}"

@@ -1,9 +1,9 @@
 """The delivery loop of one spool shard: each due recipient gets its own signed copy, then a recorded outcome.
 
 `deliver` is the whole outbound path for one recipient, in order: hold, expiry, suppression re-check (for
-mail read back from the spool: a retry, or mail that waited there; mail handed over in memory was looked
-up at its RCPT a moment before), token, per-recipient headers, DKIM (relay/signer.py), route, send, record. Everything it decides is recorded in the
-spool (state, attempts, next attempt) and as an event in the store.
+mail read back from the spool: a retry, or mail that waited there; mail handed over in memory was looked up at
+its RCPT a moment before), token, per-recipient headers, DKIM (relay/signer.py), route, send, record.
+Everything it decides is recorded in the spool (state, attempts, next attempt) and as an event in the store.
 
 Mail of a suspended tenant is held: not tried, not expired, kept until `tenant resume` (re-checked every
 HOLD_RECHECK). The provider's own mail (acknowledgements, taken from the store's outbox into the spool)
@@ -26,31 +26,50 @@ import random
 import re
 import time
 from collections import deque
+from dataclasses import dataclass
 from functools import partial
 
-from policy import bounces, logs, metrics, outbox, sent, standing, suppression, tenants
+from policy import bounces, events, logs, metrics, outbox, replies, sent, standing, suppression, tenants
 from policy.cache import Recent
 from policy.groupcommit import GroupCommit
 from policy.settings import Settings
-from policy.store import Store, StoreError, epoch, utcnow
+from policy.store import Store, StoreError, epoch
 from policy.tokens import TokenKeys
 from relay.eightbit import ConversionError, to_7bit
 from relay.routing import RouteError, Router
 from relay.signer import Signer
 from relay.signing import SigningError
 from relay.smtp_out import Courier, Outcome
-from relay.spool import LEASE, Due, Message, Queued, Spool, SpoolError, new_queue_id
+from relay.spool import LEASE, Due, Message, Queued, Spool, SpoolError, State, new_queue_id
 
 log = logging.getLogger("websofttt.delivery")
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.I | re.M)
 _CAMPAIGN = re.compile(r"[^A-Za-z0-9._-]")
-_ENHANCED = re.compile(r"^[245]\d\d[ -]([245]\.\d{1,3}\.\d{1,3})\b")
-CHECKPOINT_INTERVAL = 1.0     # seconds between WAL truncations while bodies are being erased
+HOUSEKEEPING_INTERVAL = 1.0   # seconds between looks at the outbox, the DKIM keys and the WAL
 HOLD_RECHECK = 60.0           # seconds between looks at a suspended tenant's held mail
-OUTBOX_INTERVAL = 1.0         # seconds between looks at the store's outbox
 FRESH_RECIPIENTS = 4096       # recipients handed over in memory and not yet started, at most
 FRESH_BYTES = 32 * 1024 * 1024    # bodies of those, at most (one copy per message, whatever its recipients)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one attempt at one recipient came to; `DeliveryLoop._settle` records it."""
+    state: State
+    reply: str
+    token: str | None
+    held: bool = False            # DEFERRED without an attempt: the tenant is suspended
+
+    @classmethod
+    def of(cls, outcome: Outcome, token: str | None) -> Verdict:
+        if outcome.delivered:
+            return cls(State.DELIVERED, outcome.reply, token)
+        return cls(State.FAILED if outcome.permanent else State.DEFERRED, outcome.reply, token)
+
+    @property
+    def status(self) -> str:
+        """The enhanced status code (RFC 3463) of the reply, '' if it has none."""
+        return replies.status(self.reply)
 
 
 class Fresh:
@@ -89,39 +108,45 @@ class DeliveryLoop:
         self._stopping = False
         self._recording: dict[tuple[str, str], asyncio.Future] = {}
         self._erased = False          # a body was erased since the last WAL checkpoint
-        self._checkpointed = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._suspended: Recent[bool] = Recent(settings.submission.trust_cache_ttl)   # suspension holds mail
-        self._outbox_checked = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Look at the spool when something there is due (or every second) and start what is due there, up to the
-        concurrency limit; fresh mail is started as it is handed over and as places free up."""
+        concurrency limit; fresh mail is started as it is handed over and as places free up. The chores run
+        beside it (`_housekeeping`)."""
+        chores = asyncio.create_task(self._housekeeping(stop))
         limit = self.settings.delivery.concurrency
         while not stop.is_set():
             self.wake.clear()         # here: a wake-up during this turn's awaits is not lost
-            if time.monotonic() - self._outbox_checked >= OUTBOX_INTERVAL:
-                self._outbox_checked = time.monotonic()
-                await self._take_outbox()
             if time.time() >= self._scan_at:
                 if len(self._tasks) < limit:
                     self._scan(limit)
                 else:
                     self._scan_waiting = True
             self._pump()
-            await self.signer.refresh()
-            if self._erased and time.monotonic() - self._checkpointed >= CHECKPOINT_INTERVAL:
-                self._erased, self._checkpointed = False, time.monotonic()
-                await asyncio.get_running_loop().run_in_executor(None, self.spool.checkpoint)
             pause = 1.0 if self._scan_waiting else min(1.0, max(0.0, self._scan_at - time.time()))
-            waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+            await _first(self.wake, stop, timeout=pause)
+        await chores
         self._stopping = True         # what is still in memory is leased in the spool: the next run takes it
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.delivery.data_timeout)
         await self.courier.close()
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Every HOUSEKEEPING_INTERVAL: provider mail from the store's outbox into the spool, the DKIM keys kept
+        current, and the spool's WAL folded when bodies were erased. A chore that fails is logged and tried
+        again next time; it never stops the deliveries."""
+        while not stop.is_set():
+            try:
+                await self._take_outbox()
+                await self.signer.refresh()
+                if self._erased:
+                    self._erased = False
+                    await asyncio.get_running_loop().run_in_executor(None, self.spool.checkpoint)
+            except Exception:
+                log.exception("delivery housekeeping failed; trying again in %g s", HOUSEKEEPING_INTERVAL)
+            await _first(stop, timeout=HOUSEKEEPING_INTERVAL)
 
     def _scan(self, limit: int) -> None:
         """Start what is due in the spool and not claimed, oldest first, in the free places."""
@@ -232,10 +257,12 @@ class DeliveryLoop:
     async def _attempt(self, due: Due, body: bytes | None = None) -> None:
         key = (due.queue_id, due.recipient)
         try:
-            await self.deliver(due, body)
+            verdict = await self.deliver(due, body)
+            if verdict is not None:
+                await self._settle(due, verdict)
         except Exception:   # a bug or a damaged key must not kill the loop: retry later, like a 4xx
             log.exception("delivery of %s failed unexpectedly", due.queue_id)
-            await self._defer(due, "451 4.3.0 Local error, will retry", due.token)
+            await self._settle(due, Verdict(State.DEFERRED, "451 4.3.0 Local error, will retry", due.token))
         finally:
             recording = self._recording.pop(key, None)
             if recording is None or recording.done():
@@ -254,45 +281,44 @@ class DeliveryLoop:
                                                  (item.recipient,), item.raw))
                 await call(outbox.done, self.store, item.id)
                 self._scan_at = 0.0
+                self.wake.set()
         except (SpoolError, OSError, RuntimeError, *StoreError) as e:     # the claim lapses; another try takes it
             log.error("cannot take provider mail from the outbox: %s", e)
 
-    async def deliver(self, due: Due, body: bytes | None = None) -> None:
-        """The outbound path of one recipient, top to bottom (`body`: handed over in memory, else read)."""
+    async def deliver(self, due: Due, body: bytes | None = None) -> Verdict | None:
+        """The outbound path of one recipient, top to bottom (`body`: handed over in memory, else read): what
+        it came to, for `_settle` to record; None if there is nothing to record (dropped meanwhile)."""
         if await self._held(due.tenant):
-            return await self.spool.record(due.queue_id, due.recipient, "deferred", due.attempts,
-                                           time.time() + HOLD_RECHECK, "451 4.7.1 Held: the tenant is suspended",
-                                           due.token)
+            return Verdict(State.DEFERRED, "451 4.7.1 Held: the tenant is suspended", due.token, held=True)
         age = time.time() - epoch(due.received)
         if age > self.settings.delivery.max_queue_lifetime:
-            return await self._finish(due, "expired", "554 4.4.7 Message expired in the queue", due.token)
+            return Verdict(State.EXPIRED, "554 4.4.7 Message expired in the queue", due.token)
         if body is None:              # from the spool; mail handed over in memory was looked up at RCPT just now
             entry = await self.store.call(suppression.find, self.store, due.tenant, due.recipient)
             if entry is not None:
                 metrics.suppression_hits.labels("delivery", entry.cause).inc()
-                return await self._finish(due, "suppressed", f"550 5.7.1 Recipient {entry.reason}", due.token)
+                return Verdict(State.SUPPRESSED, f"550 5.7.1 Recipient {entry.reason}", due.token)
             body = self.spool.body(due.queue_id)
             if body is None:
-                return                                # dropped by the operator meanwhile
+                return None                           # dropped by the operator meanwhile
         provider = due.tenant == outbox.PROVIDER
         token = None if provider else due.token or await self._new_token(due, body)
         copy = body if provider else self._headers(due, token) + body
         try:
             signed = await self.signer.sign(due.tenant, due.from_domain, copy)
         except SigningError as e:
-            return await self._defer(due, f"451 4.7.5 DKIM signing failed: {e}", token)
+            return Verdict(State.DEFERRED, f"451 4.7.5 DKIM signing failed: {e}", token)
         domain = due.recipient.rpartition("@")[2]
         try:
             destinations = await self.router.route(domain)
         except RouteError as e:
-            outcome = Outcome(False, e.permanent, f"{'550' if e.permanent else '451'} {e.status} {e.text}")
-        else:
-            envelope_from = "" if provider else f"bounce+{token}@{self.settings.provider.bounce_domain}"
-            logs.event("attempt", queue_id=due.queue_id, tenant=due.tenant, recipient=due.recipient,
-                       attempt=due.attempts + 1, hosts=len(destinations))
-            seven_bit = partial(self._seven_bit, due, copy) if due.eightbit or not body.isascii() else None
-            outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed, seven_bit)
-        await self._record(due, outcome, token)
+            return Verdict.of(Outcome(False, e.permanent, f"{'550' if e.permanent else '451'} {e.status} {e.text}"),
+                              token)
+        envelope_from = "" if provider else f"bounce+{token}@{self.settings.provider.bounce_domain}"
+        logs.event("attempt", queue_id=due.queue_id, tenant=due.tenant, recipient=due.recipient,
+                   attempt=due.attempts + 1, hosts=len(destinations))
+        seven_bit = partial(self._seven_bit, due, copy) if due.eightbit or not body.isascii() else None
+        return Verdict.of(await self.courier.send(destinations, envelope_from, due.recipient, signed, seven_bit), token)
 
     async def _seven_bit(self, due: Due, copy: bytes) -> bytes | Outcome:
         """The copy for a next hop without 8BITMIME: converted, then signed, so the signatures cover what is sent.
@@ -327,41 +353,40 @@ class DeliveryLoop:
                 f"Feedback-ID: {campaign}:{due.tenant}:{p.domain}\r\n"
                 f"X-WebSoftTT-Tenant: {due.tenant}\r\n").encode("ascii")
 
-    async def _record(self, due: Due, outcome: Outcome, token: str) -> None:
-        """One place decides what an outcome means: delivered, bounced (and maybe suppressed), or retried.
+    async def _settle(self, due: Due, verdict: Verdict) -> None:
+        """The one place a verdict is recorded: spool state, bounce rules, the tenant's standing, metrics,
+        the event row and the log line.
 
         Once the next hop said 250 the spool records it first; the store's bookkeeping after it may fail
         (a lock held too long) without turning a delivered copy into a retry, that is a duplicate."""
-        if outcome.delivered:
-            await self._finish(due, "delivered", outcome.reply, token)
-            return self.writes.later(bounces.delivered, due.tenant, due.recipient)
-        if not outcome.permanent:
-            return await self._defer(due, outcome.reply, token)
-        await self.store.call(bounces.record, self.store, self.settings.policy, due.tenant, due.recipient,
-                              outcome.status, True, "", f"delivery {due.queue_id}")
-        await self._finish(due, "failed", outcome.reply, token)
-
-    async def _defer(self, due: Due, reply: str, token: str | None) -> None:
-        schedule = self.settings.delivery.retry_schedule
-        delay = schedule[min(due.attempts, len(schedule) - 1)] * random.uniform(0.9, 1.1)
-        await self.spool.record(due.queue_id, due.recipient, "deferred", due.attempts + 1, time.time() + delay,
-                                reply, token)
-        metrics.deferred.labels(due.tenant, _status(reply)).inc()
-        self._event("deferred", due, reply)
-
-    async def _finish(self, due: Due, state: str, reply: str, token: str | None) -> None:
-        """A final outcome: not waited for, it is committed with the spool's next write (an enqueue, usually);
-        the recipient stays claimed until then. A crash before it means one more copy, never a lost one."""
+        state, reply, token = verdict.state, verdict.reply, verdict.token
+        if verdict.held:              # not an attempt: looked at again later, nothing counted
+            await self.spool.record(due.queue_id, due.recipient, state, due.attempts, time.time() + HOLD_RECHECK,
+                                    reply, token)
+            return
+        if state is State.DEFERRED:
+            schedule = self.settings.delivery.retry_schedule
+            delay = schedule[min(due.attempts, len(schedule) - 1)] * random.uniform(0.9, 1.1)
+            await self.spool.record(due.queue_id, due.recipient, state, due.attempts + 1, time.time() + delay,
+                                    reply, token)
+            metrics.deferred.labels(due.tenant, replies.label(reply)).inc()
+            return self._event(state, due, reply)
+        if state is State.FAILED:
+            await self.store.call(bounces.record, self.store, self.settings.policy, due.tenant, due.recipient,
+                                  verdict.status, True, "", f"delivery {due.queue_id}")
+        # A final state is not waited for: it is committed with the spool's next write (an enqueue, usually),
+        # the recipient staying claimed until then. A crash before it means one more copy, never a lost one.
         recording = self.spool.record(due.queue_id, due.recipient, state, due.attempts + 1, 0, reply, token,
                                       wait=False)
         recording.add_done_callback(self._recorded)
         self._recording[(due.queue_id, due.recipient)] = recording
         if state in standing.OUTCOMES and due.tenant != outbox.PROVIDER:
             self.writes.later(standing.note, due.tenant, state)
-        if state == "delivered":
+        if state is State.DELIVERED:
             metrics.delivered.labels(due.tenant).inc()
-        elif state in ("failed", "expired"):
-            kind = "expired" if state == "expired" else bounces.bounce_class(_status(reply), True)
+            self.writes.later(bounces.delivered, due.tenant, due.recipient)
+        elif state in (State.FAILED, State.EXPIRED):
+            kind = "expired" if state is State.EXPIRED else bounces.bounce_class(replies.label(reply), True)
             metrics.bounced.labels(due.tenant, kind).inc()
         self._event(state, due, reply)
 
@@ -374,13 +399,19 @@ class DeliveryLoop:
         else:
             self._erased = True       # a body may have been erased: the next checkpoint folds the WAL
 
-    def _event(self, kind: str, due: Due, detail: str) -> None:
+    def _event(self, kind: State, due: Due, detail: str) -> None:
         """The event row (queue show) and the log line; a failed or expired copy is logged as `bounced`."""
-        self.writes.later(Store.insert, "events", {
-            "time": utcnow(), "kind": kind, "tenant": due.tenant, "queue_id": due.queue_id,
-            "recipient": due.recipient, "detail": detail})
-        logs.event({"failed": "bounced", "expired": "bounced"}.get(kind, kind), queue_id=due.queue_id,
+        self.writes.later(events.record, kind, due.tenant, detail, due.queue_id, due.recipient)
+        logs.event("bounced" if kind in (State.FAILED, State.EXPIRED) else kind, queue_id=due.queue_id,
                    tenant=due.tenant, recipient=due.recipient, state=kind, reply=detail)
+
+
+async def _first(*events: asyncio.Event, timeout: float) -> None:
+    """Until one of `events` is set, or `timeout` seconds."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
 
 
 def _message_id(body: bytes) -> str | None:
@@ -406,9 +437,3 @@ def _committed(write: asyncio.Future | None) -> bool:
 def _forget_sent(store: Store, tokens: list[str]) -> None:
     """Sent rows of a message the spool did not take: no copy will ever carry these tokens."""
     store.executemany("DELETE FROM sent WHERE token = ?", [(t,) for t in tokens])
-
-
-def _status(reply: str) -> str:
-    """The enhanced status of a reply ("451 4.4.1 ..." -> "4.4.1"), else its class ("4.0.0"): a bounded label."""
-    m = _ENHANCED.match(reply)
-    return m.group(1) if m else f"{reply[:1] or '4'}.0.0"

@@ -72,7 +72,7 @@ class PipeliningProtocol(SMTPProtocol):
                         raise aiosmtplib.SMTPResponseException(-1, "Response too long")
                     try:
                         await asyncio.wait_for(self._more, deadline - loop.time())
-                    except asyncio.TimeoutError as e:
+                    except TimeoutError as e:
                         raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from e
                     self._more = loop.create_future()
             finally:

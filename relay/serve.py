@@ -6,9 +6,10 @@ worker with time for it accepts it (with SO_REUSEPORT the kernel hashed each con
 busy or not, and ten long-lived connections split 8:2 one time in nine; a dying worker's queue was
 reset). Each worker owns one spool shard and its own store connection. The parent only supervises: it
 tells systemd READY=1 once every worker listens, restarts a worker that dies, passes SIGHUP on (each
-worker reloads its TLS certificate and DKIM keys; open connections stay), and on SIGTERM or SIGINT
-closes its listeners, asks every worker to drain (finish open transactions) and exits 0. Counters reach /metrics through prometheus-client's multiprocess files in
-data_dir/metrics (relay/cli.py points it there before this module is imported).
+worker reloads its TLS certificate and DKIM keys; open connections stay), and on SIGTERM or SIGINT closes its
+listeners, asks every worker to drain (finish open transactions) and exits 0. Counters reach /metrics through
+prometheus-client's multiprocess files in data_dir/metrics (relay/cli.py points it there before this module is
+imported).
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ from policy import logs, retention
 from policy.groupcommit import GroupCommit
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
-from relay.cli_common import ServeError
-from policy.store import Store, open_store
+from policy.engines import open_store
+from policy.store import Store
 from policy.tokens import TokenKeys
 from relay import eventloop
 from relay.delivery import DeliveryLoop
@@ -48,6 +49,9 @@ from relay.submission import Sessions, SubmissionHandler, protocol_factory
 log = logging.getLogger("websofttt.serve")
 RETENTION_EVERY = 3600.0     # seconds between retention purges
 
+
+class ServeError(Exception):
+    """The node cannot start (a listener cannot be bound, another serve runs); exit status 1."""
 
 
 def setup_logging(settings: Settings) -> None:
@@ -171,7 +175,8 @@ def run_worker(settings: Settings, index: int, roles: tuple[str, ...], starters:
     async def main() -> None:
         started = asyncio.get_running_loop().create_future()
         started.add_done_callback(lambda _: ready.set())
-        await worker_main(settings, index, roles, started=started, starters=starters, bind=lambda a: sockets[a] if a[1] else bind(a))
+        await worker_main(settings, index, roles, started=started, starters=starters,
+                          bind=lambda a: sockets[a] if a[1] else bind(a))
     try:
         eventloop.run(main())
     except Exception:               # logged as JSON, not printed by multiprocessing; the parent restarts it

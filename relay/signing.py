@@ -1,11 +1,12 @@
 """DKIM signatures for every relayed copy (RFC 6376, RFC 8463), on the delivery hot path.
 
-dkimpy does the parts that must agree with every verifier: relaxed header canonicalisation (`Relaxed`), header selection and hashing (`hash_headers`, which
-strips b= the way verifiers do). The private-key operation is done by `cryptography` (OpenSSL),
-since dkimpy's pure-Python RSA costs ~12 ms per signature, and relaxed body canonicalisation is a
-faster equivalent of dkimpy's, as is header parsing (dkimpy's `rfc822_parse` appends each folded
-line to the field's value, quadratic in its length: a header folded over 6 MB took 1.1 s). The body hash is computed once per call and shared by all keys;
-each signature covers the message alone, so the signatures are independent.
+dkimpy does the parts that must agree with every verifier: relaxed header canonicalisation (`Relaxed`), header
+selection and hashing (`hash_headers`, which strips b= the way verifiers do). The private-key operation is
+done by `cryptography` (OpenSSL), since dkimpy's pure-Python RSA costs ~12 ms per signature, and relaxed body
+canonicalisation is a faster equivalent of dkimpy's, as is header parsing (dkimpy's `rfc822_parse` appends
+each folded line to the field's value, quadratic in its length: a header folded over 6 MB took 1.1 s). The
+body hash is computed once per call and shared by all keys; each signature covers the message alone, so the
+signatures are independent.
 """
 from __future__ import annotations
 

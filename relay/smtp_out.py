@@ -1,8 +1,9 @@
 """The courier: hands one signed copy to the next hop over SMTP and says what happened.
 
-Connections are reused per destination (up to `messages_per_connection` copies) and pipeline their
-commands where the peer offers it (RFC 2920), held within global and per-destination limits, and every step has a timeout, so a slow or dead host holds up only its
-own copies. The answer is an `Outcome`: delivered, or a failure that is `permanent` (bounce) or not.
+Connections are reused per destination (up to `messages_per_connection` copies) and pipeline their commands
+where the peer offers it (RFC 2920), held within global and per-destination limits, and every step has a
+timeout, so a slow or dead host holds up only its own copies. The answer is an `Outcome`: delivered, or a
+failure that is `permanent` (bounce) or not.
 
 An 8-bit copy goes with BODY=8BITMIME where the next hop offers it; where it does not, the copy is replaced,
 on that connection, by the 7-bit one that `SevenBit` makes (RFC 6152 §3): the courier learns what the next hop
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
+from policy import replies
 from policy.settings import Delivery
 from relay.pipelining import PipeliningSMTP
 from relay.routing import Destination
 
 log = logging.getLogger("websofttt.delivery")
-_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
 IDLE_SECONDS = 10.0
 
 
@@ -39,8 +39,7 @@ class Outcome:
     @property
     def status(self) -> str:
         """The enhanced status code (RFC 3463) of the reply, '' if it has none."""
-        m = _ENHANCED.match(self.reply[4:])
-        return m.group(1) if m else ""
+        return replies.status(self.reply)
 
 
 # The copy made 7-bit and signed anew for a next hop without 8BITMIME, or the outcome when it cannot be.
@@ -92,7 +91,7 @@ class Courier:
         try:
             conn = _Connection(await self._connect(dest))
             return await self._transaction(dest, conn, mail_from, recipient, data, seven_bit)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as e:
             return Outcome(False, False, f"451 4.4.1 {dest.host}:{dest.port}: {_describe(e)}", local=True)
 
     async def _connect(self, dest: Destination) -> PipeliningSMTP:
@@ -148,7 +147,7 @@ class Courier:
             else:
                 await self._release(dest, conn, reset=True)
             return outcome
-        except (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, aiosmtplib.SMTPTimeoutError):
             smtp.close()
             raise
         await self._release(dest, conn, reset=False)

@@ -26,10 +26,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from policy.store import enable_wal, utcnow
+from policy.store import utcnow
+from policy.store_sqlite import enable_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -106,8 +108,19 @@ def shard_paths(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.glob("shard-*.sqlite"))
 
 
-PENDING = "state IN ('queued', 'deferred')"      # recipients still to be tried
-FINAL = ("delivered", "failed", "expired", "suppressed", "dropped")
+class State(StrEnum):
+    """A recipient's state in the spool; the values are what the spool files and `queue show` hold."""
+    QUEUED = "queued"              # not tried yet
+    DEFERRED = "deferred"          # tried, or held, and to be tried again at next_attempt
+    DELIVERED = "delivered"
+    FAILED = "failed"              # a permanent refusal: bounced
+    EXPIRED = "expired"            # still refused after delivery.max_queue_lifetime: bounced
+    SUPPRESSED = "suppressed"      # on the suppression list by the time its turn came
+    DROPPED = "dropped"            # `queue drop`
+
+
+PENDING = f"state IN ('{State.QUEUED}', '{State.DEFERRED}')"      # recipients still to be tried
+FINAL = (State.DELIVERED, State.FAILED, State.EXPIRED, State.SUPPRESSED, State.DROPPED)
 LEASE = 10.0        # seconds the scan leaves the rows of mail handed over in memory to the delivery loop
 LATER = 0.05        # seconds a record nobody waits for may wait for company (the next enqueue's transaction)
 
@@ -201,7 +214,7 @@ class Spool:
         done.add_done_callback(handed)
         await asyncio.shield(done)
 
-    def record(self, queue_id: str, recipient: str, state: str, attempts: int, next_attempt: float,
+    def record(self, queue_id: str, recipient: str, state: State, attempts: int, next_attempt: float,
                reply: str, token: str | None, wait: bool = True) -> asyncio.Future:
         """Durably record an attempt; once no recipient is left to try, the body is erased (secure_delete).
 

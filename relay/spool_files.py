@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from policy.store import utcnow
-from relay.spool import PENDING, connect, erase_finished, shard_paths
+from relay.spool import PENDING, State, connect, erase_finished, shard_paths
 
 
 def queue_summary(spool_dir: Path) -> list[dict]:
@@ -87,7 +87,7 @@ def drop(spool_dir: Path, queue_id: str) -> int:
         conn = connect(path)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            count = conn.execute("UPDATE recipients SET state = 'dropped', updated = ? WHERE queue_id = ? AND "
+            count = conn.execute(f"UPDATE recipients SET state = '{State.DROPPED}', updated = ? WHERE queue_id = ? AND "
                                  + PENDING, (utcnow(), queue_id)).rowcount
             found = conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone()
             erase_finished(conn, queue_id)

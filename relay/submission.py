@@ -11,7 +11,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from email.utils import format_datetime
 
 from aiosmtpd.proxy_protocol import ProxyData
@@ -139,7 +139,7 @@ class SubmissionHandler(Handler):
         return "250 2.1.5 Recipient OK"
 
     # DATA: the message path, in order.
-    async def handle_DATA(self, server: "SubmissionSMTP", session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SubmissionSMTP, session: Session, envelope: Envelope) -> str:
         sender: Sender = session.sender
         raw: bytes = envelope.original_content
         check = check_headers(raw, self.header_policy, frozenset(sender.tenant.allowed_from), envelope.smtp_utf8)
@@ -167,10 +167,10 @@ class SubmissionHandler(Handler):
                    size=len(data))
         return f"250 2.0.0 queued as {queue_id}"
 
-    def _trace_headers(self, server: "SubmissionSMTP", session: Session, sender: Sender, queue_id: str,
+    def _trace_headers(self, server: SubmissionSMTP, session: Session, sender: Sender, queue_id: str,
                        check: HeaderCheck) -> bytes:
         """Received (naming the tenant), plus Message-ID and Date when the tenant sent none."""
-        now = format_datetime(datetime.now(timezone.utc))
+        now = format_datetime(datetime.now(UTC))
         tls = server.tls_description()
         protocol = "ESMTP" + ("S" if tls else "") + ("A" if sender.username else "")
         helo = _shown(session.host_name or "unknown")
@@ -223,7 +223,7 @@ def _refusals(max_size: int) -> dict[str, Refusal]:
 class SubmissionSMTP(AsyncAuthSMTP):
     line_length_limit = LINE_LIMIT
 
-    def __init__(self, handler: SubmissionHandler, sessions: "Sessions", **kwargs):
+    def __init__(self, handler: SubmissionHandler, sessions: Sessions, **kwargs):
         self.sessions = sessions
         self.refusals = handler.refusals
         super().__init__(handler, authenticator=handler.authenticator, **kwargs)
@@ -292,7 +292,7 @@ class Sessions:
                     self._close(smtp)
             try:
                 await asyncio.wait_for(self.empty.wait(), 0.05)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         for smtp in list(self.live):
             self._close(smtp)

@@ -22,7 +22,9 @@ from aiosmtpd.smtp import SMTP
 from policy import credentials, tenants
 from policy.keys import generate_dkim_key, generate_tls_cert
 from policy.settings import Node, Paths, Settings, Submission, load_settings
-from policy.store import SqliteStore, Store, open_store
+from policy.engines import open_store
+from policy.store import Store
+from policy.store_sqlite import SqliteStore
 from policy.tokens import ensure_secret
 from relay import eventloop
 from relay.cli import starters

@@ -38,7 +38,7 @@ _CLOSE = object()                # the source is gone: close the destination onc
 class _End(asyncio.Protocol):
     """One socket of a proxied connection: the accepted client's or the one to the target."""
 
-    def __init__(self, conn: "_Connection") -> None:
+    def __init__(self, conn: _Connection) -> None:
         self.conn = conn
         self.transport: asyncio.Transport | None = None
         self.out: _Pipe | None = None       # what this end receives goes out through this pipe
@@ -73,7 +73,7 @@ class _End(asyncio.Protocol):
 class _Pipe:
     """One direction of a connection: chunks queued with the time they are due, written in arrival order."""
 
-    def __init__(self, proxy: "DelayProxy", source: _End, dest: _End) -> None:
+    def __init__(self, proxy: DelayProxy, source: _End, dest: _End) -> None:
         self.proxy, self.source, self.dest = proxy, source, dest
         self.queue: collections.deque[tuple[float, Any]] = collections.deque()
         self.queued_bytes = 0
@@ -142,7 +142,7 @@ class _Pipe:
 class _Connection:
     """A client accepted by the proxy and its connection to the target."""
 
-    def __init__(self, proxy: "DelayProxy") -> None:
+    def __init__(self, proxy: DelayProxy) -> None:
         self.proxy = proxy
         self.client, self.upstream = _End(self), _End(self)
         self.up, self.down = _Pipe(proxy, self.client, self.upstream), _Pipe(proxy, self.upstream, self.client)

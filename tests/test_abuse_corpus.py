@@ -14,7 +14,8 @@ from inbound.actions import Actions
 from inbound.addresses import Role
 from inbound.classify import classify
 from policy import complaints, outbox, sent, suppression, tenants
-from policy.store import SqliteStore, Store
+from policy.store import Store
+from policy.store_sqlite import SqliteStore
 from policy.tokens import TokenKeys
 from tests.conftest import make_settings, prepare
 

@@ -7,7 +7,6 @@ import pytest
 
 from policy import bounces, suppression
 from policy.settings import Policy
-from policy.store import SqliteStore
 
 RULES = dataclasses.replace(Policy(), soft_bounce_limit=3)
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from policy.credentials import verify_password
 from policy.settings import load_settings
-from policy.store import SqliteStore
+from policy.store_sqlite import SqliteStore
 from relay import cli as cli_mod
 from relay.signing import provider_keys
 

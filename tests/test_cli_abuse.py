@@ -8,7 +8,7 @@ import pytest
 
 from policy import cases, complaints, standing
 from policy.settings import Policy
-from policy.store import SqliteStore
+from policy.store_sqlite import SqliteStore
 from tests.test_cli import ISO_UTC, acme, config, fails, ok, ok_json, rows  # noqa: F401  (fixtures)
 
 

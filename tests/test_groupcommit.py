@@ -8,7 +8,8 @@ import time
 
 from policy import groupcommit, sent, standing, tenants
 from policy.groupcommit import GroupCommit
-from policy.store import SqliteStore, Store, StoreError
+from policy.store import Store, StoreError
+from policy.store_sqlite import SqliteStore
 from relay import eventloop
 
 

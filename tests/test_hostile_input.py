@@ -359,7 +359,7 @@ class Client:
         blob = base64.b64encode(f"\0app1\0{PASSWORD}".encode())
         self.expect(b"AUTH PLAIN " + blob, b"235")
 
-    def exchange(self, payload: bytes, timeout: float = IO_TIMEOUT) -> "Exchange":
+    def exchange(self, payload: bytes, timeout: float = IO_TIMEOUT) -> Exchange:
         """Send `payload` while reading; return everything read once the server closes (or time runs out)."""
         sock = self.sock
         sock.setblocking(False)

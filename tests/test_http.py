@@ -14,9 +14,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from inbound.http import choose_language, make_app
-from policy.suppression import mask
+from policy.addresses import mask
 from policy import sent, suppression, tenants
-from policy.store import SqliteStore, Store
+from policy.store import Store
+from policy.store_sqlite import SqliteStore
 from policy.tokens import TokenKeys, ensure_secret
 from relay import eventloop
 
@@ -208,7 +209,7 @@ def test_forged_unknown_and_garbage_tokens_are_404_and_suppress_nothing(env, cap
             out.append((token, post.status, get.status, await get.text()))
         return out
     results = env.run(scenario)
-    for token, post_status, get_status, text in results:
+    for token, post_status, get_status, _ in results:
         assert (post_status, get_status) == (404, 404), token
     page = check_page(results[0][3])
     assert "not valid" in page.visible and not page.find("form")

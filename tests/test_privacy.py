@@ -6,11 +6,10 @@ import json
 import time
 from contextlib import closing
 
-import pytest
 
 from policy import bounces, complaints, retention, standing, suppression, tenants
 from policy.settings import Policy
-from policy.store import SqliteStore
+from policy.store_sqlite import SqliteStore
 from relay import eventloop
 from relay.spool import Message, Spool
 from tests.conftest import make_settings, run_cli
@@ -99,8 +98,9 @@ def test_retention_purge_deletes_only_what_is_past_it(tmp_path):
         for when in (old, new):
             store.insert("events", {"time": when, "kind": "delivered", "tenant": "acme"})
             store.insert("bounces", {"time": when, "tenant": "acme", "recipient": "x@example.net", "class": "hard"})
+            expires = "2020-06-01T00:00:00Z" if when == old else "2999-01-01T00:00:00Z"
             store.insert("sent", {"token": when, "tenant": "acme", "recipient": "x@example.net", "queue_id": "q",
-                                     "created": when, "expires": "2020-06-01T00:00:00Z" if when == old else "2999-01-01T00:00:00Z"})
+                                  "created": when, "expires": expires})
         assert retention.purge(store, settings) == {"sent": 1, "events": 1, "bounces": 1, "activity": 0}
         assert [r["time"] for r in store.all("SELECT time FROM events")] == [new]
 

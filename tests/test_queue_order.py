@@ -11,7 +11,7 @@ from relay.spool import connect, new_queue_id, shard_path
 from tests.test_cli import config, ok, ok_json  # noqa: F401  (fixtures)
 
 NODE = "t1"
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 AT_0319 = datetime.datetime(2025, 6, 3, 3, 19, tzinfo=UTC).timestamp()
 AT_0322 = datetime.datetime(2025, 6, 3, 3, 22, tzinfo=UTC).timestamp()
 

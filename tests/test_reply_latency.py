@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import ssl
 import statistics
 import time
 

@@ -16,7 +16,6 @@ from policy import suppression
 from policy.smtp import SaferSMTP
 from tests.conftest import PASSWORD, message
 from tests.test_inbound_addresses import RELAY_TRICKS, TOKEN
-from tests.test_delivery import submit, wait_states
 from tests.test_inbound import delivered_token, inbound, reply
 
 ROLES = ("submission", "delivery", "inbound")

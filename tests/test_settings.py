@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from policy.settings import (_SCHEMA, ENV_CONFIG, ConfigError, Rate, Settings, find_config, load_settings,
-                             parse_duration, parse_listen, parse_rate)
+from policy.settings import _SCHEMA, ENV_CONFIG, ConfigError, Rate, Settings, find_config, load_settings
+from policy.values import parse_duration, parse_listen, parse_rate
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "websofttt.example.toml"
 WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")

@@ -8,7 +8,7 @@ import pytest
 
 from policy import bounces, complaints, standing, tenants
 from policy.settings import Policy
-from policy.store import SqliteStore, Store
+from policy.store import Store
 
 RULES = Policy(complaint_rate=0.01, complaint_min_volume=100, bounce_rate=0.10)
 

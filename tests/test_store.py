@@ -9,7 +9,8 @@ import pytest
 from policy import (audit, cases, complaints, credentials, dkimkeys, outbox, privacy, retention, sent, stats,
                     suppression, tenants)
 from policy.settings import Policy, Submission, load_settings
-from policy.store import SqliteStore, Store, StoreError
+from policy.store import Store, StoreError
+from policy.store_sqlite import SqliteStore
 from policy.ratelimit import Limits
 from policy.schema import MIGRATIONS
 from policy.suppression_import import import_lines

@@ -14,7 +14,8 @@ import pytest
 
 from policy import store_postgres, tenants
 from policy.settings import Store as StoreSettings
-from policy.store import SqliteStore, open_store
+from policy.engines import open_store
+from policy.store_sqlite import SqliteStore
 from tests.conftest import RunningRelay, make_settings, message, prepare
 from tests.latency_proxy import DelayProxy
 

@@ -1,7 +1,6 @@
 """`websofttt suppression import`: lists and CSV files, invalid lines named by number, a summary."""
 from __future__ import annotations
 
-import json
 
 from tests.test_cli import acme, config, fails, ok, ok_json, rows  # noqa: F401  (fixtures)
 

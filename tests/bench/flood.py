@@ -65,7 +65,7 @@ async def attempt(port: int, source: str, user: str, tls: ssl.SSLContext) -> tup
         writer.write(b"QUIT\r\n")
         try:
             await asyncio.wait_for(reply(reader), 5)
-        except (Protocol, OSError, asyncio.TimeoutError, ssl.SSLError):
+        except (TimeoutError, Protocol, OSError, ssl.SSLError):
             pass
         return code, text
     finally:
@@ -83,7 +83,7 @@ async def client(args: argparse.Namespace, source: str, deadline: float, tls: ss
         try:
             code, text = await asyncio.wait_for(attempt(args.port, source, user, tls),
                                                 max(0.1, min(TIMEOUT, deadline + 5 - time.monotonic())))
-        except (Protocol, OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+        except (TimeoutError, Protocol, OSError, ssl.SSLError) as e:
             if time.monotonic() >= deadline:
                 break                   # cut off by the end of the flood: not an answer of the server
             code, text = type(e).__name__, str(e)

@@ -12,9 +12,10 @@ Two modes:
   as an application whose request failed would, and goes on); prints the monotonic time of each
   accepted message so that the caller can take the rate over any part of the run.
 - `--rate R`: open loop, message i starts at t0 + i/R whatever happened before, on one of
-  `--concurrency` connections opened beforehand (a message that finds none idle waits, counted as late). It records the time from the end of the DATA content
-  (the "." line written) to the 250: the part of the reply time the server spends deciding and
-  making the message durable, measured at a load the caller chooses (half the measured peak).
+  `--concurrency` connections opened beforehand (a message that finds none idle waits, counted as
+  late). It records the time from the end of the DATA content (the "." line written) to the 250: the
+  part of the reply time the server spends deciding and making the message durable, measured at a
+  load the caller chooses (half the measured peak).
 """
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ class Client:
                 if not self.args.reuse:
                     await smtp.quit()
                     smtp = None
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as e:
                 remaining[0] += 1
                 self.failed(e)
                 if smtp is not None:
@@ -141,7 +142,7 @@ class Client:
                 if not self.args.reuse:
                     await smtp.quit()
                     smtp = None
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as e:
                 if time.monotonic() >= deadline:
                     break                       # cut off by the end of the run: not an answer of the server
                 self.failed(e)
@@ -173,7 +174,7 @@ class Client:
                         smtp = await self.connect()
                     await self.send(smtp, Probe())
                     idle.append(smtp)
-                except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
+                except (TimeoutError, aiosmtplib.SMTPException, OSError) as e:
                     self.failed(e)
                     if smtp is not None:
                         smtp.close()

@@ -113,7 +113,7 @@ class ForeignLoad:
     0.5 on a 2-CPU machine means one whole core was busy elsewhere, and the figures are suspect.
     """
 
-    def __enter__(self) -> "ForeignLoad":
+    def __enter__(self) -> ForeignLoad:
         self.started = time.monotonic()
         self._busy, self._ours = system_busy_seconds(), cpu_seconds([os.getpid()])
         return self
@@ -158,7 +158,7 @@ class RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._sample()
         self._thread.start()
         return self

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from inbound.classify import classify                      # noqa: E402
 from policy import suppression                              # noqa: E402
-from policy.store import SqliteStore                        # noqa: E402
+from policy.store_sqlite import SqliteStore  # noqa: E402
 from policy.suppression_import import import_lines          # noqa: E402
 
 

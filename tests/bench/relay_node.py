@@ -3,16 +3,16 @@
 (Named relay_node, not relay: run.py's directory is first on sys.path, and a module called `relay`
 there would shadow the project's own `relay` package.)
 
-Set up only through the CLI, as an operator would: `init`, a tenant bound to 127.0.0.0/8 (so
-smtp-source, which cannot AUTH, submits as a trusted network), accepted terms, a password chosen by a
-person for path e (`credential add`, stored as scrypt) and, for path g, a generated credential
-(`credential add --generate`, whose secret is the first line the command prints). Submission listens
-for STARTTLS and, on a second port, implicit TLS (the EHLO timing uses both). Everything else is the embedded default: DKIM signing of every copy,
-the durable spool (fsync before 250), JSON logs (to a file here). The tenant gets a rate far above
-the default 10000/1h because one benchmark sends more than that; the limit itself is still
-checked (and counted in the store) for every message. The store is SQLite in the data dir unless a
-PostgreSQL URL is given (`[store] url`, paths d-pg and d-pg1ms); `init` creates its schema and the
-provider's DKIM key in it, as it would for the first node of a cluster.
+Set up only through the CLI, as an operator would: `init`, a tenant bound to 127.0.0.0/8 (so smtp-source,
+which cannot AUTH, submits as a trusted network), accepted terms, a password chosen by a person for path e
+(`credential add`, stored as scrypt) and, for path g, a generated credential (`credential add --generate`,
+whose secret is the first line the command prints). Submission listens for STARTTLS and, on a second port,
+implicit TLS (the EHLO timing uses both). Everything else is the embedded default: DKIM signing of every copy,
+the durable spool (fsync before 250), JSON logs (to a file here). The tenant gets a rate far above the default
+10000/1h because one benchmark sends more than that; the limit itself is still checked (and counted in the
+store) for every message. The store is SQLite in the data dir unless a PostgreSQL URL is given (`[store] url`,
+paths d-pg and d-pg1ms); `init` creates its schema and the provider's DKIM key in it, as it would for the
+first node of a cluster.
 """
 from __future__ import annotations
 
