@@ -23,7 +23,7 @@ from policy.suppression import SuppressionError
 from policy.tenants import TenantError
 from policy.tokens import TokenError, TokenKeys, ensure_secret
 from relay import cli_abuse, cli_dkim, cli_privacy, cli_records, cli_tenants, eventloop
-from relay.cli_common import emit, json_option, migrated_store, with_settings
+from relay.cli_common import config_option, emit, json_option, migrated_store, with_settings
 from relay.signing import provider_keys
 
 
@@ -41,12 +41,14 @@ USER_ERRORS = (ConfigError, TokenError, TenantError, SuppressionError, ReasonReq
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="websofttt-relay")
-def cli() -> None:
+@config_option
+def cli(config_path: str | None) -> None:
     """WebSoftTT Relay: multi-tenant SMTP relay and inbound mail processor.
 
     \b
     Example:
         websofttt init && websofttt serve
+        websofttt --config /etc/websofttt/websofttt.toml tenant list
     """
 
 

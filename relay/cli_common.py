@@ -11,13 +11,22 @@ from policy.engines import open_store
 from policy.store import Store
 
 
+CONFIG_HELP = "Configuration file (default: $WEBSOFTTT_CONFIG, then ./websofttt.toml, then defaults)."
+
+
+def config_option(f):
+    """--config, on the top-level command and on each command that reads the settings."""
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help=CONFIG_HELP)(f)
+
+
 def with_settings(f):
-    """Adds --config to a command and passes the loaded Settings as its first argument."""
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                  help="Configuration file (default: $WEBSOFTTT_CONFIG, then ./websofttt.toml, then defaults).")
+    """Adds --config to a command and passes the loaded Settings as its first argument. The option may
+    also come before the command (`websofttt --config X tenant list`); given in both places, the one
+    after the command wins."""
+    @config_option
     @functools.wraps(f)
     def wrapper(config_path, **kwargs):
-        path, _ = find_config(config_path)
+        path, _ = find_config(config_path or click.get_current_context().find_root().params.get("config_path"))
         return f(load_settings(path), **kwargs)
     return wrapper
 

@@ -134,6 +134,17 @@ def test_dkim_rotate_publishes_first_then_signs(tmp_path, config, ok, fails):
         assert [k.selector for k in provider_keys(settings, store)] == ["s3"]
 
 
+def test_config_may_come_before_the_command(tmp_path, config, acme):
+    """`websofttt --config X tenant list`, as operators type it with most CLIs; after the command, it wins."""
+    listed = console("--config", str(config), "tenant", "list", "--json", cwd=tmp_path)
+    assert listed.returncode == 0 and [t["id"] for t in json.loads(listed.stdout)] == ["acme"]
+    other = tmp_path / "other.toml"
+    other.write_text('[paths]\ndata_dir = "elsewhere"\n')
+    assert console("--config", str(other), "tenant", "list", "--config", str(config), cwd=tmp_path).returncode == 0
+    missing = console("--config", str(tmp_path / "nope.toml"), "tenant", "list", cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.toml: configuration file not found" in missing.stderr
+
+
 def test_init_again_keeps_dkim_key_and_token_secret(tmp_path, ok, rows):
     first = ok("init")
     key = (tmp_path / "var" / "dkim" / "s1.pem").read_bytes()
