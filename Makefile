@@ -20,9 +20,10 @@ run: $(STAMP)
 	$(BIN)/websofttt init --if-new
 	exec $(BIN)/websofttt serve
 
-# The checked rules first (ARCHITECTURE.md): lint, and the floors as import contracts (pyproject.toml).
+# The checked rules first (ARCHITECTURE.md): lint, types, and the floors as import contracts (pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check policy relay inbound tests
+	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
 # The suite on each event loop the workers may run (WEBSOFTTT_LOOP, relay/eventloop.py): uvloop, the default,

@@ -47,9 +47,9 @@ def identify(store: Store, keys: TokenKeys, found: Classification, complainant: 
         return Identified(copy.tenant, copy.recipient, copy.token, "token")
     copies = sent.by_message_ids(store, report.message_ids)
     if copies:
-        copy = _pick(copies, hints)
-        if copy:
-            return Identified(copy.tenant, copy.recipient, copy.token, "message_id")
+        picked = _pick(copies, hints)
+        if picked:
+            return Identified(picked.tenant, picked.recipient, picked.token, "message_id")
         if len({c.tenant for c in copies}) == 1:
             return Identified(copies[0].tenant, None, None, "message_id")
     for hint in filter(None, hints):
@@ -76,7 +76,7 @@ class Desk:
         report = found.report
         feedback_type = (report.feedback_type if report else "") or "unknown"
         who = identify(self.store, self.keys, found)
-        if who is None:
+        if who is None or report is None:         # no report: identify found no copy either
             return f"feedback report ({feedback_type}): no copy of ours identified, recorded only"
         details = complaints.Details(report.user_agent, report.source_ip, report.reported_domain, report.arrival_date)
         return self._complaint(who, feedback_type, inbound_id, None, details)

@@ -186,11 +186,11 @@ def window(text: str, address: str, others: Iterable[str] = ()) -> str:
         return ""
     chosen = next((w for level in (2, 1) for w in windows if any(coded[t] >= level for t in w)), windows[0])
     start = next((k for k, t in enumerate(chosen) if coded[t]), 0)     # at the reply when there is one
-    chosen = [lines[t] for t in chosen[start:]]
-    head = chosen[0].strip().lstrip("<\"")
+    texts = [lines[t] for t in chosen[start:]]
+    head = texts[0].strip().lstrip("<\"")
     if head.lower().startswith(address):          # `<a@b>:`, `a@b: 550 ...`: the address is no diagnostic
-        chosen = [head[len(address):].lstrip(">\":;, ")] + chosen[1:]
-    return " ".join(line.strip() for line in chosen if line.strip())[:WINDOW_CHARS]
+        texts = [head[len(address):].lstrip(">\":;, ")] + texts[1:]
+    return " ".join(line.strip() for line in texts if line.strip())[:WINDOW_CHARS]
 
 
 @functools.lru_cache(maxsize=4)

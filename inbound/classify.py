@@ -100,24 +100,28 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
     for fields in parts.headers:
         for name, values in fields.items():
             pattern = _TOKEN_FIELDS.get(name)
-            for value in values if pattern else ():
-                found.extend(t.lower() for t in pattern.findall(value))
+            if pattern:
+                for value in values:
+                    found.extend(t.lower() for t in pattern.findall(value))
     tokens = tuple(dict.fromkeys(found))
     ids = [i for name in ("in-reply-to", "references") for v in head.get(name, ()) for i in _MSGID.findall(v)]
-    ids = tuple(dict.fromkeys(ids))[:MAX_IDS]
+    message_ids = tuple(dict.fromkeys(ids))[:MAX_IDS]
 
     def result(kind: str, evidence: str, permanent: bool | None = None, recipients=(), failures=()) -> Classification:
         about = describe(parts.feedback, parts.headers) if kind in _REPORTED else None
-        return Classification(kind, _CONTROL.sub(" ", evidence)[:160], permanent, tuple(recipients), tokens, ids,
+        return Classification(kind, _CONTROL.sub(" ", evidence)[:160], permanent, tuple(recipients), tokens, message_ids,
                               tuple(failures), about)
 
-    def bounce(evidence: str, what: str | None, need_code: bool = False) -> Classification | None:
-        """A bounce that is no RFC 3464 report: flufl.bounce and our detectors name the failed copies."""
+    def bounce(evidence: str, what: str | None, unparsed: str | None = None) -> Classification:
+        """A bounce that is no RFC 3464 report: flufl.bounce and our detectors name the failed copies.
+        With `unparsed`, failures need a status code, and when none is found it is an unparseable bounce
+        with that evidence."""
+        need_code = unparsed is not None
         listed = dsn.text_recipients(head.get("x-failed-recipients", ()), text)
         failures, delays, recipients = bounce_reason.nonstandard(
             msg, raw, listed, head, text, subject, what == "delay", dsn.looks_permanent(text), need_code)
-        if need_code and not failures:
-            return None
+        if unparsed is not None and not failures:
+            return result("bounce", unparsed)
         return result("bounce", evidence, bounce_reason.overall(failures, delays), recipients, failures)
 
     report = _report_type(msg)
@@ -143,17 +147,17 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
     # 2. ARF complaint
     if arf:
         feedback_type = next((v for b in parts.feedback for v in b.get("feedback-type", ())), "") or "unknown"
-        recipients = dict.fromkeys(a for b in parts.feedback for v in b.get("original-rcpt-to", ())
-                                   if (a := dsn.address(v)))
+        reported = dict.fromkeys(a for b in parts.feedback for v in b.get("original-rcpt-to", ())
+                                 if (a := dsn.address(v)))
         return result("complaint", f"feedback-report: Feedback-Type {feedback_type.lower()}",
-                      None, list(recipients)[:dsn.MAX_RECIPIENTS])
+                      None, list(reported)[:dsn.MAX_RECIPIENTS])
     # 3. auto-reply
     if marker:
         return result("auto_reply", marker)
     # 4. by role address
     if "bounce" in roles:    # failed addresses with a status code near them (flufl.bounce), or unparseable
-        return bounce(f"failure report to the bounce address, Subject: {subject}", what, need_code=True) \
-            or result("bounce", _addressed("bounce", role_token.get("bounce")))
+        return bounce(f"failure report to the bounce address, Subject: {subject}", what,
+                      unparsed=_addressed("bounce", role_token.get("bounce")))
     if "unsubscribe" in roles:
         return result("unsubscribe", _addressed("unsubscribe", role_token.get("unsubscribe")))
     if "abuse" in roles:
@@ -192,7 +196,8 @@ def _walk(msg: Message) -> _Parts:
             parts.feedback.extend(blocks)
             parts.headers.extend(blocks)
         elif ctype in ("message/rfc822", "message/global"):
-            parts.headers.extend(mime.fields(p) for p in (payload or ())[:1] if isinstance(p, Message))
+            if isinstance(payload, list):       # a multipart's payload is its list of parts
+                parts.headers.extend(mime.fields(p) for p in payload[:1] if isinstance(p, Message))
         elif ctype in ("text/rfc822-headers", "text/global-headers"):
             parts.headers.extend(dsn.parse_fields(mime.part_text(part), max_blocks=1))
         elif isinstance(payload, list):

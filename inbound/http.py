@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
@@ -174,7 +174,7 @@ def metrics_registry(collectors: Iterable = ()) -> CollectorRegistry:
 
 
 def make_app(store: Store, keys: TokenKeys, collectors: Iterable = (),
-             checks: dict[str, Callable[[], None]] | None = None) -> web.Application:
+             checks: Mapping[str, Callable[[], object]] | None = None) -> web.Application:
     """The HTTP role. Store calls go through `store.call`: inline on SQLite, in a thread on PostgreSQL.
 
     `collectors` add scrape-time gauges to /metrics; `checks` are named health checks beyond the store,

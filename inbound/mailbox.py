@@ -46,7 +46,7 @@ class Mailbox:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.retention = path, retention
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailbox")
-        self._conn: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection      # opened by _open, on the mailbox thread
         self._executor.submit(self._open).result()
 
     def _open(self) -> None:

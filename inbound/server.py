@@ -11,6 +11,7 @@ import logging
 import ssl
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import Envelope, Session
@@ -39,7 +40,7 @@ class InboundHandler(Handler):
     async def handle_PROXY(self, server: InboundSMTP, session: Session, envelope: Envelope,
                            proxy: ProxyData) -> bool:
         server.take_proxy_address(proxy)
-        return server.admit(session.peer[0], server.transport)
+        return server.admit(_client(session), server.transport)
 
     async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str,
                           options: list[str]) -> str:
@@ -55,8 +56,10 @@ class InboundHandler(Handler):
 
     async def handle_DATA(self, server, session: Session, envelope: Envelope) -> str:
         """Keep first, answer, then process: an acknowledged message is never lost."""
+        # aiosmtpd calls this after MAIL and RCPT (which needs a sender), with the content received
+        assert envelope.mail_from is not None and envelope.original_content is not None
         try:
-            inbound_id = await self.mailbox.keep(session.peer[0], envelope.mail_from, envelope.rcpt_tos,
+            inbound_id = await self.mailbox.keep(_client(session), envelope.mail_from, envelope.rcpt_tos,
                                                  envelope.original_content)
         except Exception as e:          # disk full, store locked: the sender retries later
             log.error("cannot store inbound message: %s", e)
@@ -107,10 +110,12 @@ class InboundSMTP(SaferSMTP):
                         "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long"}
         super().__init__(handler, auth_exclude_mechanism=["LOGIN", "PLAIN"], **kwargs)
 
-    async def push(self, status: str) -> None:
-        if status.startswith("250-AUTH"):
-            return                       # no mechanisms: do not advertise AUTH at all
-        await super().push(self.replies.get(status, status))
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):      # bytes: AUTH challenges, never sent here
+            if status.startswith("250-AUTH"):
+                return                   # no mechanisms: do not advertise AUTH at all
+            status = self.replies.get(status, status)
+        await super().push(status)
 
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push("502 5.5.1 AUTH not available here")
@@ -145,7 +150,8 @@ class PerAddress:
     """Concurrent sessions per client address in this worker."""
 
     def __init__(self, limit: int):
-        self.limit, self.count = limit, Counter()
+        self.limit = limit
+        self.count: Counter[str] = Counter()
 
     def enter(self, ip: str) -> bool:
         if self.count[ip] >= self.limit:
@@ -157,6 +163,11 @@ class PerAddress:
         self.count[ip] -= 1
         if self.count[ip] <= 0:
             del self.count[ip]
+
+
+def _client(session: Session) -> str:
+    """The client's address: aiosmtpd annotates Session.peer as a str, it holds the socket's peername tuple."""
+    return cast("tuple[Any, ...]", session.peer)[0]
 
 
 def protocol_factory(handler: InboundHandler, tls: ssl.SSLContext, workers: int):

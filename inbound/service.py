@@ -24,7 +24,7 @@ EXPIRE_EVERY = 3600.0
 
 
 class InboundService:
-    def __init__(self, handler: InboundHandler, servers: list[asyncio.AbstractServer], store: Store,
+    def __init__(self, handler: InboundHandler, servers: list[asyncio.Server], store: Store,
                  housekeeping: asyncio.Task, tls: ssl.SSLContext):
         self.handler, self.servers, self.store, self.housekeeping = handler, servers, store, housekeeping
         self.tls = tls

@@ -64,9 +64,9 @@ def verify_password(stored: str, password: bytes) -> bool:
     if kind_of(stored) is Kind.GENERATED:
         stored = dummy_hash()        # no person's password matches a generated credential; take as long
     _, n, r, p, salt, digest = stored.split("$")
-    candidate = hashlib.scrypt(password, salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-                               maxmem=_MAXMEM, dklen=32)
-    return hmac.compare_digest(candidate, base64.b64decode(digest))
+    derived = hashlib.scrypt(password, salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             maxmem=_MAXMEM, dklen=32)
+    return hmac.compare_digest(derived, base64.b64decode(digest))
 
 
 def is_slow(password: bytes) -> bool:

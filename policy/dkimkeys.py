@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from cryptography.hazmat.primitives import serialization
 
@@ -19,6 +20,11 @@ from policy.keys import DkimKey, generate_dkim_key, new_dkim_pem
 from policy.settings import Settings
 from policy.store import Store, utcnow
 from policy.tenants import TenantError, normalise_domain, require
+
+
+def _load(private_pem: str) -> DkimKey:
+    """A key this module generated (RSA or Ed25519, see policy/keys.py)."""
+    return cast(DkimKey, serialization.load_pem_private_key(private_pem.encode(), password=None))
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class TenantKey:
     created: str
 
     def key(self) -> DkimKey:
-        return serialization.load_pem_private_key(self.private_pem.encode(), password=None)
+        return _load(self.private_pem)
 
 
 def add_domain(store: Store, tenant_id: str, domain: str, selector: str) -> TenantKey:
@@ -46,7 +52,7 @@ def add_domain(store: Store, tenant_id: str, domain: str, selector: str) -> Tena
     if not existing:
         store.execute("INSERT INTO dkim_keys (domain, tenant, selector, private_pem, created) VALUES (?, ?, ?, ?, ?)",
                       [domain, tenant_id, selector, new_dkim_pem().decode(), utcnow()])
-    return TenantKey(**store.one("SELECT * FROM dkim_keys WHERE domain = ?", [domain]))
+    return TenantKey(**store.row("SELECT * FROM dkim_keys WHERE domain = ?", [domain]))
 
 
 def all_keys(store: Store, tenant_id: str | None = None) -> list[TenantKey]:
@@ -90,7 +96,7 @@ class ProviderKey:
     active_from: str
 
     def key(self) -> DkimKey:
-        return serialization.load_pem_private_key(self.private_pem.encode(), password=None)
+        return _load(self.private_pem)
 
 
 def rotate(store: Store, selector: str, delay: float) -> ProviderKey:
@@ -100,7 +106,7 @@ def rotate(store: Store, selector: str, delay: float) -> ProviderKey:
             raise TenantError(f"selector {selector!r} is already in use; give another with --selector")
         store.execute("INSERT INTO provider_dkim_keys (selector, private_pem, created, active_from) VALUES (?, ?, ?, ?)",
                       [selector, new_dkim_pem().decode(), utcnow(), active_from])
-    return ProviderKey(**store.one("SELECT * FROM provider_dkim_keys WHERE selector = ?", [selector]))
+    return ProviderKey(**store.row("SELECT * FROM provider_dkim_keys WHERE selector = ?", [selector]))
 
 
 def provider_rotations(store: Store) -> list[ProviderKey]:

@@ -64,7 +64,8 @@ class GroupCommit:
         while self._pending or self._committing is not None:
             if self._committing is None:
                 self._start()
-            await asyncio.shield(self._committing)
+            if self._committing is not None:
+                await asyncio.shield(self._committing)
 
     def _schedule(self, soon: bool) -> None:
         if self._committing is not None or self._soon or (self._timer is not None and not soon):

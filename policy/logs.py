@@ -57,9 +57,9 @@ def setup(mask_recipients: bool = True, stream=None) -> None:
     uncaught = logging.getLogger("websofttt.uncaught")
     sys.excepthook = lambda kind, value, tb: uncaught.critical("uncaught exception", exc_info=(kind, value, tb))
     threading.excepthook = lambda a: uncaught.error("exception in thread %s", getattr(a.thread, "name", "?"),
-                                                    exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
+                                                    exc_info=a.exc_value)
     sys.unraisablehook = lambda u: uncaught.warning("%s: %r", u.err_msg or "Exception ignored in", u.object,
-                                                    exc_info=(u.exc_type, u.exc_value, u.exc_traceback))
+                                                    exc_info=u.exc_value)
 
 
 def event(kind: str, /, *, queue_id: str | None = None, tenant: str | None = None, recipient: str | None = None,

@@ -36,7 +36,6 @@ from __future__ import annotations
 import re
 
 import asyncio
-import functools
 import ipaddress
 
 from aiosmtpd.proxy_protocol import ProxyData
@@ -94,10 +93,15 @@ def clean_reply(status: str) -> str:
     return status
 
 
-@functools.cache
+_COMMANDS: dict[type, list[str]] = {}
+
+
 def _command_methods(cls: type) -> list[str]:
     """The smtp_*, auth_* and handle_* methods aiosmtpd's __init__ collects by introspection."""
-    return sorted(name for name in dir(cls) if name.startswith(("smtp_", "auth_", "handle_")))
+    names = _COMMANDS.get(cls)
+    if names is None:
+        names = _COMMANDS[cls] = sorted(name for name in dir(cls) if name.startswith(("smtp_", "auth_", "handle_")))
+    return names
 
 
 class Handler:
@@ -115,7 +119,7 @@ class SaferSMTP(SMTP):
     _replies = 0
     _garbage = 0
     _continued: list[str] = []          # replaced, never changed in place: each session gets its own
-    _proxied: tuple[str, int] | None = None
+    _proxied: tuple[str, int | None] | None = None
 
     def __dir__(self) -> list[str]:
         return _command_methods(type(self))
@@ -127,7 +131,8 @@ class SaferSMTP(SMTP):
         the balancer's."""
         if isinstance(proxy.src_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
             self._proxied = (str(proxy.src_addr), proxy.src_port)
-            self.session.peer = self._proxied
+            assert self.session is not None       # PROXY comes after connection_made
+            self.session.peer = self._proxied     # type: ignore[assignment]  # aiosmtpd says str; it is peername
 
     async def push(self, status: str | bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -138,29 +143,32 @@ class SaferSMTP(SMTP):
                 self._garbage += 1
                 if self._garbage >= GARBAGE_LIMIT:
                     await super().push(TOO_MUCH_GARBAGE)
-                    return self.transport and self.transport.close()
+                    self.transport.close()
+                    return
             status = clean_reply(status)
             if status[3:4] == "-":      # a continuation line leaves with the reply's last line: one write,
                 self._continued = [*self._continued, status]     # one segment, however long the EHLO list
                 return
             if self._continued:
                 status, self._continued = "\r\n".join([*self._continued, status]), []
-        await super().push(status)
+        await super().push(status)  # type: ignore[type-var]  # aiosmtpd writes str and bytes alike
         self._replies += 1
         if self._replies % YIELD_EVERY == 0:
             await asyncio.sleep(0)      # let the other sessions of this worker run
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        if self._proxied is not None:            # a new session after STARTTLS (RFC 3207): the same client
-            self.session.peer = self._proxied
-        if hasattr(self.transport, "_ssl_protocol") and "close" not in vars(self.transport):
-            tls, close = self.transport, self.transport.close
-            tls.close = lambda: None if tls.is_closing() else close()
+        if self._proxied is not None and self.session is not None:   # a new session after STARTTLS (RFC 3207):
+            self.session.peer = self._proxied  # type: ignore[assignment]  # the same client (aiosmtpd: str)
+        tls = self.transport
+        if tls is not None and hasattr(tls, "_ssl_protocol") and "close" not in vars(tls):
+            close = tls.close
+            tls.close = lambda: None if tls.is_closing() else close()  # type: ignore[method-assign]
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
-        if self._tls_protocol is not None or self.transport.get_extra_info("sslcontext") is not None:
+        transport = self.transport
+        if self._tls_protocol is not None or (transport is not None and transport.get_extra_info("sslcontext")):
             await self.push("554 5.5.1 Error: TLS already active")
             return
         await super().smtp_STARTTLS(arg)

@@ -65,11 +65,11 @@ def standing(store: Store, rules: Policy, tenant: str) -> Standing:
     start = _stamp(time.time() - rules.complaint_window)
     row = store.one("SELECT resumed FROM tenants WHERE id = ?", [tenant])
     since = max(start, (row or {}).get("resumed") or start)
-    volume = store.one("SELECT COALESCE(SUM(delivered), 0) AS delivered, COALESCE(SUM(failed), 0) AS failed "
+    volume = store.row("SELECT COALESCE(SUM(delivered), 0) AS delivered, COALESCE(SUM(failed), 0) AS failed "
                        "FROM activity WHERE tenant = ? AND hour >= ?", [tenant, since[:13]])
-    complaints = store.one("SELECT COUNT(*) AS n FROM complaints WHERE tenant = ? AND counted = 1 AND received > ?",
+    complaints = store.row("SELECT COUNT(*) AS n FROM complaints WHERE tenant = ? AND counted = 1 AND received > ?",
                            [tenant, since])["n"]
-    hard = store.one("SELECT COUNT(*) AS n FROM bounces WHERE tenant = ? AND class = 'hard' AND time > ?",
+    hard = store.row("SELECT COUNT(*) AS n FROM bounces WHERE tenant = ? AND class = 'hard' AND time > ?",
                      [tenant, since])["n"]
     return Standing(since, volume["delivered"], volume["failed"], complaints, hard)
 

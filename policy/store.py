@@ -57,8 +57,10 @@ def epoch(stamp: str) -> float:
 
 class Result(Protocol):
     """What `execute` returns: a DB-API cursor's reading side."""
-    rowcount: int
-    description: Any
+    @property
+    def rowcount(self) -> int: ...
+    @property
+    def description(self) -> Any: ...
 
     def fetchone(self) -> Sequence[Any] | None: ...
     def fetchall(self) -> Sequence[Sequence[Any]]: ...
@@ -96,6 +98,13 @@ class Store(ABC):
         cur = self.execute(sql, params)
         row = cur.fetchone()
         return dict(zip([c[0] for c in cur.description], row)) if row else None
+
+    def row(self, sql: str, params: Params = ()) -> dict:
+        """The row that `sql` always gives (an aggregate, or a row this transaction has just written)."""
+        row = self.one(sql, params)
+        if row is None:
+            raise LookupError(f"no row from {sql.split(' WHERE ')[0]}")
+        return row
 
     def all(self, sql: str, params: Params = ()) -> list[dict]:
         cur = self.execute(sql, params)
@@ -140,6 +149,7 @@ class Store(ABC):
             "count = CASE WHEN ? - counters.started >= ? THEN 1 ELSE counters.count + 1 END, "
             "started = CASE WHEN ? - counters.started >= ? THEN excluded.started ELSE counters.started END "
             "RETURNING count", [key, now, now, window, now, window]).fetchone()
+        assert row is not None            # an upsert RETURNING gives its row
         return row[0]
 
     def count(self, key: str, window: float, now: float | None = None) -> int:

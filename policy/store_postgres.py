@@ -30,7 +30,7 @@ from psycopg.types.numeric import NumericLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from policy.schema import to_postgres
-from policy.store import Params, Store, T
+from policy.store import Params, Result, Store, T
 
 EXCLUSIVE_LOCK = 0x5773_5454   # the advisory lock key of exclusive sections ("WsTT")
 POOL_SIZE = 4                  # connections per Store (a worker, a CLI command)
@@ -58,7 +58,7 @@ def translate(sql: str) -> str:
 class _IntegralNumeric(NumericLoader):
     """SUM() over BIGINT is NUMERIC in PostgreSQL; policy/ expects the int SQLite gives."""
 
-    def load(self, data: Any) -> int | Decimal:
+    def load(self, data: Any) -> int | Decimal:  # type: ignore[override]  # an int where the sum is integral
         value = super().load(data)
         return int(value) if value == value.to_integral_value() else value
 
@@ -155,7 +155,7 @@ class PostgresStore(Store):
         with self.pool.connection() as conn:
             yield conn
 
-    def execute(self, sql: str, params: Params = ()) -> _Result:
+    def execute(self, sql: str, params: Params = ()) -> Result:
         with self._connection() as conn:      # even (): psycopg then undoubles %%
             return _Result(conn.execute(translate(sql), params), getattr(self._held, "batch", None))
 

@@ -152,10 +152,11 @@ def _failed(reason: str, ip: str) -> None:
     logs.event("auth_failure", reason=reason, client=ip)
 
 
-class _Session(Session):
+class AuthSession(Session):
     """aiosmtpd's session without `login_data`, which it sets at every successful AUTH and answers with a
     deprecation warning in the log each time; the relay reads `auth_data`."""
     login_data = None
+    peer: tuple[str, *tuple[object, ...]]  # type: ignore[assignment]  # the peername (address, port, ...); aiosmtpd says str
 
 
 class AsyncAuthSMTP(SaferSMTP):
@@ -163,13 +164,14 @@ class AsyncAuthSMTP(SaferSMTP):
     AUTH LOGIN prompts (aiosmtpd's decode to "User Name\\0" and "Password\\0")."""
     AuthLoginUsernameChallenge = "Username:"
     AuthLoginPasswordChallenge = "Password:"
+    session: AuthSession | None       # made by _create_session
 
     def __init__(self, handler, *, authenticator: Authenticator, **kwargs):
         self.async_authenticator = authenticator
         super().__init__(handler, **kwargs)
 
-    def _create_session(self) -> Session:
-        return _Session(self.loop)
+    def _create_session(self) -> AuthSession:
+        return AuthSession(self.loop)
 
     def _authenticate(self, mechanism: str, auth_data: LoginPassword) -> AuthResult:
         # Called synchronously by aiosmtpd's auth_PLAIN/auth_LOGIN: defer the decision to _finish_auth.
@@ -184,6 +186,7 @@ class AsyncAuthSMTP(SaferSMTP):
     async def _finish_auth(self, parsed: AuthResult) -> AuthResult:
         if not isinstance(parsed.auth_data, LoginPassword):
             return parsed  # the client aborted or sent bad base64; aiosmtpd has answered
+        assert self.session is not None     # made at connection_made, before any command
         return await self.async_authenticator.check(parsed.auth_data, self.session.peer[0])
 
     async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,

@@ -86,6 +86,7 @@ class Fresh:
 
     def next_due(self) -> Due:
         recipient = self.recipients.popleft()
+        assert self.queued is not None       # only a committed Fresh is queued for its recipients (_queue_fresh)
         return self.queued.due(recipient, self.tokens[recipient] if _committed(self.recorded) else None)
 
 
@@ -197,10 +198,12 @@ class DeliveryLoop:
             self._scan_at = 0.0
             self.wake.set()
             return
-        if fresh.recorded.done():
+        recorded = fresh.recorded
+        assert recorded is not None     # set by `reserve` with the Fresh
+        if recorded.done():
             return self._queue_fresh(fresh, queued)
         self.writes.hurry()
-        fresh.recorded.add_done_callback(lambda _: self._queue_fresh(fresh, queued))
+        recorded.add_done_callback(lambda _: self._queue_fresh(fresh, queued))
 
     def _queue_fresh(self, fresh: Fresh, queued: Queued) -> None:
         if not _committed(fresh.recorded):     # each copy records a token of its own (or is deferred)
@@ -302,8 +305,11 @@ class DeliveryLoop:
             if body is None:
                 return None                           # dropped by the operator meanwhile
         provider = due.tenant == outbox.PROVIDER
-        token = None if provider else due.token or await self._new_token(due, body)
-        copy = body if provider else self._headers(due, token) + body
+        if provider:
+            token, copy = None, body
+        else:
+            token = due.token or await self._new_token(due, body)
+            copy = self._headers(due, token) + body
         try:
             signed = await self.signer.sign(due.tenant, due.from_domain, copy)
         except SigningError as e:

@@ -12,6 +12,7 @@ either way.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
@@ -84,8 +85,9 @@ class PipeliningProtocol(SMTPProtocol):
 class PipeliningSMTP(aiosmtplib.SMTP):
     async def connect(self, **kwargs) -> SMTPResponse:
         response = await super().connect(**kwargs)
-        self.protocol.__class__ = PipeliningProtocol
-        self.protocol.transport.set_protocol(self.protocol)     # every loop takes its callbacks from it again
+        protocol = cast(SMTPProtocol, self.protocol)     # set by connect(); None only if the peer left meanwhile: raises
+        protocol.__class__ = PipeliningProtocol
+        cast(asyncio.BaseTransport, protocol.transport).set_protocol(protocol)   # every loop takes its callbacks again
         return response
 
     async def offers(self, extension: str) -> bool:
@@ -136,7 +138,7 @@ class PipeliningSMTP(aiosmtplib.SMTP):
         if self.protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Server not connected")
         try:
-            return await self.protocol.pipeline(data, replies, timeout)
+            return await cast(PipeliningProtocol, self.protocol).pipeline(data, replies, timeout)   # made so by connect
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPResponseException):
             self.close()
             raise

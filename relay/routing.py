@@ -151,7 +151,7 @@ def _normalize(domain: str) -> str:
     return domain.lower().rstrip(".")
 
 
-def _negative_ttl(*responses: dns.message.Message) -> float:
+def _negative_ttl(*responses: dns.message.QueryMessage) -> float:
     """RFC 2308 negative TTL from the SOA in each response, capped at NEGATIVE_TTL."""
     return min([NEGATIVE_TTL, *(r.resolve_chaining().minimum_ttl for r in responses)])
 

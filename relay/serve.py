@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import dns.asyncresolver
 
@@ -113,7 +113,7 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
     store.migrate()
     store.close()
     context = multiprocessing.get_context("fork")
-    workers: dict[int, multiprocessing.Process] = {}
+    workers: dict[int, multiprocessing.context.ForkProcess] = {}
     stopping = False
 
     ready = {index: context.Event() for index in range(settings.node.workers)}
@@ -127,7 +127,7 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
 
     def reload(signum, frame) -> None:
         for proc in workers.values():
-            if proc.is_alive():
+            if proc.is_alive() and proc.pid is not None:     # alive: started, so it has a pid
                 os.kill(proc.pid, signal.SIGHUP)
 
     def stop(signum, frame) -> None:
@@ -136,7 +136,7 @@ def serve(settings: Settings, roles: tuple[str, ...], starters: Mapping[str, Sta
         for sock in sockets.values():      # the workers close their copies as they drain: new clients are refused
             sock.close()
         for proc in workers.values():
-            if proc.is_alive():
+            if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)
         notify("STOPPING=1")
 
@@ -197,6 +197,7 @@ def smarthost_auth(settings: Settings) -> tuple[str, str] | None:
     d = settings.delivery
     if not d.smarthost_username:
         return None
+    assert d.smarthost_password_file is not None     # given with the username (checked when the settings load)
     try:
         password = d.smarthost_password_file.read_text(encoding="utf-8").splitlines()[0]
     except (OSError, UnicodeDecodeError, IndexError) as e:
@@ -217,7 +218,7 @@ async def retention_loop(settings: Settings, store: Store, spools: list[Spool], 
     """Worker 0 of the delivery role purges what is past its retention, at start and every RETENTION_EVERY."""
     while not stop.is_set():
         try:
-            counts = retention.purge(store, settings)
+            counts: dict[str, Any] = retention.purge(store, settings)   # table names: none is a named field of event
             before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - settings.delivery.sent_retention))
             counts["queue"] = sum([await spool.purge_finished(before) for spool in spools])
             logs.event("purged", **counts)
@@ -255,7 +256,7 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
     store = open_store(settings)
     spools = [Spool(path) for path in owned_shards(settings, index)]
     own_stop = stop is None
-    if own_stop:
+    if stop is None:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     writes = GroupCommit(store)       # the store writes of this worker's sessions and deliveries, batched

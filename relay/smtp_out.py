@@ -132,7 +132,7 @@ class Courier:
         s, smtp = self.settings, conn.smtp
         try:
             eightbit = seven_bit is not None
-            if eightbit and not await smtp.offers("8bitmime"):
+            if seven_bit is not None and not await smtp.offers("8bitmime"):
                 converted = await seven_bit()
                 if isinstance(converted, Outcome):
                     await self._release(dest, conn, reset=False)     # nothing was sent on it

@@ -167,7 +167,7 @@ class Handoff(Protocol):
         """A reserved message was not committed."""
 
 
-Op = Callable[[sqlite3.Connection], None]
+Op = Callable[[sqlite3.Connection], object]     # what it returns is not used
 
 
 class Spool:
@@ -236,7 +236,7 @@ class Spool:
         if leased_before > now:
             when = "(r.next_attempt <= ? OR (r.state = 'queued' AND r.next_attempt <= ?))"
             params.append(leased_before)
-        rows = self._reader.execute(
+        rows: list[tuple[str, str, int, str | None, str, str, str, str | None, str | None, int]] = self._reader.execute(
             "SELECT r.queue_id, r.recipient, r.attempts, r.token, m.tenant, m.mail_from, m.received, m.campaign, "
             "m.from_domain, m.eightbit "
             "FROM recipients r JOIN messages m ON m.id = r.queue_id "

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, UTC
 from email.utils import format_datetime
+from typing import cast
 
 from aiosmtpd.proxy_protocol import ProxyData
-from aiosmtpd.smtp import Envelope, Session, syntax
+from aiosmtpd.smtp import Envelope, syntax
 
 from policy import logs, metrics, standing, suppression, tenants
 from policy.cache import Recent
@@ -25,7 +26,7 @@ from policy.ratelimit import Limits
 from policy.settings import Settings
 from policy.smtp import PROXY_TIMEOUT, Handler, valid_address
 from policy.store import Store
-from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator, locked
+from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator, AuthSession, locked
 from relay.logins import VerifiedLogins
 from relay.spool import Handoff, Message, Spool, SpoolError, new_queue_id
 
@@ -39,6 +40,10 @@ class Sender:
     """Who is submitting in this transaction: the tenant and how it was recognised."""
     tenant: tenants.Tenant
     username: str | None    # None: a trusted network
+
+
+class SubmissionSession(AuthSession):
+    sender: Sender          # set at MAIL: absent before the first one
 
 
 class Tenants:
@@ -75,12 +80,12 @@ class SubmissionHandler(Handler):
             settings.submission.trust_cache_ttl)
         self.refusals = _refusals(settings.submission.max_message_size)
 
-    async def handle_PROXY(self, server, session: Session, envelope: Envelope, proxy: ProxyData) -> bool:
+    async def handle_PROXY(self, server, session: SubmissionSession, envelope: Envelope, proxy: ProxyData) -> bool:
         server.take_proxy_address(proxy)
         return True
 
     # MAIL FROM: who is sending, and may they send now?
-    async def handle_MAIL(self, server, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+    async def handle_MAIL(self, server, session: SubmissionSession, envelope: Envelope, address: str, options: list[str]) -> str:
         tenant_id, username = await self.identify(session)
         if tenant_id is None:
             return _refused("mail", "unauthenticated", "530 5.7.0 Authentication required")
@@ -103,7 +108,7 @@ class SubmissionHandler(Handler):
         envelope.mail_options.extend(options)
         return "250 2.1.0 Sender OK"
 
-    async def refuses_tls(self, session: Session) -> str | None:
+    async def refuses_tls(self, session: SubmissionSession) -> str | None:
         """The reply instead of STARTTLS to an address locked out of AUTH (relay/auth.py), else None; a
         trusted network needs no AUTH and keeps its STARTTLS."""
         ip = session.peer[0]
@@ -111,14 +116,14 @@ class SubmissionHandler(Handler):
             return None
         return await locked(ip)
 
-    async def identify(self, session: Session) -> tuple[str | None, str | None]:
+    async def identify(self, session: SubmissionSession) -> tuple[str | None, str | None]:
         """(tenant, username) of an authenticated session, (tenant, None) from a trusted network, else Nones."""
         if isinstance(session.auth_data, Authenticated):
             return session.auth_data.tenant, session.auth_data.username
         return await self.tenants.for_address(session.peer[0]), None
 
     # RCPT TO: a valid address, within limits, not suppressed for this tenant.
-    async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str,
+    async def handle_RCPT(self, server, session: SubmissionSession, envelope: Envelope, address: str,
                           options: list[str]) -> str:
         limit, tenant_id = self.settings.submission.max_recipients, session.sender.tenant.id
         if len(envelope.rcpt_tos) >= limit:
@@ -139,16 +144,16 @@ class SubmissionHandler(Handler):
         return "250 2.1.5 Recipient OK"
 
     # DATA: the message path, in order.
-    async def handle_DATA(self, server: SubmissionSMTP, session: Session, envelope: Envelope) -> str:
-        sender: Sender = session.sender
-        raw: bytes = envelope.original_content
+    async def handle_DATA(self, server: SubmissionSMTP, session: SubmissionSession, envelope: Envelope) -> str:
+        sender, raw, mail_from = session.sender, envelope.original_content, envelope.mail_from
+        assert raw is not None and mail_from is not None      # aiosmtpd sets both before DATA reaches the handler
         check = check_headers(raw, self.header_policy, frozenset(sender.tenant.allowed_from), envelope.smtp_utf8)
         if check.reply:
             return _refused("data", "header_policy", check.reply, sender.tenant.id)
         queue_id = new_queue_id(self.settings.node.name)
         logs.event("received", queue_id=queue_id, tenant=sender.tenant.id, size=len(raw), client=session.peer[0])
         data = self._trace_headers(server, session, sender, queue_id, check) + raw
-        message = Message(queue_id, sender.tenant.id, envelope.mail_from, tuple(envelope.rcpt_tos), data,
+        message = Message(queue_id, sender.tenant.id, mail_from, tuple(envelope.rcpt_tos), data,
                           envelope.smtp_utf8, check.campaign, check.from_domain,
                           "BODY=8BITMIME" in envelope.mail_options)
         try:
@@ -167,7 +172,7 @@ class SubmissionHandler(Handler):
                    size=len(data))
         return f"250 2.0.0 queued as {queue_id}"
 
-    def _trace_headers(self, server: SubmissionSMTP, session: Session, sender: Sender, queue_id: str,
+    def _trace_headers(self, server: SubmissionSMTP, session: SubmissionSession, sender: Sender, queue_id: str,
                        check: HeaderCheck) -> bytes:
         """Received (naming the tenant), plus Message-ID and Date when the tenant sent none."""
         now = format_datetime(datetime.now(UTC))
@@ -222,13 +227,17 @@ def _refusals(max_size: int) -> dict[str, Refusal]:
 
 class SubmissionSMTP(AsyncAuthSMTP):
     line_length_limit = LINE_LIMIT
+    session: SubmissionSession | None       # made by _create_session
 
     def __init__(self, handler: SubmissionHandler, sessions: Sessions, **kwargs):
         self.sessions = sessions
         self.refusals = handler.refusals
         super().__init__(handler, authenticator=handler.authenticator, **kwargs)
 
-    async def push(self, status: str) -> None:
+    def _create_session(self) -> SubmissionSession:
+        return SubmissionSession(self.loop)
+
+    async def push(self, status: str | bytes) -> None:
         refusal = self.refusals.get(status) if isinstance(status, str) else None
         if refusal is not None:
             sender: Sender | None = getattr(self.session, "sender", None)
@@ -299,9 +308,10 @@ class Sessions:
 
     @staticmethod
     def _close(smtp: SubmissionSMTP) -> None:
-        if smtp.transport is not None and not smtp.transport.is_closing():
-            smtp.transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
-            smtp.transport.close()
+        transport = cast(asyncio.Transport | None, smtp.transport)     # a socket's: it writes
+        if transport is not None and not transport.is_closing():
+            transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+            transport.close()
 
 
 def protocol_factory(handler: SubmissionHandler, sessions: Sessions, tls: ssl.SSLContext,
