@@ -22,9 +22,10 @@ import multiprocessing
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -250,60 +251,86 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
     """Serve until SIGTERM or `stop` is set, then drain; `started` receives the bound ports by role.
 
     Submission and delivery are this module's; other roles come as `starters`. `resolver` replaces the
-    system's DNS resolver for MX lookups (tests have no public DNS).
+    system's DNS resolver for MX lookups (tests have no public DNS). Each resource is undone right where it
+    is made, on one exit stack, so shutdown runs in the reverse order of start: the listeners close first,
+    then open sessions drain, the delivery loops finish, the queued store writes are committed, and the
+    spools and the store close last.
     """
     loop = asyncio.get_running_loop()
-    store = open_store(settings)
-    spools = [Spool(path) for path in owned_shards(settings, index)]
     own_stop = stop is None
-    if stop is None:
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-    writes = GroupCommit(store)       # the store writes of this worker's sessions and deliveries, batched
-    deliveries = ([delivery_loop(settings, store, writes, spool, resolver) for spool in spools]
-                  if "delivery" in roles else [])
+    async with contextlib.AsyncExitStack() as stack:
+        if stop is None:
+            stop = asyncio.Event()
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            stack.callback(loop.remove_signal_handler, signal.SIGTERM)
+        store = stack.enter_context(contextlib.closing(open_store(settings)))
+        spools = [stack.enter_context(contextlib.closing(Spool(path))) for path in owned_shards(settings, index)]
+        writes = GroupCommit(store)       # the store writes of this worker's sessions and deliveries, batched
+        stack.push_async_callback(writes.drain)
+        deliveries = await stack.enter_async_context(_delivery(settings, store, writes, spools, roles, index, stop,
+                                                               resolver))
+        stack.callback(stop.set)          # whatever ends the worker (SIGTERM, a listener that fails) ends the loops
+        tls = server_ssl_context(settings.tls_cert, settings.tls_key)
+        ports = {"submission": await stack.enter_async_context(
+            _submission(settings, store, writes, spools[0], deliveries, roles, tls, bind))}
+        services = {}
+        for role, start in (starters or {}).items():
+            if role in roles:
+                services[role] = service = await start(settings, index, bind)
+                stack.push_async_callback(service.close)
+                ports[role] = service.ports
+
+        def reload() -> None:
+            """SIGHUP: new TLS certificate and DKIM keys for new connections and copies; nothing is dropped."""
+            try:
+                tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+                for service in services.values():
+                    service.reload()
+                for d in deliveries:
+                    d.signer.reload()
+                log.info("reloaded TLS certificate and DKIM keys")
+            except Exception as e:     # a half-written certificate: keep serving with the old one
+                log.error("reload failed, still using the previous certificate and keys: %s", e)
+        if own_stop:
+            loop.add_signal_handler(signal.SIGHUP, reload)
+            stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        if started is not None:
+            started.set_result(ports)
+        await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def _delivery(settings: Settings, store: Store, writes: GroupCommit, spools: list[Spool], roles: tuple[str, ...],
+                    index: int, stop: asyncio.Event, resolver: dns.asyncresolver.Resolver | None
+                    ) -> AsyncIterator[list[DeliveryLoop]]:
+    """The delivery role: one loop per owned shard (and worker 0's retention purge), finished at shutdown
+    once `stop` is set and the sessions that might still hand them mail have drained."""
+    deliveries = [delivery_loop(settings, store, writes, spool, resolver) for spool in spools] if "delivery" in roles else []
     runs = [asyncio.create_task(d.run(stop)) for d in deliveries]
     if deliveries and index == 0:
         runs.append(asyncio.create_task(retention_loop(settings, store, spools, stop)))
-    tls = server_ssl_context(settings.tls_cert, settings.tls_key)
-    handler = SubmissionHandler(settings, store, writes, spools[0], handoff=deliveries[0] if deliveries else None)
+    try:
+        yield deliveries
+    finally:
+        await asyncio.gather(*runs)
+
+
+@contextlib.asynccontextmanager
+async def _submission(settings: Settings, store: Store, writes: GroupCommit, spool: Spool, deliveries: list[DeliveryLoop],
+                      roles: tuple[str, ...], tls: ssl.SSLContext, bind: Callable[[Listen], socket.socket]
+                      ) -> AsyncIterator[list[int]]:
+    """The submission listeners (STARTTLS and implicit TLS); at shutdown they stop accepting, and open
+    sessions get `submission.shutdown_grace` to finish their transaction."""
+    loop = asyncio.get_running_loop()
+    handler = SubmissionHandler(settings, store, writes, spool, handoff=deliveries[0] if deliveries else None)
     sessions = Sessions()
     servers = []
-    for address, implicit in listeners(settings, roles):
-        servers.append(await loop.create_server(
-            protocol_factory(handler, sessions, tls, implicit), sock=bind(address),
-            ssl=tls if implicit else None))
-    services = {role: await start(settings, index, bind) for role, start in (starters or {}).items() if role in roles}
-
-    def reload() -> None:
-        """SIGHUP: new TLS certificate and DKIM keys for new connections and copies; nothing is dropped."""
-        try:
-            tls.load_cert_chain(settings.tls_cert, settings.tls_key)
-            for service in services.values():
-                service.reload()
-            for d in deliveries:
-                d.signer.reload()
-            log.info("reloaded TLS certificate and DKIM keys")
-        except Exception as e:     # a half-written certificate: keep serving with the old one
-            log.error("reload failed, still using the previous certificate and keys: %s", e)
-    if own_stop:
-        loop.add_signal_handler(signal.SIGHUP, reload)
-    if started is not None:
-        started.set_result({"submission": [s.sockets[0].getsockname()[1] for s in servers]}
-                           | {role: service.ports for role, service in services.items()})
     try:
-        await stop.wait()
+        for address, implicit in listeners(settings, roles):
+            servers.append(await loop.create_server(protocol_factory(handler, sessions, tls, implicit),
+                                                    sock=bind(address), ssl=tls if implicit else None))
+        yield [server.sockets[0].getsockname()[1] for server in servers]
     finally:
         for server in servers:
             server.close()
-        for service in services.values():
-            await service.close()
         await sessions.drain(settings.submission.shutdown_grace)
-        await asyncio.gather(*runs)
-        for spool in spools:
-            spool.close()
-        await writes.drain()
-        store.close()
-        if own_stop:
-            loop.remove_signal_handler(signal.SIGTERM)
-            loop.remove_signal_handler(signal.SIGHUP)
