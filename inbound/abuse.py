@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 from dataclasses import dataclass
+from enum import StrEnum
 from email.utils import getaddresses
 
 from inbound import acknowledge, mime
@@ -28,12 +29,20 @@ from policy.tokens import TokenKeys
 MAX_HEADER = 256 * 1024
 
 
+class By(StrEnum):
+    """How a complaint was tied to a copy of ours (the order `identify` tries); stored with the complaint."""
+    TOKEN = "token"
+    MESSAGE_ID = "message_id"
+    RECIPIENT = "recipient"
+    HEADER = "header"
+
+
 @dataclass(frozen=True)
 class Identified:
     tenant: str
     recipient: str | None        # None: the recipient was redacted and several copies match
     token: str | None            # the copy's token: one complaint per copy
-    by: str                      # "token" | "message_id" | "recipient" | "header"
+    by: By
 
 
 def identify(store: Store, keys: TokenKeys, found: Classification, complainant: str = "") -> Identified | None:
@@ -44,21 +53,21 @@ def identify(store: Store, keys: TokenKeys, found: Classification, complainant: 
     copies = [c for c in (sent.lookup(store, t) for t in found.tokens if keys.verify(t)) if c]
     if copies:
         copy = _pick(copies, hints) or copies[0]
-        return Identified(copy.tenant, copy.recipient, copy.token, "token")
+        return Identified(copy.tenant, copy.recipient, copy.token, By.TOKEN)
     copies = sent.by_message_ids(store, report.message_ids)
     if copies:
         picked = _pick(copies, hints)
         if picked:
-            return Identified(picked.tenant, picked.recipient, picked.token, "message_id")
+            return Identified(picked.tenant, picked.recipient, picked.token, By.MESSAGE_ID)
         if len({c.tenant for c in copies}) == 1:
-            return Identified(copies[0].tenant, None, None, "message_id")
+            return Identified(copies[0].tenant, None, None, By.MESSAGE_ID)
     for hint in filter(None, hints):
         mailed = sent.tenants_that_mailed(store, hint)
         mailed = [t for t in mailed if t in report.tenants] if report.tenants else mailed
         if len(mailed) == 1:
-            return Identified(mailed[0], hint, None, "recipient")
+            return Identified(mailed[0], hint, None, By.RECIPIENT)
     known = next((t for t in report.tenants if tenants.get(store, t)), None)
-    return Identified(known, None, None, "header") if known else None
+    return Identified(known, None, None, By.HEADER) if known else None
 
 
 def _pick(copies: list[sent.SentCopy], hints: list[str]) -> sent.SentCopy | None:

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from email.message import Message
 from collections.abc import Iterable
 
-REASONS = ("mailbox_unknown", "domain_unknown", "mailbox_full", "message_too_large", "policy", "other")
+from policy.bounces import Reason
+
+REASONS = tuple(Reason)
 MAX_DIAGNOSTIC = 300
 MAX_FAILURES = 100
 FLUFL_BYTES = 64 * 1024       # flufl.bounce reads every line many times: give it the start of a bounce only
@@ -43,29 +45,29 @@ class Failure:
     recipient: str        # lower-case address ("" when only a token identifies the copy)
     status: str           # enhanced status code "5.1.1", "4.2.2", ... ("" when none could be found)
     permanent: bool
-    reason: str           # one of REASONS
+    reason: Reason
     diagnostic: str       # the remote reply / diagnostic text, one line, at most 300 chars ("" if none)
 
 
 STATUS = re.compile(r"(?<![\w.])([45])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")      # not a version (v4.6.1) or address
 REPLY = re.compile(r"(?:^|(?<=[\s:;(\[\"'#]))(42[01]|45[0-5]|5[0-5]\d)(?=[\s:\-]|$)")
-_BY_STATUS = {"1.0": "mailbox_unknown", "1.1": "mailbox_unknown", "1.6": "mailbox_unknown",
-              "1.2": "domain_unknown", "1.10": "domain_unknown", "4.4": "domain_unknown",
-              "2.2": "mailbox_full", "3.4": "message_too_large", "2.3": "message_too_large"}
+_BY_STATUS = {"1.0": Reason.MAILBOX_UNKNOWN, "1.1": Reason.MAILBOX_UNKNOWN, "1.6": Reason.MAILBOX_UNKNOWN,
+              "1.2": Reason.DOMAIN_UNKNOWN, "1.10": Reason.DOMAIN_UNKNOWN, "4.4": Reason.DOMAIN_UNKNOWN,
+              "2.2": Reason.MAILBOX_FULL, "3.4": Reason.MESSAGE_TOO_LARGE, "2.3": Reason.MESSAGE_TOO_LARGE}
 _BY_TEXT = [(reason, re.compile(pattern, re.I)) for reason, pattern in (
     # a closed mailbox: not unknown, and no block of the sender
-    ("other", r"account (?:is |has been )?(?:disabled|suspended|inactive|locked|deactivated|blocked)"
+    (Reason.OTHER, r"account (?:is |has been )?(?:disabled|suspended|inactive|locked|deactivated|blocked)"
               r"|mailbox (?:is )?(?:disabled|inactive|suspended)|temporar(?:il)?y locked"),
-    ("domain_unknown", r"host or domain name not found|domain (?:name )?not found|host not found|host unknown"
+    (Reason.DOMAIN_UNKNOWN, r"host or domain name not found|domain (?:name )?not found|host not found|host unknown"
                        r"|nxdomain|no such domain|domain (?:does not|doesn't) exist|unrouteable (?:address|mail domain)"
                        r"|name service error|null mx|no mx (?:record|host)|host name lookup failure"
                        r"|domain is not reachable"),
-    ("mailbox_full", r"over ?quota|quota exceeded|exceed\w* (?:\w+ ){0,3}quota"
+    (Reason.MAILBOX_FULL, r"over ?quota|quota exceeded|exceed\w* (?:\w+ ){0,3}quota"
                      r"|(?:mailbox|mail ?folder|inbox) (?:is )?full|full mailbox|mailbox.{0,20}size limit"
                      r"|mailbox exceeds|insufficient (?:system )?storage|out of storage|disk ?quota"),
-    ("message_too_large", r"too (?:large|big)|message size|size limit|size exceeds|exceeds? (?:\S+ ){0,5}size"
+    (Reason.MESSAGE_TOO_LARGE, r"too (?:large|big)|message size|size limit|size exceeds|exceeds? (?:\S+ ){0,5}size"
                           r"|message length exceeds|maximum (?:message )?size"),
-    ("mailbox_unknown", r"user unknown|unknown user|no such (?:user|mailbox|recipient|address)|does(?: not|n't) exist"
+    (Reason.MAILBOX_UNKNOWN, r"user unknown|unknown user|no such (?:user|mailbox|recipient|address)|does(?: not|n't) exist"
                         r"|recipient ?not ?found|unknown recipient|recipient (?:is )?unknown"
                         r"|invalid (?:recipient|mailbox)"
                         r"|mailbox (?:unavailable|not found)|user not found|not listed in|doesn't have an? \S+ account"
@@ -73,7 +75,7 @@ _BY_TEXT = [(reason, re.compile(pattern, re.I)) for reason, pattern in (
                         r"|unknown (?:local.part|address)|account (?:does not exist|not found)"
                         r"|recipient address rejected: access denied|name is not recognized|not our (?:user|customer)"
                         r"|address (?:couldn't|could not|can't|cannot) be found"),
-    ("policy", r"spam|block|blacklist|denylist|policy|dmarc|\bspf\b|\bdkim\b|reputation|unauthenticated|grey ?list"
+    (Reason.POLICY, r"spam|block|blacklist|denylist|policy|dmarc|\bspf\b|\bdkim\b|reputation|unauthenticated|grey ?list"
                r"|gray ?list|\brbl\b|spamhaus|access denied|content rejected|not authori[sz]ed|relay(?:ing)? denied"
                r"|(?:unable to|insecure mail|open) relay|virus|client host rejected|sender (?:address )?rejected"
                r"|\bptr\b|reverse dns|\brdns\b|rate limit|too many (?:recipients|connections|messages)"
@@ -105,33 +107,33 @@ def status_of(status_field: str, diagnostic: str = "") -> str:
     return codes[0] if codes else ""
 
 
-def reason_of(status: str, text: str) -> str:
+def reason_of(status: str, text: str) -> Reason:
     """One of REASONS: by the status's subject.detail (any X.7.X: policy), else by the text."""
     detail = status.partition(".")[2]
     if detail == "7.13":                 # X.7.13 user account disabled: about the mailbox, not a block
-        return "other"
+        return Reason.OTHER
     if detail.startswith("7.") or (detail.startswith("1.") and _ABOUT_THE_SENDER.search(text)):
-        return "policy"
+        return Reason.POLICY
     by_status = _BY_STATUS.get(detail)
     if detail == "1.10" and _RECIPIENT_NOT_FOUND.search(text):
-        return "mailbox_unknown"
+        return Reason.MAILBOX_UNKNOWN
     if by_status:
         return by_status
-    return next((reason for reason, pattern in _BY_TEXT if pattern.search(text)), "other")
+    return next((reason for reason, pattern in _BY_TEXT if pattern.search(text)), Reason.OTHER)
 
 
 def failure(recipient: str, status: str, diagnostic: str, fallback: bool, more_text: str = "") -> Failure:
     """One failed copy; `fallback`: its permanence when neither a status, a reply code nor the reason says."""
     diagnostic = one_line(diagnostic, None)
     reason = reason_of(status, f"{diagnostic}\n{more_text}" if more_text else diagnostic)
-    if reason == "mailbox_full":
+    if reason == Reason.MAILBOX_FULL:
         permanent = False
     elif status:
         permanent = status[0] == "5"
     elif reply := REPLY.search(diagnostic):
         permanent = reply.group(1)[0] == "5"
     else:       # an unknown mailbox or domain is permanent unless the text says it is temporary
-        permanent = fallback or (reason in ("mailbox_unknown", "domain_unknown")
+        permanent = fallback or (reason in (Reason.MAILBOX_UNKNOWN, Reason.DOMAIN_UNKNOWN)
                                  and not _SAYS_TEMPORARY.search(f"{diagnostic}\n{more_text}"))
     return Failure(recipient, status, permanent, reason, diagnostic[:MAX_DIAGNOSTIC])
 

@@ -21,6 +21,7 @@ import email.utils
 import html
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from email.message import Message
 from collections.abc import Sequence
 
@@ -29,8 +30,19 @@ from inbound.bounce_reason import Failure
 from inbound.dsn import Fields
 from inbound.report import Report, describe
 
-_REPORTED = ("complaint", "human_complaint", "privacy_request")
-KINDS = ("bounce", "complaint", "auto_reply", "unsubscribe", "human_complaint", "privacy_request", "other")
+class Kind(StrEnum):
+    """What an inbound message is; the values are what the mailbox, the logs and `inbound classify` show."""
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"                  # an ARF feedback report
+    AUTO_REPLY = "auto_reply"
+    UNSUBSCRIBE = "unsubscribe"
+    HUMAN_COMPLAINT = "human_complaint"      # written to the abuse address by a person
+    PRIVACY_REQUEST = "privacy_request"
+    OTHER = "other"
+
+
+KINDS = tuple(Kind)
+_REPORTED = (Kind.COMPLAINT, Kind.HUMAN_COMPLAINT, Kind.PRIVACY_REQUEST)
 MAX_BYTES = 1 << 20          # only the first MiB is looked at
 MAX_DEPTH = 20               # multipart nesting followed
 MAX_PARTS = 500              # parts visited
@@ -59,7 +71,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 @dataclass(frozen=True)
 class Classification:
-    kind: str                     # one of KINDS
+    kind: Kind
     evidence: str                 # which header or part decided
     permanent: bool | None        # bounces: True for 5.x.x, False for 4.x.x / delayed; None otherwise
     recipients: tuple[str, ...]   # bounces: Final/Original-Recipient; complaints: Original-Rcpt-To
@@ -89,7 +101,7 @@ def classify(raw: bytes, role_kinds: Sequence[str], role_tokens: Sequence[str | 
     try:
         return _classify(bytes(raw[:MAX_BYTES]), roles, found, role_token)
     except Exception as exc:      # last resort: the listener must answer; fuzz tests assert this never runs
-        kind = "bounce" if "bounce" in roles else "other"
+        kind = Kind.BOUNCE if "bounce" in roles else Kind.OTHER
         return Classification(kind, f"unclassifiable: {type(exc).__name__}", None, (), tuple(found), ())
 
 
@@ -107,7 +119,7 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
     ids = [i for name in ("in-reply-to", "references") for v in head.get(name, ()) for i in _MSGID.findall(v)]
     message_ids = tuple(dict.fromkeys(ids))[:MAX_IDS]
 
-    def result(kind: str, evidence: str, permanent: bool | None = None, recipients=(), failures=()) -> Classification:
+    def result(kind: Kind, evidence: str, permanent: bool | None = None, recipients=(), failures=()) -> Classification:
         about = describe(parts.feedback, parts.headers) if kind in _REPORTED else None
         return Classification(kind, _CONTROL.sub(" ", evidence)[:160], permanent, tuple(recipients), tokens, message_ids,
                               tuple(failures), about)
@@ -121,8 +133,8 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
         failures, delays, recipients = bounce_reason.nonstandard(
             msg, raw, listed, head, text, subject, what == "delay", dsn.looks_permanent(text), need_code)
         if unparsed is not None and not failures:
-            return result("bounce", unparsed)
-        return result("bounce", evidence, bounce_reason.overall(failures, delays), recipients, failures)
+            return result(Kind.BOUNCE, unparsed)
+        return result(Kind.BOUNCE, evidence, bounce_reason.overall(failures, delays), recipients, failures)
 
     report = _report_type(msg)
     subject = mime.decode_words(mime.first(head, "subject"))
@@ -134,7 +146,7 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
         blocks = dsn.per_recipient(parts.dsn) or dsn.per_recipient(dsn.parse_fields(text))   # a lost boundary
         if blocks:
             failures, delays, recipients, summary = dsn.summarize(blocks, text)
-            return result("bounce", f"{where} ({summary})", bounce_reason.overall(failures, delays), recipients,
+            return result(Kind.BOUNCE, f"{where} ({summary})", bounce_reason.overall(failures, delays), recipients,
                           failures)
         return bounce(f"{where} (no per-recipient fields)", None)
     arf = report == "feedback-report" or bool(parts.feedback)
@@ -149,24 +161,24 @@ def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[s
         feedback_type = next((v for b in parts.feedback for v in b.get("feedback-type", ())), "") or "unknown"
         reported = dict.fromkeys(a for b in parts.feedback for v in b.get("original-rcpt-to", ())
                                  if (a := dsn.address(v)))
-        return result("complaint", f"feedback-report: Feedback-Type {feedback_type.lower()}",
+        return result(Kind.COMPLAINT, f"feedback-report: Feedback-Type {feedback_type.lower()}",
                       None, list(reported)[:dsn.MAX_RECIPIENTS])
     # 3. auto-reply
     if marker:
-        return result("auto_reply", marker)
+        return result(Kind.AUTO_REPLY, marker)
     # 4. by role address
     if "bounce" in roles:    # failed addresses with a status code near them (flufl.bounce), or unparseable
         return bounce(f"failure report to the bounce address, Subject: {subject}", what,
                       unparsed=_addressed("bounce", role_token.get("bounce")))
     if "unsubscribe" in roles:
-        return result("unsubscribe", _addressed("unsubscribe", role_token.get("unsubscribe")))
+        return result(Kind.UNSUBSCRIBE, _addressed("unsubscribe", role_token.get("unsubscribe")))
     if "abuse" in roles:
-        return result("human_complaint", "addressed to abuse")
+        return result(Kind.HUMAN_COMPLAINT, "addressed to abuse")
     if "privacy" in roles:
-        return result("privacy_request", "addressed to privacy")
+        return result(Kind.PRIVACY_REQUEST, "addressed to privacy")
     if roles:
-        return result("other", f"addressed to {roles[0]}")
-    return result("other", "no report, auto-reply marker or role address")
+        return result(Kind.OTHER, f"addressed to {roles[0]}")
+    return result(Kind.OTHER, "no report, auto-reply marker or role address")
 
 
 def _parse(raw: bytes) -> Message:

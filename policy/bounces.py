@@ -11,22 +11,43 @@ bounce may push the tenant over `policy.bounce_rate` (policy/standing).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from policy import standing, suppression
 from policy.settings import Policy
 from policy.store import Store, utcnow
 
-HARD, SOFT, POLICY, OTHER = "hard", "soft", "policy", "other"
+
+
+class Class(StrEnum):
+    """What a failed copy means for its recipient (stored with the bounce, a metrics label)."""
+    HARD = "hard"          # the address does not exist: suppressed for every tenant
+    SOFT = "soft"          # full, or temporarily refused: suppressed for the tenant after soft_bounce_limit
+    POLICY = "policy"      # refused for the sender or the content, not the address: never suppressed
+    OTHER = "other"
+
+
+class Reason(StrEnum):
+    """Why a copy failed, as a bounce says it (inbound/bounce_reason.py reads it)."""
+    MAILBOX_UNKNOWN = "mailbox_unknown"
+    DOMAIN_UNKNOWN = "domain_unknown"
+    MAILBOX_FULL = "mailbox_full"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    POLICY = "policy"
+    OTHER = "other"
+
+
+HARD, SOFT, POLICY, OTHER = Class.HARD, Class.SOFT, Class.POLICY, Class.OTHER
 _RECIPIENT_STATUS = re.compile(r"^5\.1\.(?!7$|8$)\d+$")       # 5.1.7/5.1.8 are about the sender
 
 
-def bounce_class(status: str, permanent: bool, reason: str = "") -> str:
-    if status.startswith(("5.7.", "4.7.")) or reason == "policy":
+def bounce_class(status: str, permanent: bool, reason: str = "") -> Class:
+    if status.startswith(("5.7.", "4.7.")) or reason == Reason.POLICY:
         return POLICY
-    if _RECIPIENT_STATUS.match(status) or (permanent and reason in ("mailbox_unknown", "domain_unknown")):
+    if _RECIPIENT_STATUS.match(status) or (permanent and reason in (Reason.MAILBOX_UNKNOWN, Reason.DOMAIN_UNKNOWN)):
         return HARD
-    if not permanent or status == "5.2.2" or reason == "mailbox_full":
+    if not permanent or status == "5.2.2" or reason == Reason.MAILBOX_FULL:
         return SOFT
     return OTHER
 
@@ -38,7 +59,7 @@ def record(store: Store, rules: Policy, tenant: str, recipient: str, status: str
     store.execute("INSERT INTO bounces (time, tenant, recipient, status, class, source) VALUES (?, ?, ?, ?, ?, ?)",
                   [utcnow(), tenant, recipient.lower(), status, kind, source])
     if kind == HARD:
-        suppression.add(store, recipient, suppression.GLOBAL, "hard_bounce", source=source)
+        suppression.add(store, recipient, suppression.GLOBAL, suppression.Cause.HARD_BOUNCE, source=source)
         suspended = standing.enforce(store, rules, tenant)
         return "hard bounce: suppressed globally" + (f"; tenant {suspended}" if suspended else "")
     if kind == SOFT:
@@ -47,7 +68,7 @@ def record(store: Store, rules: Policy, tenant: str, recipient: str, status: str
         if count < rules.soft_bounce_limit:
             return f"soft bounce {count} of {rules.soft_bounce_limit}"
         until = datetime.now(UTC) + timedelta(seconds=rules.soft_bounce_suppression)
-        suppression.add(store, recipient, tenant, "soft_bounce", source=source,
+        suppression.add(store, recipient, tenant, suppression.Cause.SOFT_BOUNCE, source=source,
                         expires=until.strftime("%Y-%m-%dT%H:%M:%SZ"))
         store.reset(key)
         return f"soft bounce {count} of {rules.soft_bounce_limit}: suppressed for tenant {tenant} until {until:%Y-%m-%d}"

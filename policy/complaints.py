@@ -54,7 +54,7 @@ def record(store: Store, rules: Policy, tenant: str, recipient: str | None, feed
         return True, f"{feedback_type} report about {who}: recorded only"
     done = [f"complaint about {who} recorded ({identified_by})"]
     if recipient and identified_by != "header":
-        suppression.add(store, recipient, tenant, "complaint", source=source)
+        suppression.add(store, recipient, tenant, suppression.Cause.COMPLAINT, source=source)
         done.append("suppressed for the tenant")
     if not counted:
         done.append("not counted towards the complaint rate (unverified)")

@@ -38,5 +38,5 @@ def by_token(store: Store, keys: TokenKeys, token: str, source: str) -> Subscrip
     found = lookup(store, keys, token)
     if found is None:
         return None
-    suppression.add(store, found.recipient, found.tenant, "unsubscribe", source=source)
+    suppression.add(store, found.recipient, found.tenant, suppression.Cause.UNSUBSCRIBE, source=source)
     return Subscription(found.tenant, found.sender, found.recipient, True)

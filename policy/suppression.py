@@ -2,20 +2,32 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 from policy.addresses import normalise
 from policy.store import Store, utcnow
 
 GLOBAL = "global"
-CAUSES = ("unsubscribe", "complaint", "hard_bounce", "soft_bounce", "manual")
+
+
+class Cause(StrEnum):
+    """Why an address is suppressed; the values are stored and shown."""
+    UNSUBSCRIBE = "unsubscribe"
+    COMPLAINT = "complaint"
+    HARD_BOUNCE = "hard_bounce"
+    SOFT_BOUNCE = "soft_bounce"     # until it expires
+    MANUAL = "manual"               # by the operator
+
+
+CAUSES = tuple(Cause)
 
 # What the RCPT reply says about each cause: precise for the tenant, nothing about the recipient's mail.
-REASONS = {
-    "unsubscribe": "has unsubscribed from this sender",
-    "complaint": "complained about mail from this sender",
-    "hard_bounce": "previously bounced",
-    "soft_bounce": "recently bounced",
-    "manual": "is suppressed by the operator",
+REASONS: dict[str, str] = {
+    Cause.UNSUBSCRIBE: "has unsubscribed from this sender",
+    Cause.COMPLAINT: "complained about mail from this sender",
+    Cause.HARD_BOUNCE: "previously bounced",
+    Cause.SOFT_BOUNCE: "recently bounced",
+    Cause.MANUAL: "is suppressed by the operator",
 }
 
 
@@ -40,7 +52,7 @@ class Suppression:
         return asdict(self)
 
 
-def add(store: Store, address: str, scope: str = GLOBAL, cause: str = "manual", source: str | None = None,
+def add(store: Store, address: str, scope: str = GLOBAL, cause: str = Cause.MANUAL, source: str | None = None,
         expires: str | None = None) -> bool:
     """Suppress `address` in `scope`; True if it was new. An existing entry keeps its first cause."""
     if cause not in CAUSES:
