@@ -9,14 +9,16 @@ import os
 import re
 import socket
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from policy import config_keys
+from policy.config_keys import key
 # Listen, Rate and the parsers are re-exported: callers import them from here
-from policy.values import (Listen, Rate, _address, _bool, _count, _dir, _domain, _fraction, _listen_list, _mode,
-                           _node_name, _optional_listen, _routes, _schedule, _selector, _store_url, _str, _url,
-                           _workers, parse_duration, parse_rate)
+from policy.values import (Listen, Rate, parse_address, parse_bool, parse_count, parse_dir, parse_domain, parse_duration,
+                           parse_fraction, parse_listen_list, parse_mode, parse_node_name, parse_optional_listen, parse_rate,
+                           parse_routes, parse_schedule, parse_selector, parse_store_url, parse_str, parse_url, parse_workers)
 
 DEFAULT_CONFIG_NAME = "websofttt.toml"
 ROLES = ("submission", "delivery", "inbound", "http")     # what `serve --only` may name
@@ -29,12 +31,12 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Provider:
-    domain: str = "websofttt.com"
-    bounce_domain: str = "bounces.websofttt.com"
-    hostname: str = "relay.websofttt.com"
-    abuse_address: str = "4abuse@websofttt.com"
-    privacy_address: str = "4privacy@websofttt.com"
-    terms_version: str = "2026-01"
+    domain: str = key(parse_domain, "websofttt.com")
+    bounce_domain: str = key(parse_domain, "bounces.websofttt.com")
+    hostname: str = key(parse_domain, "relay.websofttt.com")
+    abuse_address: str = key(parse_address, "4abuse@websofttt.com")
+    privacy_address: str = key(parse_address, "4privacy@websofttt.com")
+    terms_version: str = key(parse_str, "2026-01")
 
     @property
     def domains(self) -> frozenset[str]:
@@ -44,112 +46,114 @@ class Provider:
 
 @dataclass(frozen=True)
 class Node:
-    name: str = ""
-    workers: int = 0
+    name: str = key(parse_node_name, "")
+    workers: int = key(parse_workers, 0)
 
 
 @dataclass(frozen=True)
 class Paths:
-    data_dir: Path = Path("./var")
+    data_dir: Path = key(parse_dir, Path("./var"), path=True)
 
 
 @dataclass(frozen=True)
 class Store:
-    url: str = ""
-    acquire_timeout: float = 2.0           # seconds a command waits for a PostgreSQL connection before 451 4.3.0
+    url: str = key(parse_store_url, "")
+    acquire_timeout: float = key(parse_duration, 2.0)  # seconds a command waits for a PostgreSQL connection before 451 4.3.0
 
 
 @dataclass(frozen=True)
 class Submission:
-    listen: tuple[Listen, ...] = (("127.0.0.1", 8587),)
-    tls_listen: tuple[Listen, ...] = ()
-    max_message_size: int = 26214400
-    max_recipients: int = 100
-    auth_failures: int = 5                 # failed AUTHs per username or client IP ...
-    auth_failure_window: float = 600.0     # ... within this window lock both out (454 4.7.0)
-    auth_cache_ttl: float = 3600.0         # a worker skips scrypt for a login it verified this recently; 0: off
-    auth_cache_size: int = 10000           # logins each worker keeps verified (oldest dropped first)
-    timeout: float = 300.0                 # idle seconds before the server closes a session
-    trust_cache_ttl: float = 5.0           # seconds a worker trusts what it read of a tenant (networks, status)
-    shutdown_grace: float = 30.0           # on SIGTERM, how long open transactions may take to finish
-    proxy_protocol: bool = False           # `listen` addresses expect a PROXY header (v1/v2) first
+    listen: tuple[Listen, ...] = key(parse_listen_list, (("127.0.0.1", 8587),))
+    tls_listen: tuple[Listen, ...] = key(parse_listen_list, ())
+    max_message_size: int = key(parse_count, 26214400)
+    max_recipients: int = key(parse_count, 100)
+    auth_failures: int = key(parse_count, 5)                 # failed AUTHs per username or client IP ...
+    auth_failure_window: float = key(parse_duration, 600.0)  # ... within this window lock both out (454 4.7.0)
+    auth_cache_ttl: float = key(parse_duration, 3600.0)      # a worker skips scrypt for a login it verified this recently; 0: off
+    auth_cache_size: int = key(parse_count, 10000)           # logins each worker keeps verified (oldest dropped first)
+    timeout: float = key(parse_duration, 300.0)              # idle seconds before the server closes a session
+    trust_cache_ttl: float = key(parse_duration, 5.0)        # seconds a worker trusts what it read of a tenant (networks, status)
+    shutdown_grace: float = key(parse_duration, 30.0)        # on SIGTERM, how long open transactions may take to finish
+    proxy_protocol: bool = key(parse_bool, False)            # `listen` addresses expect a PROXY header (v1/v2) first
 
 
 @dataclass(frozen=True)
 class Inbound:
-    listen: tuple[Listen, ...] = (("127.0.0.1", 8025),)
-    max_message_size: int = 10485760       # replies, bounces and complaints are small; 10 MiB is generous
-    max_recipients: int = 20
-    max_connections_per_ip: int = 20       # per node, divided among the workers
-    timeout: float = 120.0                 # idle seconds before a session is closed
-    retention: float = 30 * 86400          # raw inbound messages are kept this long (evidence), then deleted
-    proxy_protocol: bool = False           # every connection starts with a PROXY header (v1/v2)
+    listen: tuple[Listen, ...] = key(parse_listen_list, (("127.0.0.1", 8025),))
+    max_message_size: int = key(parse_count, 10485760)  # replies, bounces and complaints are small; 10 MiB is generous
+    max_recipients: int = key(parse_count, 20)
+    max_connections_per_ip: int = key(parse_count, 20)  # per node, divided among the workers
+    timeout: float = key(parse_duration, 120.0)         # idle seconds before a session is closed
+    retention: float = key(parse_duration, 30 * 86400)  # raw inbound messages are kept this long (evidence), then deleted
+    proxy_protocol: bool = key(parse_bool, False)       # every connection starts with a PROXY header (v1/v2)
 
 
 @dataclass(frozen=True)
 class Http:
-    listen: tuple[Listen, ...] = (("127.0.0.1", 8080),)
-    public_url: str = "http://127.0.0.1:8080"
+    listen: tuple[Listen, ...] = key(parse_listen_list, (("127.0.0.1", 8080),))
+    public_url: str = key(parse_url, "http://127.0.0.1:8080")
 
 
 @dataclass(frozen=True)
 class Tls:
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    cert_file: Path | None = key(parse_str, None, path=True)
+    key_file: Path | None = key(parse_str, None, path=True)
 
 
 @dataclass(frozen=True)
 class Dkim:
-    selector: str = "s1"
-    key_file: Path | None = None
-    ed25519_selector: str = "e1"           # selector of the optional second, Ed25519 signature (RFC 8463)
-    ed25519_key_file: Path | None = None   # empty: no Ed25519 signature; `init` creates the file if missing
-    rotation_delay: float = 48 * 3600      # `dkim rotate`: the new key signs once DNS had this long
+    selector: str = key(parse_selector, "s1")
+    key_file: Path | None = key(parse_str, None, path=True)
+    ed25519_selector: str = key(parse_selector, "e1")  # selector of the optional second, Ed25519 signature (RFC 8463)
+    # empty: no Ed25519 signature; `init` creates the file if missing
+    ed25519_key_file: Path | None = key(parse_str, None, path=True)
+    rotation_delay: float = key(parse_duration, 48 * 3600)  # `dkim rotate`: the new key signs once DNS had this long
 
 
 @dataclass(frozen=True)
 class Tokens:
-    secret_file: Path | None = None
+    secret_file: Path | None = key(parse_str, None, path=True)
 
 
 @dataclass(frozen=True)
 class Delivery:
-    mode: str = "mx"
-    smarthost: Listen | None = None
-    smarthost_tls: bool = False            # require STARTTLS with a verified certificate to the smarthost
-    smarthost_ca_file: Path | None = None  # CA bundle for that check (empty: the system's)
-    smarthost_username: str = ""           # AUTH to the smarthost (over TLS only)
-    smarthost_password_file: Path | None = None
-    routes: dict[str, Listen] = field(default_factory=dict)
-    retry_schedule: tuple[float, ...] = (60, 300, 900, 1800, 3600, 7200, 14400)
-    max_queue_lifetime: float = 5 * 86400
-    sent_retention: float = 180 * 86400    # how long a token still maps to its tenant and recipient
-    concurrency: int = 100                 # outbound connections in all, per worker
-    per_destination: int = 10              # outbound connections to one host:port, per worker
-    messages_per_connection: int = 100     # then the connection is closed and a new one opened
-    connect_timeout: float = 30.0
-    command_timeout: float = 300.0         # RFC 5321 4.5.3.2: 5 minutes for greeting, MAIL, RCPT
-    data_timeout: float = 600.0            # RFC 5321 4.5.3.2: 10 minutes for the end of DATA
+    mode: str = key(parse_mode, "mx")
+    smarthost: Listen | None = key(parse_optional_listen, None)
+    # require STARTTLS with a verified certificate to the smarthost
+    smarthost_tls: bool = key(parse_bool, False)
+    smarthost_ca_file: Path | None = key(parse_str, None, path=True)  # CA bundle for that check (empty: the system's)
+    smarthost_username: str = key(parse_str, "")                      # AUTH to the smarthost (over TLS only)
+    smarthost_password_file: Path | None = key(parse_str, None, path=True)
+    routes: dict[str, Listen] = key(parse_routes, factory=dict)
+    retry_schedule: tuple[float, ...] = key(parse_schedule, (60, 300, 900, 1800, 3600, 7200, 14400))
+    max_queue_lifetime: float = key(parse_duration, 5 * 86400)
+    sent_retention: float = key(parse_duration, 180 * 86400)          # how long a token still maps to its tenant and recipient
+    concurrency: int = key(parse_count, 100)                          # outbound connections in all, per worker
+    per_destination: int = key(parse_count, 10)                       # outbound connections to one host:port, per worker
+    messages_per_connection: int = key(parse_count, 100)              # then the connection is closed and a new one opened
+    connect_timeout: float = key(parse_duration, 30.0)
+    command_timeout: float = key(parse_duration, 300.0)               # RFC 5321 4.5.3.2: 5 minutes for greeting, MAIL, RCPT
+    data_timeout: float = key(parse_duration, 600.0)                  # RFC 5321 4.5.3.2: 10 minutes for the end of DATA
 
 
 @dataclass(frozen=True)
 class Policy:
-    complaint_rate: float = 0.003
-    complaint_window: float = 7 * 86400
-    complaint_min_volume: int = 1000
-    bounce_rate: float = 0.10
-    ack_interval: float = 86400
-    tenant_rate: Rate = Rate(10000, 3600)
-    soft_bounce_limit: int = 5             # soft bounces of one recipient ...
-    soft_bounce_window: float = 14 * 86400  # ... within this window, with no delivery in between ...
-    soft_bounce_suppression: float = 30 * 86400  # ... suppress it for the tenant this long
+    complaint_rate: float = key(parse_fraction, 0.003)
+    complaint_window: float = key(parse_duration, 7 * 86400)
+    complaint_min_volume: int = key(parse_count, 1000)
+    bounce_rate: float = key(parse_fraction, 0.10)
+    ack_interval: float = key(parse_duration, 86400)
+    tenant_rate: Rate = key(parse_rate, Rate(10000, 3600))
+    soft_bounce_limit: int = key(parse_count, 5)                      # soft bounces of one recipient ...
+    soft_bounce_window: float = key(parse_duration, 14 * 86400)       # ... within this window, with no delivery in between ...
+    soft_bounce_suppression: float = key(parse_duration, 30 * 86400)  # ... suppress it for the tenant this long
 
 
 @dataclass(frozen=True)
 class Privacy:
-    mask_recipients: bool = True           # logs show j***@example.net instead of the address
-    stats_min_count: int = 5               # `stats` cells below this are suppressed (k-anonymity)
-    events_retention: float = 400 * 86400  # events, bounce records and hourly counts are purged after this
+    mask_recipients: bool = key(parse_bool, True)               # logs show j***@example.net instead of the address
+    stats_min_count: int = key(parse_count, 5)                  # `stats` cells below this are suppressed (k-anonymity)
+    events_retention: float = key(parse_duration, 400 * 86400)  # events, bounce records and hourly counts are purged after this
 
 
 @dataclass(frozen=True)
@@ -199,44 +203,10 @@ class Settings:
         return self.dkim.key_file or self.data_dir / "dkim" / f"{self.dkim.selector}.pem"
 
 
-# section -> key -> parser; the example configuration documents the same keys
-_SCHEMA: dict[str, dict[str, Any]] = {
-    "provider": {"domain": _domain, "bounce_domain": _domain, "hostname": _domain,
-                 "abuse_address": _address, "privacy_address": _address, "terms_version": _str},
-    "node": {"name": _node_name, "workers": _workers},
-    "paths": {"data_dir": _dir},
-    "store": {"url": _store_url, "acquire_timeout": parse_duration},
-    "submission": {"listen": _listen_list, "tls_listen": _listen_list, "max_message_size": _count,
-                   "max_recipients": _count, "auth_failures": _count, "auth_failure_window": parse_duration,
-                   "auth_cache_ttl": parse_duration, "auth_cache_size": _count,
-                   "timeout": parse_duration, "trust_cache_ttl": parse_duration,
-                   "shutdown_grace": parse_duration, "proxy_protocol": _bool},
-    "inbound": {"listen": _listen_list, "max_message_size": _count, "max_recipients": _count,
-                "max_connections_per_ip": _count, "timeout": parse_duration, "retention": parse_duration,
-                "proxy_protocol": _bool},
-    "http": {"listen": _listen_list, "public_url": _url},
-    "tls": {"cert_file": _str, "key_file": _str},
-    "dkim": {"selector": _selector, "key_file": _str, "ed25519_selector": _selector, "ed25519_key_file": _str,
-             "rotation_delay": parse_duration},
-    "tokens": {"secret_file": _str},
-    "delivery": {"mode": _mode, "smarthost": _optional_listen, "smarthost_tls": _bool, "smarthost_ca_file": _str,
-                 "smarthost_username": _str, "smarthost_password_file": _str, "routes": _routes,
-                 "retry_schedule": _schedule, "max_queue_lifetime": parse_duration,
-                 "sent_retention": parse_duration, "concurrency": _count, "per_destination": _count,
-                 "messages_per_connection": _count, "connect_timeout": parse_duration,
-                 "command_timeout": parse_duration, "data_timeout": parse_duration},
-    "policy": {"complaint_rate": _fraction, "complaint_window": parse_duration,
-               "complaint_min_volume": _count, "bounce_rate": _fraction,
-               "ack_interval": parse_duration, "tenant_rate": parse_rate, "soft_bounce_limit": _count,
-               "soft_bounce_window": parse_duration, "soft_bounce_suppression": parse_duration},
-    "privacy": {"mask_recipients": _bool, "stats_min_count": _count, "events_retention": parse_duration},
-}
-_SECTION_CLASSES = {"provider": Provider, "node": Node, "paths": Paths, "store": Store,
-                    "submission": Submission, "inbound": Inbound, "http": Http, "tls": Tls, "dkim": Dkim,
-                    "tokens": Tokens, "delivery": Delivery, "policy": Policy, "privacy": Privacy}
-_PATH_KEYS = {("paths", "data_dir"), ("tls", "cert_file"), ("tls", "key_file"),
-              ("dkim", "key_file"), ("dkim", "ed25519_key_file"), ("tokens", "secret_file"), ("delivery", "smarthost_ca_file"),
-              ("delivery", "smarthost_password_file")}
+# Derived from the fields above (policy/config_keys.py); the example configuration documents the same keys
+_SECTION_CLASSES = config_keys.sections(Settings)       # section -> its dataclass
+_SCHEMA = config_keys.schema(_SECTION_CLASSES)          # section -> key -> parser
+_PATH_KEYS = config_keys.path_keys(_SECTION_CLASSES)    # (section, key) resolved against the file's directory
 
 
 def find_config(option: str | None) -> tuple[Path | None, bool]:
@@ -283,21 +253,21 @@ def load_settings(path: Path | None) -> Settings:
 def _section(source: str, section: str, values: dict[str, Any], base: Path) -> dict[str, Any]:
     schema = _SCHEMA[section]
     parsed = {}
-    for key, value in values.items():
-        if key not in schema:
-            raise ConfigError(f"{source}: unknown key [{section}] {key}; expected one of: {', '.join(schema)}")
+    for name, value in values.items():
+        if name not in schema:
+            raise ConfigError(f"{source}: unknown key [{section}] {name}; expected one of: {', '.join(schema)}")
         try:
-            parsed[key] = schema[key](value)
+            parsed[name] = schema[name](value)
         except ValueError as e:
-            raise ConfigError(f"{source}: [{section}] {key} must be {e}, got {value!r}") from None
+            raise ConfigError(f"{source}: [{section}] {name} must be {e}, got {value!r}") from None
     return parsed
 
 
 def _instance(section: str, values: dict[str, Any], base: Path) -> Any:
     """Build the section's dataclass, resolving relative paths against the config file's directory."""
-    for key in list(values):
-        if (section, key) in _PATH_KEYS:
-            values[key] = (base / values[key]).resolve() if values[key] else None
+    for name in list(values):
+        if (section, name) in _PATH_KEYS:
+            values[name] = (base / values[name]).resolve() if values[name] else None
     if section == "paths" and "data_dir" not in values:
         values["data_dir"] = (base / "var").resolve()
     return _SECTION_CLASSES[section](**values)
@@ -307,13 +277,13 @@ def _distinct_listeners(s: Settings, source: str) -> None:
     """Two listeners given one address: refused here, naming both keys, rather than by the kernel at bind
     ("address already in use") without saying which. Port 0 (any free port) may repeat."""
     seen: dict[Listen, str] = {}
-    for key, addresses in (("[submission] listen", s.submission.listen), ("[submission] tls_listen", s.submission.tls_listen),
-                           ("[inbound] listen", s.inbound.listen), ("[http] listen", s.http.listen)):
+    for label, addresses in (("[submission] listen", s.submission.listen), ("[submission] tls_listen", s.submission.tls_listen),
+                             ("[inbound] listen", s.inbound.listen), ("[http] listen", s.http.listen)):
         for host, port in addresses:
             if port and (host, port) in seen:
-                raise ConfigError(f"{source}: {key} {host}:{port} is also in {seen[host, port]}; each listener "
+                raise ConfigError(f"{source}: {label} {host}:{port} is also in {seen[host, port]}; each listener "
                                   f"needs an address of its own")
-            seen[host, port] = key
+            seen[host, port] = label
 
 
 def _finish(s: Settings, source: str) -> Settings:

@@ -1,5 +1,6 @@
 """Parsers for configuration values: each takes the raw TOML value and returns the typed one or raises
-ValueError(what is expected), which the loader turns into a message naming the file and key."""
+ValueError(what is expected), which the loader turns into a message naming the file and key. The keys
+of policy/settings.py name theirs: `key(parse_count, 100)`."""
 from __future__ import annotations
 
 import re
@@ -64,102 +65,102 @@ def parse_listen(value: Any) -> Listen:
     return (host or "0.0.0.0", int(port))
 
 
-def _listen_list(value: Any) -> tuple[Listen, ...]:
+def parse_listen_list(value: Any) -> tuple[Listen, ...]:
     if not isinstance(value, list):
         raise ValueError("a list of \"host:port\" strings")
     return tuple(parse_listen(v) for v in value)
 
 
-def _domain(value: Any) -> str:
+def parse_domain(value: Any) -> str:
     if not isinstance(value, str) or not _HOSTNAME.match(value.lower().rstrip(".")):
         raise ValueError("a domain name such as \"example.com\"")
     return value.lower().rstrip(".")
 
 
-def _address(value: Any) -> str:
+def parse_address(value: Any) -> str:
     if not isinstance(value, str) or value.count("@") != 1 or not value.split("@")[0]:
         raise ValueError("an address such as \"4abuse@example.com\"")
     local, domain = value.split("@")
-    return f"{local}@{_domain(domain)}"
+    return f"{local}@{parse_domain(domain)}"
 
 
-def _str(value: Any) -> str:
+def parse_str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a string")
     return value
 
 
-def _dir(value: Any) -> str:
+def parse_dir(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("a non-empty directory path")
     return value
 
 
-def _bool(value: Any) -> bool:
+def parse_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("true or false")
     return value
 
 
-def _count(value: Any) -> int:
+def parse_count(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError("a positive integer")
     return value
 
 
-def _fraction(value: Any) -> float:
+def parse_fraction(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError("a number between 0 and 1")
     return float(value)
 
 
-def _node_name(value: Any) -> str:
+def parse_node_name(value: Any) -> str:
     if not isinstance(value, str) or (value and not _NODE_NAME.match(value)):
         raise ValueError("empty (the host name) or letters, digits, '-' and '_' (at most 63)")
     return value
 
 
-def _workers(value: Any) -> int:
+def parse_workers(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 256:
         raise ValueError("an integer from 0 (one per CPU core) to 256")
     return value
 
 
-def _url(value: Any) -> str:
+def parse_url(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
         raise ValueError("an http:// or https:// URL")
     return value.rstrip("/")
 
 
-def _store_url(value: Any) -> str:
+def parse_store_url(value: Any) -> str:
     if not isinstance(value, str) or (value and not value.startswith(("postgresql://", "postgres://"))):
         raise ValueError("empty (SQLite in data_dir) or a postgresql:// URL")
     return value
 
 
-def _mode(value: Any) -> str:
+def parse_mode(value: Any) -> str:
     if value not in ("mx", "smarthost"):
         raise ValueError("\"mx\" or \"smarthost\"")
     return value
 
 
-def _optional_listen(value: Any) -> Listen | None:
+def parse_optional_listen(value: Any) -> Listen | None:
     return parse_listen(value) if value != "" else None
 
 
-def _routes(value: Any) -> dict[str, Listen]:
+def parse_routes(value: Any) -> dict[str, Listen]:
     if not isinstance(value, dict):
         raise ValueError("a table of domain = \"host:port\"")
-    return {_domain(k): parse_listen(v) for k, v in value.items()}
+    return {parse_domain(k): parse_listen(v) for k, v in value.items()}
 
 
-def _schedule(value: Any) -> tuple[float, ...]:
+def parse_schedule(value: Any) -> tuple[float, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError("a non-empty list of durations such as [\"1m\", \"5m\"]")
     return tuple(parse_duration(v) for v in value)
 
 
-def _selector(value: Any) -> str:
+def parse_selector(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^[a-z0-9]([a-z0-9-]{0,62})$", value, re.I):
         raise ValueError("a DKIM selector (letters, digits and '-')")
     return value
