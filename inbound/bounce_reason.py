@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 from policy.bounces import Reason
 
-REASONS = tuple(Reason)
+REASONS = tuple(r.value for r in Reason)
 MAX_DIAGNOSTIC = 300
 MAX_FAILURES = 100
 FLUFL_BYTES = 64 * 1024       # flufl.bounce reads every line many times: give it the start of a bounce only

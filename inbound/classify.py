@@ -41,7 +41,7 @@ class Kind(StrEnum):
     OTHER = "other"
 
 
-KINDS = tuple(Kind)
+KINDS = tuple(k.value for k in Kind)
 _REPORTED = (Kind.COMPLAINT, Kind.HUMAN_COMPLAINT, Kind.PRIVACY_REQUEST)
 MAX_BYTES = 1 << 20          # only the first MiB is looked at
 MAX_DEPTH = 20               # multipart nesting followed

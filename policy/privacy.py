@@ -4,7 +4,7 @@
 suppressions: they are the opt-out itself and must persist to keep honouring it. Complaint and bounce
 records lose the address but stay as counts, so a tenant's rates (and a suspension they caused) do not
 change when a recipient asks to be forgotten. The node-local records (spool, inbound mailbox) are
-handled next to this by the command (relay/cli_privacy.py).
+handled next to this by the command (relay/cli/privacy.py).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ class Cause(StrEnum):
     MANUAL = "manual"               # by the operator
 
 
-CAUSES = tuple(Cause)
+CAUSES = tuple(c.value for c in Cause)      # plain strings: click.Choice takes Enum members by name
 
 # What the RCPT reply says about each cause: precise for the tenant, nothing about the recipient's mail.
 REASONS: dict[str, str] = {

@@ -3,7 +3,7 @@
 Counters are kept by the processes that count (policy/metrics); these gauges are read when /metrics is
 asked, so they cost nothing between scrapes. Also the health checks of /healthz beyond the store: the
 spool shards must be readable and the spool directory writable. Wired into the http role by the
-composition root (relay/cli.py), since inbound/ cannot import relay/.
+composition root (relay/cli/node.py), since inbound/ cannot import relay/.
 """
 from __future__ import annotations
 

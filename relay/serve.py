@@ -8,7 +8,7 @@ reset). Each worker owns one spool shard and its own store connection. The paren
 tells systemd READY=1 once every worker listens, restarts a worker that dies, passes SIGHUP on (each
 worker reloads its TLS certificate and DKIM keys; open connections stay), and on SIGTERM or SIGINT closes its
 listeners, asks every worker to drain (finish open transactions) and exits 0. Counters reach /metrics through
-prometheus-client's multiprocess files in data_dir/metrics (relay/cli.py points it there before this module is
+prometheus-client's multiprocess files in data_dir/metrics (relay/cli/node.py points it there before this module is
 imported).
 """
 from __future__ import annotations
@@ -230,7 +230,7 @@ async def retention_loop(settings: Settings, store: Store, spools: list[Spool], 
 
 
 class Service(Protocol):
-    """A role started by the composition root (relay/cli.py), e.g. the inbound listener or the http role."""
+    """A role started by the composition root (relay/cli/node.py), e.g. the inbound listener or the http role."""
     ports: list[int]
 
     async def close(self) -> None: ...

@@ -9,7 +9,7 @@ from policy import dkimkeys, tenants
 from policy.keys import dkim_dns_record, load_private_key
 from policy.settings import Settings
 from policy.store import Store, epoch
-from relay.cli_common import migrated_store, with_settings
+from relay.cli.common import command_store, with_settings, with_store
 from relay.signing import provider_keys
 
 
@@ -66,7 +66,8 @@ def _iso(seconds: float) -> str:
 @dkim.command("dns")
 @click.option("--tenant", "tenant_id", default=None, help="The records this tenant publishes for its own domains.")
 @with_settings
-def dkim_dns(settings, tenant_id) -> None:
+@with_store
+def dkim_dns(settings, store, tenant_id) -> None:
     """Print the DNS records to publish, in zone-file syntax; with --tenant, what a tenant publishes.
 
     The provider's: each DKIM selector in use (the signing key, a rotated key waiting to sign, a
@@ -78,7 +79,6 @@ def dkim_dns(settings, tenant_id) -> None:
         websofttt dkim dns >> websofttt.com.zone
         websofttt dkim dns --tenant acme
     """
-    store = migrated_store(settings)
     if tenant_id:
         tenants.require(store, tenant_id)
         lines = tenant_dns_lines(settings, dkimkeys.all_keys(store, tenant_id))
@@ -102,7 +102,8 @@ def tenant_dns_lines(settings, keys: list[dkimkeys.TenantKey]) -> list[str]:
 @click.argument("tenant_id")
 @click.argument("domain")
 @with_settings
-def dkim_add_domain(settings, tenant_id, domain) -> None:
+@with_store
+def dkim_add_domain(settings, store, tenant_id, domain) -> None:
     """Give one of a tenant's From domains its own DKIM key, so its mail is DMARC-aligned.
 
     Prints the records the tenant publishes; copies From DOMAIN are then signed twice:
@@ -112,7 +113,7 @@ def dkim_add_domain(settings, tenant_id, domain) -> None:
     Example:
         websofttt dkim add-domain acme acme.example
     """
-    key = dkimkeys.add_domain(migrated_store(settings), tenant_id, domain, settings.dkim.selector)
+    key = dkimkeys.add_domain(store, tenant_id, domain, settings.dkim.selector)
     for line in tenant_dns_lines(settings, [key]):
         click.echo(line)
 
@@ -136,7 +137,7 @@ def dkim_rotate(settings, selector) -> None:
     selector = selector or time.strftime("s%Y%m%d", time.gmtime())
     if selector in (settings.dkim.selector, settings.dkim.ed25519_selector):
         raise click.BadParameter(f"{selector!r} is a configured selector", param_hint="--selector")
-    key = dkimkeys.rotate(migrated_store(settings), selector, settings.dkim.rotation_delay)
+    key = dkimkeys.rotate(command_store(settings), selector, settings.dkim.rotation_delay)
     click.echo(f"; signs from {key.active_from}: publish now")
     click.echo(dkim_dns_record(key.selector, settings.provider.domain, key.key()))
 

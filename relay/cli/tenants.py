@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from policy import dkimkeys, standing, tenants
-from relay.cli_common import emit, json_option, migrated_store, with_settings
+from relay.cli.common import emit, json_option, with_settings, with_store
 
 
 @click.group()
@@ -55,14 +55,14 @@ def _tenant_json(store, tenant: tenants.Tenant, rules) -> dict:
 @click.option("--name", default=None, help="Display name recipients see (unsubscribe page); default: the id.")
 @json_option
 @with_settings
-def tenant_add(settings, tenant_id, allow_from, network, rate, name, as_json) -> None:
+@with_store
+def tenant_add(settings, store, tenant_id, allow_from, network, rate, name, as_json) -> None:
     """Add a tenant (it must still accept the terms).
 
     \b
     Example:
         websofttt tenant add acme --name "Acme Inc." --allow-from acme.example --network 10.1.0.0/16
     """
-    store = migrated_store(settings)
     t = tenants.add(store, tenant_id, list(allow_from), list(network), rate, name)
     emit(_tenant_json(store, t, settings.policy), as_json, lambda d: [f"added tenant {d['id']}; it must accept the terms: "
                                           f"websofttt tenant accept-terms {d['id']}"])
@@ -71,14 +71,14 @@ def tenant_add(settings, tenant_id, allow_from, network, rate, name, as_json) ->
 @tenant.command("list")
 @json_option
 @with_settings
-def tenant_list(settings, as_json) -> None:
+@with_store
+def tenant_list(settings, store, as_json) -> None:
     """List tenants.
 
     \b
     Example:
         websofttt tenant list --json
     """
-    store = migrated_store(settings)
     emit([_tenant_json(store, t, settings.policy) for t in tenants.all_tenants(store)], as_json, _tenant_lines)
 
 
@@ -86,14 +86,14 @@ def tenant_list(settings, as_json) -> None:
 @click.argument("tenant_id")
 @json_option
 @with_settings
-def tenant_show(settings, tenant_id, as_json) -> None:
+@with_store
+def tenant_show(settings, store, tenant_id, as_json) -> None:
     """Show one tenant.
 
     \b
     Example:
         websofttt tenant show acme
     """
-    store = migrated_store(settings)
     emit(_tenant_json(store, tenants.require(store, tenant_id), settings.policy), as_json, lambda d: _tenant_lines([d]))
 
 
@@ -101,42 +101,45 @@ def tenant_show(settings, tenant_id, as_json) -> None:
 @click.argument("tenant_id")
 @click.option("--reason", required=True, help="Why (shown to the tenant in the SMTP reply).")
 @with_settings
-def tenant_suspend(settings, tenant_id, reason) -> None:
+@with_store
+def tenant_suspend(settings, store, tenant_id, reason) -> None:
     """Stop a tenant from sending (MAIL FROM answers 550 5.7.1 with the reason).
 
     \b
     Example:
         websofttt tenant suspend acme --reason "spam complaints under review"
     """
-    tenants.suspend(migrated_store(settings), tenant_id, reason)
+    tenants.suspend(store, tenant_id, reason)
     click.echo(f"suspended {tenant_id}")
 
 
 @tenant.command("resume")
 @click.argument("tenant_id")
 @with_settings
-def tenant_resume(settings, tenant_id) -> None:
+@with_store
+def tenant_resume(settings, store, tenant_id) -> None:
     """Let a suspended tenant send again.
 
     \b
     Example:
         websofttt tenant resume acme
     """
-    tenants.resume(migrated_store(settings), tenant_id)
+    tenants.resume(store, tenant_id)
     click.echo(f"resumed {tenant_id}")
 
 
 @tenant.command("accept-terms")
 @click.argument("tenant_id")
 @with_settings
-def tenant_accept_terms(settings, tenant_id) -> None:
+@with_store
+def tenant_accept_terms(settings, store, tenant_id) -> None:
     """Record that the tenant accepted the current terms version (provider.terms_version).
 
     \b
     Example:
         websofttt tenant accept-terms acme
     """
-    tenants.accept_terms(migrated_store(settings), tenant_id, settings.provider.terms_version)
+    tenants.accept_terms(store, tenant_id, settings.provider.terms_version)
     click.echo(f"{tenant_id} accepted terms {settings.provider.terms_version}")
 
 

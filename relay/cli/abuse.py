@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from policy import audit, cases, complaints
-from relay.cli_common import emit, json_option, migrated_store, reason_option, with_settings
+from relay.cli.common import emit, json_option, reason_option, with_settings, with_store
 
 
 @click.group()
@@ -26,7 +26,8 @@ def complaint() -> None:
 @reason_option
 @json_option
 @with_settings
-def complaint_list(settings, tenant_id, reason, as_json) -> None:
+@with_store
+def complaint_list(settings, store, tenant_id, reason, as_json) -> None:
     """List complaints, newest first (individual records: --reason required, audit-logged).
 
     `counted` says whether it counts towards the tenant's complaint rate (identified by a token or
@@ -36,7 +37,6 @@ def complaint_list(settings, tenant_id, reason, as_json) -> None:
     Example:
         websofttt complaint list --tenant acme --json --reason "ticket 4711"
     """
-    store = migrated_store(settings)
     audit.record(store, "complaint list", f"tenant={tenant_id or 'all'}", reason)
     emit(complaints.entries(store, tenant_id), as_json,
          lambda rows: [f"{r['received']}  {r['tenant']:<16} {r['recipient'] or '(redacted)':<36} "
@@ -58,14 +58,15 @@ def case() -> None:
 @click.option("--kind", type=click.Choice(tuple(cases.KINDS)), default=None, help="Only abuse or privacy cases.")
 @json_option
 @with_settings
-def case_list(settings, kind, as_json) -> None:
+@with_store
+def case_list(settings, store, kind, as_json) -> None:
     """List cases, newest first: ids, kind, status and tenant only (no addresses).
 
     \b
     Example:
         websofttt case list --kind privacy --json
     """
-    emit(cases.entries(migrated_store(settings), kind), as_json,
+    emit(cases.entries(store, kind), as_json,
          lambda rows: [f"{r['id']}  {r['kind']:<7} {r['opened']}  {r['status']:<6} tenant={r['tenant'] or '-'}  "
                        f"{'acknowledged' if r['acknowledged'] else 'not acknowledged'}" for r in rows] or ["no cases"])
 
@@ -75,14 +76,14 @@ def case_list(settings, kind, as_json) -> None:
 @reason_option
 @json_option
 @with_settings
-def case_show(settings, case_id, reason, as_json) -> None:
+@with_store
+def case_show(settings, store, case_id, reason, as_json) -> None:
     """Show one case: complainant, subject, evidence (an individual record: --reason required, audit-logged).
 
     \b
     Example:
         websofttt case show A-20261125-7KQ2MD --reason "answering the complainant"
     """
-    store = migrated_store(settings)
     audit.record(store, "case show", case_id, reason)
     found = cases.get(store, case_id)
     if found is None:

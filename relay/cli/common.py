@@ -1,8 +1,9 @@
-"""Helpers shared by the command modules: --config loading, JSON output, the store."""
+"""Helpers shared by the command modules: --config loading, the store of one invocation, JSON output."""
 from __future__ import annotations
 
 import functools
 import json
+from contextlib import closing
 
 import click
 
@@ -31,18 +32,39 @@ def with_settings(f):
     return wrapper
 
 
+def with_store(f):
+    """Passes the migrated store, opened once for this invocation, as the second argument (after the settings);
+    it is closed with the click context, once the command has returned or failed. Goes below @with_settings:
+
+        @with_settings
+        @with_store
+        def tenant_list(settings, store, as_json): ...
+
+    A command that must check something before the store is opened calls `command_store(settings)` there."""
+    @functools.wraps(f)
+    def wrapper(settings, **kwargs):
+        return f(settings, command_store(settings), **kwargs)
+    return wrapper
+
+
+def command_store(settings: Settings) -> Store:
+    """The migrated store, closed with the current click context (the command's invocation)."""
+    return click.get_current_context().with_resource(closing(migrated_store(settings)))
+
+
+def migrated_store(settings: Settings) -> Store:
+    """The store, migrated; the caller closes it (most commands take it from @with_store instead)."""
+    store = open_store(settings)
+    store.migrate()
+    return store
+
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")(f)
 
 
 def reason_option(f):
     return click.option("--reason", default=None, help="Why you need to see individual records (audit-logged).")(f)
-
-
-def migrated_store(settings: Settings) -> Store:
-    store = open_store(settings)
-    store.migrate()
-    return store
 
 
 def emit(data, as_json: bool, human) -> None:

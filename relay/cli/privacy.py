@@ -12,14 +12,15 @@ from inbound import mailbox
 from policy import audit, privacy, stats
 from policy.addresses import mask, normalise
 from relay import spool_files
-from relay.cli_common import emit, json_option, migrated_store, reason_option, with_settings
+from relay.cli.common import command_store, emit, json_option, reason_option, with_settings, with_store
 
 
 @click.command("stats")
 @click.option("--days", default=30, show_default=True, type=click.IntRange(1, 3660), help="Days to cover.")
 @json_option
 @with_settings
-def stats_cmd(settings, days, as_json) -> None:
+@with_store
+def stats_cmd(settings, store, days, as_json) -> None:
     """Per tenant and day: received, delivered, bounced, complaints, unsubscribes (aggregates only).
 
     No addresses; a count below privacy.stats_min_count (k, default 5) is shown as "<k" (null in JSON).
@@ -30,7 +31,7 @@ def stats_cmd(settings, days, as_json) -> None:
         websofttt stats --days 7 --json
     """
     k = settings.privacy.stats_min_count
-    rows = stats.daily(migrated_store(settings), days, k)
+    rows = stats.daily(store, days, k)
 
     def lines(items: list[dict]) -> list[str]:
         head = f"{'day':<10}  {'tenant':<20} " + " ".join(f"{f:>12}" for f in stats.FIELDS)
@@ -68,7 +69,7 @@ def privacy_export(settings, address, reason) -> None:
         websofttt privacy export jane@example.net --reason "subject access request P-20261125-4KD2QX"
     """
     address = _address(address)
-    store = migrated_store(settings)
+    store = command_store(settings)      # opened once ADDRESS is checked (a bad one exits 2 first)
     audit.record(store, "privacy export", mask(address), reason)
     records = privacy.export(store, address) | {
         "queue": spool_files.address_records(settings.spool_dir, address),
@@ -92,7 +93,7 @@ def privacy_erase(settings, address, reason, as_json) -> None:
         websofttt privacy erase jane@example.net --reason "erasure request P-20261125-4KD2QX"
     """
     address = _address(address)
-    store = migrated_store(settings)
+    store = command_store(settings)      # opened once ADDRESS is checked (a bad one exits 2 first)
     audit.record(store, "privacy erase", mask(address), reason)
     counts = privacy.erase(store, address) | {
         "queue": spool_files.erase_address(settings.spool_dir, address),
