@@ -5,7 +5,9 @@ that was accepted is never lost, and one whose processing was cut short by a cra
 restart. Raw messages are evidence: kept `inbound.retention`, then deleted (secure_delete).
 Each row names the process working on it (`claimed_by`: the one that received it, or the one that
 recovers it): after a crash the row is taken over once that process is gone, never while it lives, so
-a message is not acted on twice by two workers of a starting node.
+a message is not acted on twice by two workers of a starting node. A message whose processing fails
+MAX_FAILURES times is set aside instead of being retried at every start (as Mailman's shunt queue does):
+`websofttt inbound aside` lists such messages, `websofttt inbound retry ID` gives one its attempts back.
 """
 from __future__ import annotations
 
@@ -20,15 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policy.store import utcnow
-from policy.store_sqlite import enable_wal
+from policy.sqlite_files import Migrations, add_column, open_file
 
-_SCHEMA = """
+MAX_FAILURES = 3      # processing attempts after which a message is set aside, not retried at every start
+MIGRATIONS: Migrations = [
+    ("inbound", """
 CREATE TABLE IF NOT EXISTS inbound (
     id TEXT PRIMARY KEY, received TEXT NOT NULL, peer TEXT, mail_from TEXT, recipients TEXT NOT NULL,
     raw BLOB, kind TEXT, evidence TEXT, action TEXT, processed INTEGER NOT NULL DEFAULT 0, expires REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS inbound_pending ON inbound (processed);
-CREATE INDEX IF NOT EXISTS inbound_expires ON inbound (expires);
-"""
+CREATE INDEX IF NOT EXISTS inbound_expires ON inbound (expires)"""),
+    ("claimed_by", add_column("inbound", "claimed_by", "INTEGER")),     # the process working on the row
+    ("failures", add_column("inbound", "failures", "INTEGER NOT NULL DEFAULT 0")),
+    ("error", add_column("inbound", "error", "TEXT")),                  # why the last attempt failed
+]
 
 
 @dataclass(frozen=True)
@@ -50,22 +57,7 @@ class Mailbox:
         self._executor.submit(self._open).result()
 
     def _open(self) -> None:
-        self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        enable_wal(self._conn)
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA secure_delete=ON")
-        self._conn.executescript(_SCHEMA)
-        # the workers open the mailbox at once: the check and the change under one write lock, or two
-        # of them both find the column missing and the second ALTER fails ("duplicate column name")
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(inbound)")}
-            if "claimed_by" not in columns:
-                self._conn.execute("ALTER TABLE inbound ADD COLUMN claimed_by INTEGER")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        self._conn = open_file(self.path, MIGRATIONS, secure_delete=True)
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -89,14 +81,24 @@ class Mailbox:
         self._conn.execute("UPDATE inbound SET kind = ?, evidence = ?, action = ?, processed = 1 WHERE id = ?",
                            (kind, evidence, action, inbound_id))
 
+    async def failed(self, inbound_id: str, error: str) -> int:
+        """Count a failed attempt at processing; how many there have been."""
+        return await self._run(self._failed, inbound_id, error)
+
+    def _failed(self, inbound_id: str, error: str) -> int:
+        row = self._conn.execute("UPDATE inbound SET failures = failures + 1, error = ? WHERE id = ? RETURNING failures",
+                                 (error[:500], inbound_id)).fetchone()
+        return row[0] if row else 0
+
     async def pending(self) -> list[Received]:
         """Messages acknowledged but not processed (the process stopped in between)."""
         return await self._run(self._pending)
 
     def _pending(self) -> list[Received]:
-        """Unprocessed rows whose process is gone, each claimed by this one (a claim another took is skipped)."""
+        """Unprocessed rows whose process is gone, each claimed by this one (a claim another took is skipped);
+        not those set aside after MAX_FAILURES attempts."""
         rows = self._conn.execute("SELECT id, mail_from, recipients, raw, claimed_by FROM inbound "
-                                  "WHERE processed = 0").fetchall()
+                                  "WHERE processed = 0 AND failures < ?", (MAX_FAILURES,)).fetchall()
         taken = []
         for inbound_id, mail_from, recipients, raw, owner in rows:
             if owner is not None and _alive(owner):
@@ -134,6 +136,25 @@ def _alive(pid: int) -> bool:
 
 def mailbox_path(data_dir: Path, node: str) -> Path:
     return data_dir / "inbound" / f"{node}.sqlite"
+
+
+def set_aside(path: Path) -> list[dict]:
+    """Messages whose processing failed MAX_FAILURES times and is no longer retried, oldest first."""
+    if not path.exists():
+        return []
+    with closing(sqlite3.connect(path, timeout=30)) as conn:
+        rows = conn.execute("SELECT id, received, kind, failures, error FROM inbound WHERE processed = 0 AND "
+                            "failures >= ? ORDER BY received", (MAX_FAILURES,)).fetchall()
+    return [dict(zip(("id", "received", "kind", "failures", "error"), r)) for r in rows]
+
+
+def retry(path: Path, inbound_id: str) -> bool:
+    """Give a message set aside its attempts back: the next start processes it again."""
+    if not path.exists():
+        return False
+    with closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as conn:
+        return conn.execute("UPDATE inbound SET failures = 0, error = NULL WHERE id = ? AND processed = 0",
+                            (inbound_id,)).rowcount == 1
 
 
 def records_from(path: Path, address: str) -> list[dict]:

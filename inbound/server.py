@@ -19,7 +19,7 @@ from aiosmtpd.smtp import Envelope, Session
 from inbound.actions import Actions
 from inbound.addresses import Refusal, Role, classify_rcpt
 from inbound.classify import classify
-from inbound.mailbox import Mailbox
+from inbound.mailbox import MAX_FAILURES, Mailbox
 from policy import logs, metrics
 from policy.settings import Settings
 from policy.smtp import PROXY_TIMEOUT, Handler, SaferSMTP
@@ -83,8 +83,23 @@ class InboundHandler(Handler):
             await self.mailbox.conclude(inbound_id, found.kind, found.evidence, action)
             metrics.inbound_messages.labels(found.kind).inc()
             logs.event(_EVENTS.get(found.kind, "inbound"), inbound_id=inbound_id, kind=found.kind, action=action)
-        except Exception:
-            log.exception("processing inbound message %s failed; it will be retried at the next start", inbound_id)
+        except Exception as e:
+            await self._failed(inbound_id, e)
+
+    async def _failed(self, inbound_id: str, error: Exception) -> None:
+        """Count the failure: the message is tried again at the next start, MAX_FAILURES times in all, then set
+        aside (`websofttt inbound aside` lists them, `inbound retry ID` gives one its attempts back)."""
+        try:
+            failures = await self.mailbox.failed(inbound_id, f"{type(error).__name__}: {error}")
+        except Exception as e:          # the mailbox itself fails: the row stays as it was, retried at the next start
+            log.error("cannot count the failure of inbound message %s: %s", inbound_id, e)
+            failures = 0
+        if failures >= MAX_FAILURES:
+            log.error("processing inbound message %s failed %d times; set aside (websofttt inbound aside)",
+                      inbound_id, failures, exc_info=error)
+        else:
+            log.error("processing inbound message %s failed; it will be retried at the next start", inbound_id,
+                      exc_info=error)
 
     async def recover(self) -> None:
         """Process what was acknowledged before a stop but not processed."""

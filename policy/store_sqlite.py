@@ -3,26 +3,12 @@ shared by the node's worker processes."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from policy.sqlite_files import open_file
 from policy.store import Params, Store
-
-
-def enable_wal(conn: sqlite3.Connection, wait: float = 10.0) -> None:
-    """Switch a database file to WAL mode. The switch needs the file to itself, and SQLite does not wait
-    for that (no busy handler), so processes opening a new file together retry instead of failing."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
 
 
 class SqliteStore(Store):
@@ -30,15 +16,12 @@ class SqliteStore(Store):
 
     def __init__(self, path: Path, *, busy_timeout_ms: int = 10000, other_thread: bool = False,
                  durable: bool = False):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000,
-                                    check_same_thread=not other_thread)
-        self.path = path
-        self.where = str(path)
-        enable_wal(self.conn)
         # NORMAL is crash-safe in WAL mode (a power loss may lose the last commits, never corrupt);
         # durable writers and the spool, which holds acknowledged mail, use FULL.
-        self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.conn = open_file(path, (), durable=durable, timeout=busy_timeout_ms / 1000,
+                              check_same_thread=not other_thread)
+        self.path = path
+        self.where = str(path)
         self.conn.execute("PRAGMA foreign_keys=ON")
 
     def execute(self, sql: str, params: Params = ()) -> sqlite3.Cursor:

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Protocol
 
 from policy.store import utcnow
-from policy.store_sqlite import enable_wal
+from policy.sqlite_files import Migrations, add_column, open_file
 
-_SCHEMA = """
+MIGRATIONS: Migrations = [("spool", """
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, mail_from TEXT NOT NULL, size INTEGER NOT NULL,
     received TEXT NOT NULL, smtputf8 INTEGER NOT NULL DEFAULT 0, campaign TEXT, from_domain TEXT, data BLOB,
@@ -43,8 +43,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL, last_reply TEXT, updated TEXT, token TEXT,
     PRIMARY KEY (queue_id, recipient));
-CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt);
-"""
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt)"""),
+              ("eightbit", add_column("messages", "eightbit", "INTEGER NOT NULL DEFAULT 0"))]
 
 
 class SpoolError(Exception):
@@ -76,28 +76,8 @@ def new_queue_id(node: str) -> str:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-    enable_wal(conn)
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA secure_delete=ON")
-    conn.executescript(_SCHEMA)
-    _add_column(conn, "messages", "eightbit", "INTEGER NOT NULL DEFAULT 0")
-    return conn
-
-
-def _add_column(conn: sqlite3.Connection, table: str, column: str, definition: str) -> None:
-    """A column that spool files written by an earlier version lack. The check is made again under the write
-    lock: a worker's connections and the command line open one file at once, and a second ALTER would fail."""
-    if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    """A shard, durable (fsync'ed before a 250) and erased bodies overwritten."""
+    return open_file(path, MIGRATIONS, secure_delete=True, check_same_thread=False)
 
 
 def shard_path(spool_dir: Path, shard: int) -> Path:

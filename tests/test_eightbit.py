@@ -160,7 +160,7 @@ def test_a_spool_file_from_before_the_column_gets_it(tmp_path):
         old.execute("CREATE TABLE messages (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, mail_from TEXT NOT NULL, "
                     "size INTEGER NOT NULL, received TEXT NOT NULL, smtputf8 INTEGER NOT NULL DEFAULT 0, "
                     "campaign TEXT, from_domain TEXT, data BLOB)")
-        old.executescript(spool._SCHEMA)
+        old.executescript(spool.MIGRATIONS[0][1])  # the first spool files: every table, no eightbit column
         old.execute("INSERT INTO messages (id, tenant, mail_from, size, received, data) "
                     "VALUES ('old', 'acme', 'a@example.com', 4, '2025-01-01T00:00:00Z', x'c3a9')")
         old.execute("INSERT INTO recipients (queue_id, recipient, next_attempt) VALUES ('old', 'b@example.net', 0)")

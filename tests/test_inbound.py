@@ -18,9 +18,11 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from inbound.actions import Actions
 from inbound.classify import classify
-from inbound.mailbox import Mailbox
+from inbound.mailbox import Mailbox, set_aside
+from inbound.server import InboundHandler
 from policy import suppression
 from policy.keys import dkim_public_value, new_dkim_pem
+from policy.settings import load_settings
 from policy.tokens import TokenKeys
 from relay import eventloop
 from tests.conftest import PASSWORD, RunningRelay, run_cli
@@ -252,6 +254,46 @@ def test_a_row_is_recovered_only_once_its_process_is_gone(tmp_path):
         return live, len(await mailbox.pending()), len(await mailbox.pending())
     try:
         assert eventloop.run(scenario()) == (0, 1, 0)   # taken over once, then ours
+    finally:
+        mailbox.close()
+
+
+class BrokenActions:
+    """An action that fails whatever the message (a bug, or a store that refuses every write)."""
+
+    def act(self, *args) -> str:
+        raise RuntimeError("the action failed")
+
+
+def test_a_message_that_fails_three_times_is_set_aside_and_can_be_given_its_attempts_back(tmp_path):
+    path = tmp_path / "inbound" / "node.sqlite"
+    mailbox = Mailbox(path, 86400)
+    handler = InboundHandler(load_settings(None), mailbox, BrokenActions())   # type: ignore[arg-type]
+
+    async def received_then_starts() -> list[int]:
+        inbound_id = await mailbox.keep("192.0.2.9", "a@example.net", ["abuse@websofttt.com"],
+                                        b"Subject: spam\r\n\r\nyou sent me spam\r\n")
+        await handler.process(inbound_id, "a@example.net", ["abuse@websofttt.com"], b"Subject: spam\r\n\r\nx\r\n")
+        aside = [len(set_aside(path))]
+        for _ in range(2):                                # each start recovers what the last one left
+            dead_pid(path)
+            await handler.recover()
+            aside.append(len(set_aside(path)))
+        dead_pid(path)
+        return [*aside, len(await mailbox.pending())]     # a third start finds nothing left to try
+    try:
+        assert eventloop.run(received_then_starts()) == [0, 0, 1, 0]
+        config = tmp_path / "websofttt.toml"
+        config.write_text(f'[paths]\ndata_dir = "{tmp_path}"\n[node]\nname = "node"\n')
+        listed = run_cli("inbound", "aside", "--json", "--config", str(config), cwd=tmp_path)
+        (aside,) = json.loads(listed.stdout)
+        assert (aside["failures"], aside["error"], aside["kind"]) == (3, "RuntimeError: the action failed", None)
+        retried = run_cli("inbound", "retry", aside["id"], "--config", str(config), cwd=tmp_path)
+        assert retried.returncode == 0 and set_aside(path) == []
+        dead_pid(path)
+        assert [r.id for r in eventloop.run(mailbox.pending())] == [aside["id"]]
+        unknown = run_cli("inbound", "retry", "no-such-id", "--config", str(config), cwd=tmp_path)
+        assert unknown.returncode == 2 and "no unprocessed message no-such-id" in unknown.stderr
     finally:
         mailbox.close()
 
