@@ -11,6 +11,7 @@ import click
 from inbound import mailbox
 from policy import audit, privacy, stats
 from policy.addresses import mask, normalise
+from policy.store import Store
 from relay import spool_files
 from relay.cli.common import command_store, emit, json_option, reason_option, with_settings, with_store
 
@@ -57,6 +58,15 @@ def _address(value: str) -> str:
     return address
 
 
+def _audited(settings, value: str, command: str, reason: str) -> tuple[str, Store]:
+    """The checked ADDRESS and the store, this access audited. The store is opened once ADDRESS is checked:
+    a bad one exits 2 before anything is opened or created."""
+    address = _address(value)
+    store = command_store(settings)
+    audit.record(store, command, mask(address), reason)
+    return address, store
+
+
 @privacy_group.command("export")
 @click.argument("address")
 @reason_option
@@ -68,9 +78,7 @@ def privacy_export(settings, address, reason) -> None:
     Example:
         websofttt privacy export jane@example.net --reason "subject access request P-20261125-4KD2QX"
     """
-    address = _address(address)
-    store = command_store(settings)      # opened once ADDRESS is checked (a bad one exits 2 first)
-    audit.record(store, "privacy export", mask(address), reason)
+    address, store = _audited(settings, address, "privacy export", reason)
     records = privacy.export(store, address) | {
         "queue": spool_files.address_records(settings.spool_dir, address),
         "inbound": mailbox.records_from(mailbox.mailbox_path(settings.data_dir, settings.node.name), address)}
@@ -92,9 +100,7 @@ def privacy_erase(settings, address, reason, as_json) -> None:
     Example:
         websofttt privacy erase jane@example.net --reason "erasure request P-20261125-4KD2QX"
     """
-    address = _address(address)
-    store = command_store(settings)      # opened once ADDRESS is checked (a bad one exits 2 first)
-    audit.record(store, "privacy erase", mask(address), reason)
+    address, store = _audited(settings, address, "privacy erase", reason)
     counts = privacy.erase(store, address) | {
         "queue": spool_files.erase_address(settings.spool_dir, address),
         "inbound": mailbox.erase_from(mailbox.mailbox_path(settings.data_dir, settings.node.name), address)}
