@@ -25,6 +25,7 @@ from email.message import Message
 from collections.abc import Iterable
 
 from policy.bounces import Reason
+from policy.replies import FAILURE_REPLY, FAILURE_STATUS, LEADING_REPLY
 
 REASONS = tuple(r.value for r in Reason)
 MAX_DIAGNOSTIC = 300
@@ -49,8 +50,6 @@ class Failure:
     diagnostic: str       # the remote reply / diagnostic text, one line, at most 300 chars ("" if none)
 
 
-STATUS = re.compile(r"(?<![\w.])([45])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")      # not a version (v4.6.1) or address
-REPLY = re.compile(r"(?:^|(?<=[\s:;(\[\"'#]))(42[01]|45[0-5]|5[0-5]\d)(?=[\s:\-]|$)")
 _BY_STATUS = {"1.0": Reason.MAILBOX_UNKNOWN, "1.1": Reason.MAILBOX_UNKNOWN, "1.6": Reason.MAILBOX_UNKNOWN,
               "1.2": Reason.DOMAIN_UNKNOWN, "1.10": Reason.DOMAIN_UNKNOWN, "4.4": Reason.DOMAIN_UNKNOWN,
               "2.2": Reason.MAILBOX_FULL, "3.4": Reason.MESSAGE_TOO_LARGE, "2.3": Reason.MESSAGE_TOO_LARGE}
@@ -94,13 +93,12 @@ _HEADERISH = re.compile(r"^[ \t>]*(?:to|cc|bcc|from|sender|reply-to|message-id|i
 _SPACE = re.compile(r"\s+")
 _ADDRESS = re.compile(r"(?<![\w.+=-])[\w.+=-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")   # linear: starts a token
 _SYSTEM = re.compile(r"(?:postmaster|mailer-?daemon|abuse|root|noreply|no-reply)@", re.I)
-_LEADING_REPLY = re.compile(r"([245]\d\d)[- ]((?:[245]\.\d{1,3}\.\d{1,3})?)\s*")
 
 
 def status_of(status_field: str, diagnostic: str = "") -> str:
     """The enhanced status: the remote server's own (in the diagnostic) when it has the class of the Status
     field, which reporting MTAs often fill with a generic or translated code; else the Status field's."""
-    found = [m for m in (STATUS.search(status_field), STATUS.search(diagnostic)) if m]
+    found = [m for m in (FAILURE_STATUS.search(status_field), FAILURE_STATUS.search(diagnostic)) if m]
     codes = [f"{m.group(1)}.{int(m.group(2))}.{int(m.group(3))}" for m in found]
     if len(codes) == 2 and codes[0][0] == codes[1][0]:
         return codes[1]
@@ -130,7 +128,7 @@ def failure(recipient: str, status: str, diagnostic: str, fallback: bool, more_t
         permanent = False
     elif status:
         permanent = status[0] == "5"
-    elif reply := REPLY.search(diagnostic):
+    elif reply := FAILURE_REPLY.search(diagnostic):
         permanent = reply.group(1)[0] == "5"
     else:       # an unknown mailbox or domain is permanent unless the text says it is temporary
         permanent = fallback or (reason in (Reason.MAILBOX_UNKNOWN, Reason.DOMAIN_UNKNOWN)
@@ -141,7 +139,7 @@ def failure(recipient: str, status: str, diagnostic: str, fallback: bool, more_t
 def one_line(text: str, limit: int | None = MAX_DIAGNOSTIC) -> str:
     """Whitespace collapsed, a multi-line reply's repeated `550-5.1.1` prefixes dropped, cut to `limit`."""
     text = _SPACE.sub(" ", text).strip()
-    m = _LEADING_REPLY.match(text)
+    m = LEADING_REPLY.match(text)
     if m:
         code, status = m.group(1), m.group(2)
         again = re.compile(rf"\s{code}[- ]{re.escape(status)}(?=\s)" if status else rf"\s{code}-")
@@ -201,7 +199,7 @@ def _indexed(text: str) -> tuple[list[str], list[str], list[set[str]], list[int]
     2 if it has an enhanced status code, 1 a reply code, 0 neither."""
     lines = text.splitlines()
     lows = [line.lower() for line in lines]
-    coded = [2 if STATUS.search(line) else 1 if REPLY.search(line) else 0 for line in lines]
+    coded = [2 if FAILURE_STATUS.search(line) else 1 if FAILURE_REPLY.search(line) else 0 for line in lines]
     return lines, lows, [set(_ADDRESS.findall(low)) for low in lows], coded
 
 
@@ -252,12 +250,12 @@ def nonstandard(msg: Message, raw: bytes, listed: Iterable[str], head: dict[str,
     words = said_permanence(text)
     for address in valid:
         near = window(text, address, valid)
-        if need_code and not STATUS.search(near):
+        if need_code and not FAILURE_STATUS.search(near):
             continue
         fallback = (address in permanent or says_permanent) if words is None else words
         failures.append(failure(address, status_of(near), near, fallback, "" if len(valid) > 1 else subject))
     if not failures and not delayed and not need_code:
-        line = next((ln for ln in text.splitlines() if STATUS.search(ln) or REPLY.search(ln)), "")
+        line = next((ln for ln in text.splitlines() if FAILURE_STATUS.search(ln) or FAILURE_REPLY.search(ln)), "")
         fallback = says_permanent if words is None else words
         failures.append(failure("", status_of(line), line, fallback, f"{text}\n{subject}"))
     recipients = tuple(dict.fromkeys([f.recipient for f in failures if f.recipient] + delayed))

@@ -10,11 +10,11 @@ from collections.abc import Iterable
 
 from inbound import bounce_reason
 from inbound.bounce_reason import Failure
+from policy import replies
 
 Fields = dict[str, list[str]]
 
 MAX_RECIPIENTS = 100
-_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 _FIELD = re.compile(r"([!-9;-~]+)[ \t]*:[ \t]*(.*)")      # RFC 5322 field name, then the value
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 
@@ -69,7 +69,7 @@ def status_class(block: Fields) -> str | None:
     """'2', '4' or '5' from Status, else from Diagnostic-Code; None when neither has a code."""
     for name in ("status", "diagnostic-code"):
         for value in block.get(name, ()):
-            m = _STATUS.search(value)
+            m = replies.STATUS_FIELD.search(value)
             if m:
                 return m.group(1)
     return None
@@ -103,7 +103,7 @@ def summarize(blocks: Iterable[Fields], text: str = "") -> tuple[list[Failure], 
             action = {"5": "failed", "4": "delayed"}.get(status_class(block) or "", "")
         if action not in ("failed", "delayed"):
             continue
-        code = _STATUS.search(" ".join(block.get("status", ())))
+        code = replies.STATUS_FIELD.search(" ".join(block.get("status", ())))
         seen.append(f"{action} {code.group(0)}" if code else action)
         final, original = ([a for v in block.get(n, ()) if (a := address(v))] for n in ("final-recipient",
                                                                                       "original-recipient"))
