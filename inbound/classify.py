@@ -105,80 +105,97 @@ def classify(raw: bytes, role_kinds: Sequence[str], role_tokens: Sequence[str | 
         return Classification(kind, f"unclassifiable: {type(exc).__name__}", None, (), tuple(found), ())
 
 
-def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[str, str]) -> Classification:
-    msg = _parse(raw)
-    head = mime.fields(msg)
-    parts = _walk(msg)
-    for fields in parts.headers:
-        for name, values in fields.items():
-            pattern = _TOKEN_FIELDS.get(name)
-            if pattern:
-                for value in values:
-                    found.extend(t.lower() for t in pattern.findall(value))
-    tokens = tuple(dict.fromkeys(found))
-    ids = [i for name in ("in-reply-to", "references") for v in head.get(name, ()) for i in _MSGID.findall(v)]
-    message_ids = tuple(dict.fromkeys(ids))[:MAX_IDS]
+class _Read:
+    """One message as the decisions see it, parsed once: its parts, the tokens and Message-IDs that every
+    answer carries, its report type, Subject and explanatory text."""
 
-    def result(kind: Kind, evidence: str, permanent: bool | None = None, recipients=(), failures=()) -> Classification:
-        about = describe(parts.feedback, parts.headers) if kind in _REPORTED else None
-        return Classification(kind, _CONTROL.sub(" ", evidence)[:160], permanent, tuple(recipients), tokens, message_ids,
-                              tuple(failures), about)
+    def __init__(self, raw: bytes, found: list[str]):
+        self.raw = raw
+        self.msg = _parse(raw)
+        self.head = mime.fields(self.msg)
+        self.parts = _walk(self.msg)
+        for fields in self.parts.headers:             # tokens in returned headers, after the role addresses'
+            for name, values in fields.items():
+                pattern = _TOKEN_FIELDS.get(name)
+                if pattern:
+                    for value in values:
+                        found.extend(t.lower() for t in pattern.findall(value))
+        self.tokens = tuple(dict.fromkeys(found))
+        ids = [i for name in ("in-reply-to", "references") for v in self.head.get(name, ()) for i in _MSGID.findall(v)]
+        self.message_ids = tuple(dict.fromkeys(ids))[:MAX_IDS]
+        self.report = _report_type(self.msg)
+        self.subject = mime.decode_words(mime.first(self.head, "subject"))
+        self.text = dsn.explanation("\n".join(self.parts.texts))
 
-    def bounce(evidence: str, what: str | None, unparsed: str | None = None) -> Classification:
+    def result(self, kind: Kind, evidence: str, permanent: bool | None = None, recipients=(),
+               failures=()) -> Classification:
+        about = describe(self.parts.feedback, self.parts.headers) if kind in _REPORTED else None
+        return Classification(kind, _CONTROL.sub(" ", evidence)[:160], permanent, tuple(recipients), self.tokens,
+                              self.message_ids, tuple(failures), about)
+
+    def bounce(self, evidence: str, what: str | None, unparsed: str | None = None) -> Classification:
         """A bounce that is no RFC 3464 report: flufl.bounce and our detectors name the failed copies.
         With `unparsed`, failures need a status code, and when none is found it is an unparseable bounce
         with that evidence."""
-        need_code = unparsed is not None
-        listed = dsn.text_recipients(head.get("x-failed-recipients", ()), text)
+        listed = dsn.text_recipients(self.head.get("x-failed-recipients", ()), self.text)
         failures, delays, recipients = bounce_reason.nonstandard(
-            msg, raw, listed, head, text, subject, what == "delay", dsn.looks_permanent(text), need_code)
+            self.msg, self.raw, listed, self.head, self.text, self.subject, what == "delay",
+            dsn.looks_permanent(self.text), unparsed is not None)
         if unparsed is not None and not failures:
-            return result(Kind.BOUNCE, unparsed)
-        return result(Kind.BOUNCE, evidence, bounce_reason.overall(failures, delays), recipients, failures)
+            return self.result(Kind.BOUNCE, unparsed)
+        return self.result(Kind.BOUNCE, evidence, bounce_reason.overall(failures, delays), recipients, failures)
 
-    report = _report_type(msg)
-    subject = mime.decode_words(mime.first(head, "subject"))
-    text = dsn.explanation("\n".join(parts.texts))
-    # 1. bounce
-    if report == "delivery-status" or parts.dsn:
-        where = ("multipart/report; report-type=delivery-status" if report == "delivery-status"
-                 else "message/delivery-status part")
-        blocks = dsn.per_recipient(parts.dsn) or dsn.per_recipient(dsn.parse_fields(text))   # a lost boundary
-        if blocks:
-            failures, delays, recipients, summary = dsn.summarize(blocks, text)
-            return result(Kind.BOUNCE, f"{where} ({summary})", bounce_reason.overall(failures, delays), recipients,
-                          failures)
-        return bounce(f"{where} (no per-recipient fields)", None)
-    arf = report == "feedback-report" or bool(parts.feedback)
-    sender = dsn.daemon_sender(mime.first(head, "from"), mime.first(head, "return-path"))
-    what = dsn.bounce_subject(subject)
-    marker = _auto_reply(head, subject, report, replies_only=bool({"abuse", "privacy"} & set(roles)))
+
+def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[str, str]) -> Classification:
+    """The decision order of the module doc, first match wins."""
+    m = _Read(raw, found)
+    if m.report == "delivery-status" or m.parts.dsn:                                        # 1. bounce
+        return _delivery_status(m)
+    arf = m.report == "feedback-report" or bool(m.parts.feedback)
+    sender = dsn.daemon_sender(mime.first(m.head, "from"), mime.first(m.head, "return-path"))
+    what = dsn.bounce_subject(m.subject)
+    marker = _auto_reply(m.head, m.subject, m.report, replies_only=bool({"abuse", "privacy"} & set(roles)))
     # An ARF report from postmaster@ stays one; RFC 3834 auto-replies come from the null sender too.
     if sender and not arf and (what or ("bounce" in roles and not (marker and sender == "null Return-Path"))):
-        return bounce(f"non-standard bounce: {sender}, Subject: {subject}", what)
-    # 2. ARF complaint
-    if arf:
-        feedback_type = next((v for b in parts.feedback for v in b.get("feedback-type", ())), "") or "unknown"
-        reported = dict.fromkeys(a for b in parts.feedback for v in b.get("original-rcpt-to", ())
-                                 if (a := dsn.address(v)))
-        return result(Kind.COMPLAINT, f"feedback-report: Feedback-Type {feedback_type.lower()}",
-                      None, list(reported)[:dsn.MAX_RECIPIENTS])
-    # 3. auto-reply
-    if marker:
-        return result(Kind.AUTO_REPLY, marker)
-    # 4. by role address
+        return m.bounce(f"non-standard bounce: {sender}, Subject: {m.subject}", what)
+    if arf:                                                                                 # 2. ARF complaint
+        return _feedback_report(m)
+    if marker:                                                                              # 3. auto-reply
+        return m.result(Kind.AUTO_REPLY, marker)
+    return _by_role(m, roles, role_token, what)                                            # 4. by role address
+
+
+def _delivery_status(m: _Read) -> Classification:
+    where = ("multipart/report; report-type=delivery-status" if m.report == "delivery-status"
+             else "message/delivery-status part")
+    blocks = dsn.per_recipient(m.parts.dsn) or dsn.per_recipient(dsn.parse_fields(m.text))   # a lost boundary
+    if blocks:
+        failures, delays, recipients, summary = dsn.summarize(blocks, m.text)
+        return m.result(Kind.BOUNCE, f"{where} ({summary})", bounce_reason.overall(failures, delays), recipients,
+                        failures)
+    return m.bounce(f"{where} (no per-recipient fields)", None)
+
+
+def _feedback_report(m: _Read) -> Classification:
+    feedback_type = next((v for b in m.parts.feedback for v in b.get("feedback-type", ())), "") or "unknown"
+    reported = dict.fromkeys(a for b in m.parts.feedback for v in b.get("original-rcpt-to", ()) if (a := dsn.address(v)))
+    return m.result(Kind.COMPLAINT, f"feedback-report: Feedback-Type {feedback_type.lower()}", None,
+                    list(reported)[:dsn.MAX_RECIPIENTS])
+
+
+def _by_role(m: _Read, roles: list[str], role_token: dict[str, str], what: str | None) -> Classification:
     if "bounce" in roles:    # failed addresses with a status code near them (flufl.bounce), or unparseable
-        return bounce(f"failure report to the bounce address, Subject: {subject}", what,
-                      unparsed=_addressed("bounce", role_token.get("bounce")))
+        return m.bounce(f"failure report to the bounce address, Subject: {m.subject}", what,
+                        unparsed=_addressed("bounce", role_token.get("bounce")))
     if "unsubscribe" in roles:
-        return result(Kind.UNSUBSCRIBE, _addressed("unsubscribe", role_token.get("unsubscribe")))
+        return m.result(Kind.UNSUBSCRIBE, _addressed("unsubscribe", role_token.get("unsubscribe")))
     if "abuse" in roles:
-        return result(Kind.HUMAN_COMPLAINT, "addressed to abuse")
+        return m.result(Kind.HUMAN_COMPLAINT, "addressed to abuse")
     if "privacy" in roles:
-        return result(Kind.PRIVACY_REQUEST, "addressed to privacy")
+        return m.result(Kind.PRIVACY_REQUEST, "addressed to privacy")
     if roles:
-        return result(Kind.OTHER, f"addressed to {roles[0]}")
-    return result(Kind.OTHER, "no report, auto-reply marker or role address")
+        return m.result(Kind.OTHER, f"addressed to {roles[0]}")
+    return m.result(Kind.OTHER, "no report, auto-reply marker or role address")
 
 
 def _parse(raw: bytes) -> Message:
