@@ -65,7 +65,7 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
     ("0009_provider_key_rotation", (
         """CREATE TABLE provider_dkim_keys (selector TEXT PRIMARY KEY, private_pem TEXT NOT NULL,
            created TEXT NOT NULL, active_from TEXT NOT NULL)""",
-    )),
+    )),    ("0010_tenant_contact", ("ALTER TABLE tenants ADD COLUMN contact TEXT",)),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
+from policy import events
 from policy.settings import Rate, parse_rate
 from policy.store import Store, utcnow
 
@@ -28,6 +29,7 @@ class Tenant:
     created: str
     name: str | None = None         # display name shown to recipients (unsubscribe page)
     resumed: str | None = None      # when it was last resumed: its rates count from then
+    contact: str | None = None      # where the provider writes to the tenant (notices of changes)
 
     @property
     def active(self) -> bool:
@@ -43,7 +45,8 @@ class Tenant:
 def _from_row(row: dict) -> Tenant:
     return Tenant(id=row["id"], status=row["status"], reason=row["reason"], terms_version=row["terms_version"],
                   allowed_from=tuple(json.loads(row["allowed_from"])), networks=tuple(json.loads(row["networks"])),
-                  rate=row["rate"], created=row["created"], name=row["name"], resumed=row["resumed"])
+                  rate=row["rate"], created=row["created"], name=row["name"], resumed=row["resumed"],
+                  contact=row.get("contact"))
 
 
 def check_id(tenant_id: str) -> str:
@@ -66,18 +69,31 @@ def normalise_domain(domain: str) -> str:
     return d
 
 
+def check_rate(rate: str) -> str:
+    try:
+        parse_rate(rate)
+    except ValueError as e:
+        raise TenantError(f"rate {rate!r} must be {e}") from None
+    return rate
+
+
+def check_contact(address: str) -> str:
+    """A mailbox such as ops@acme.example (where notices to the tenant go)."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not local or any(c.isspace() or c in "<>,;" for c in local):
+        raise TenantError(f"contact {address!r} is not an email address such as ops@acme.example")
+    return f"{local}@{normalise_domain(domain)}"
+
+
 def add(store: Store, tenant_id: str, allowed_from: list[str], networks: list[str], rate: str | None,
-        name: str | None = None) -> Tenant:
+        name: str | None = None, contact: str | None = None) -> Tenant:
     check_id(tenant_id)
-    if rate is not None:
-        try:
-            parse_rate(rate)
-        except ValueError as e:
-            raise TenantError(f"rate {rate!r} must be {e}") from None
     row = {"id": tenant_id, "status": "active", "reason": None, "terms_version": None,
            "allowed_from": json.dumps(sorted({normalise_domain(d) for d in allowed_from})),
            "networks": json.dumps(sorted({normalise_network(n) for n in networks})),
-           "rate": rate, "created": utcnow(), "name": (name or "").strip()[:100] or None, "resumed": None}
+           "rate": check_rate(rate) if rate is not None else None, "created": utcnow(),
+           "name": (name or "").strip()[:100] or None, "resumed": None,
+           "contact": check_contact(contact) if contact else None}
     with store.exclusive():
         if get(store, tenant_id):
             raise TenantError(f"tenant {tenant_id!r} already exists")
@@ -119,6 +135,56 @@ def resume(store: Store, tenant_id: str) -> Tenant:
 
 def accept_terms(store: Store, tenant_id: str, version: str) -> Tenant:
     return _update(store, tenant_id, terms_version=version)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What `tenant set` changes; empty fields change nothing."""
+    add_from: tuple[str, ...] = ()
+    remove_from: tuple[str, ...] = ()
+    add_network: tuple[str, ...] = ()
+    remove_network: tuple[str, ...] = ()
+    rate: str | None = None
+    name: str | None = None
+    contact: str | None = None
+
+
+def change(store: Store, tenant_id: str, c: Change) -> tuple[Tenant, list[str]]:
+    """Apply `c` to the tenant, all or nothing; (the tenant after, what changed, for the event row).
+    Running workers see it within submission.trust_cache_ttl (README, Operations)."""
+    with store.exclusive():
+        t = require(store, tenant_id)
+        froms = _edited(t.allowed_from, [normalise_domain(d) for d in c.add_from],
+                        [normalise_domain(d) for d in c.remove_from], "From domain", tenant_id)
+        nets = _edited(t.networks, [normalise_network(n) for n in c.add_network],
+                       [normalise_network(n) for n in c.remove_network], "network", tenant_id)
+        if t.allowed_from and not froms and t.active:
+            raise TenantError(f"tenant {tenant_id} is active: its last From domain cannot be removed "
+                              f"(suspend it first, or add another with --add-from)")
+        values: dict[str, object] = {}
+        said = []
+        if froms != list(t.allowed_from):
+            values["allowed_from"] = json.dumps(froms)
+            said.append(f"from {','.join(froms) or '-'}")
+        if nets != list(t.networks):
+            values["networks"] = json.dumps(nets)
+            said.append(f"networks {','.join(nets) or '-'}")
+        for field, value in (("rate", c.rate and check_rate(c.rate)), ("name", c.name and c.name.strip()[:100]),
+                             ("contact", c.contact and check_contact(c.contact))):
+            if value and value != getattr(t, field):
+                values[field] = value
+                said.append(f"{field} {value}")
+        if values:
+            store.update("tenants", ("id", tenant_id), values)
+            events.record(store, "tenant_changed", tenant_id, "; ".join(said))
+        return require(store, tenant_id), said
+
+
+def _edited(current: tuple[str, ...], added: list[str], removed: list[str], what: str, tenant_id: str) -> list[str]:
+    missing = [r for r in removed if r not in current]
+    if missing:
+        raise TenantError(f"{what} {missing[0]} is not one of tenant {tenant_id}'s ({', '.join(current) or 'none'})")
+    return sorted((set(current) | set(added)) - set(removed))
 
 
 def trusted_networks(store: Store) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:

@@ -189,6 +189,23 @@ def test_tenant_add_show_suspend_resume_accept_terms(ok, ok_json, rows):
         {"id": "acme", "terms_version": TERMS}, {"id": "beta", "terms_version": None}]
 
 
+def test_tenant_set_changes_domains_networks_rate_name_and_contact_all_or_nothing(ok, ok_json, fails, rows):
+    ok("tenant", "add", "acme", "--allow-from", "acme.example", "--contact", "ops@acme.example")
+    changed = ok_json("tenant", "set", "acme", "--add-from", "Mail.Acme.Example", "--add-network", "10.1.2.3/16",
+                      "--rate", "2000/1h", "--name", "Acme Inc.", "--contact", "billing@acme.example")
+    assert (changed["allowed_from"], changed["networks"], changed["rate"], changed["name"], changed["contact"]) == (
+        ["acme.example", "mail.acme.example"], ["10.1.0.0/16"], "2000/1h", "Acme Inc.", "billing@acme.example")
+    (event,) = rows("SELECT kind, tenant, detail FROM events WHERE kind = 'tenant_changed'")
+    assert event["tenant"] == "acme" and "from acme.example,mail.acme.example" in event["detail"]
+    # the last From domain of an active tenant stays; the whole change is refused, nothing half done
+    _, err = fails("tenant", "set", "acme", "--remove-from", "acme.example", "--remove-from", "mail.acme.example",
+                   "--rate", "1/1h")
+    assert "its last From domain cannot be removed" in err
+    assert ok_json("tenant", "show", "acme")["rate"] == "2000/1h"
+    assert "nothing to change" in ok("tenant", "set", "acme", "--rate", "2000/1h")
+    assert len(rows("SELECT id FROM events WHERE kind = 'tenant_changed'")) == 1
+
+
 @pytest.mark.parametrize("args, expected", [
     (("tenant", "add", "acme"), "already exists"),
     (("tenant", "add", "Bad Id!"), "Bad Id!"),
@@ -198,6 +215,13 @@ def test_tenant_add_show_suspend_resume_accept_terms(ok, ok_json, rows):
     (("tenant", "suspend", "acme"), "--reason"),
     (("tenant", "suspend", "ghost", "--reason", "x"), "ghost"),
     (("tenant", "accept-terms", "ghost"), "ghost"),
+    (("tenant", "add", "new", "--contact", "not an address"), "contact 'not an address'"),
+    (("tenant", "set", "ghost", "--rate", "5/1h"), "no tenant 'ghost'"),
+    (("tenant", "set", "acme", "--add-from", "not a domain"), "domain 'not a domain'"),
+    (("tenant", "set", "acme", "--add-network", "10.0.0.0/33"), "10.0.0.0/33"),
+    (("tenant", "set", "acme", "--remove-network", "192.0.2.0/24"), "network 192.0.2.0/24 is not one of tenant acme's"),
+    (("tenant", "set", "acme", "--rate", "fast"), "rate 'fast'"),
+    (("tenant", "set", "acme", "--contact", "ops at acme"), "contact 'ops at acme'"),
 ])
 def test_tenant_user_errors_exit_2_naming_the_problem(acme, fails, rows, args, expected):
     _, err = fails(*args)

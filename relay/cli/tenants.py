@@ -53,19 +53,47 @@ def _tenant_json(store, tenant: tenants.Tenant, rules) -> dict:
 @click.option("--network", multiple=True, metavar="CIDR", help="Network it may submit from without AUTH.")
 @click.option("--rate", default=None, metavar="N/PERIOD", help="Message limit, e.g. 500/1h (default: policy).")
 @click.option("--name", default=None, help="Display name recipients see (unsubscribe page); default: the id.")
+@click.option("--contact", default=None, metavar="EMAIL", help="Where the provider writes to the tenant.")
 @json_option
 @with_settings
 @with_store
-def tenant_add(settings, store, tenant_id, allow_from, network, rate, name, as_json) -> None:
+def tenant_add(settings, store, tenant_id, allow_from, network, rate, name, contact, as_json) -> None:
     """Add a tenant (it must still accept the terms).
 
     \b
     Example:
         websofttt tenant add acme --name "Acme Inc." --allow-from acme.example --network 10.1.0.0/16
     """
-    t = tenants.add(store, tenant_id, list(allow_from), list(network), rate, name)
+    t = tenants.add(store, tenant_id, list(allow_from), list(network), rate, name, contact)
     emit(_tenant_json(store, t, settings.policy), as_json, lambda d: [f"added tenant {d['id']}; it must accept the terms: "
                                           f"websofttt tenant accept-terms {d['id']}"])
+
+
+@tenant.command("set")
+@click.argument("tenant_id")
+@click.option("--add-from", multiple=True, metavar="DOMAIN", help="A domain it may use in From.")
+@click.option("--remove-from", multiple=True, metavar="DOMAIN", help="A From domain it may no longer use.")
+@click.option("--add-network", multiple=True, metavar="CIDR", help="A network it may submit from without AUTH.")
+@click.option("--remove-network", multiple=True, metavar="CIDR", help="A network it may no longer submit from.")
+@click.option("--rate", default=None, metavar="N/PERIOD", help="Its message limit, e.g. 500/1h.")
+@click.option("--name", default=None, help="Display name recipients see (unsubscribe page).")
+@click.option("--contact", default=None, metavar="EMAIL", help="Where the provider writes to the tenant.")
+@json_option
+@with_settings
+@with_store
+def tenant_set(settings, store, tenant_id, add_from, remove_from, add_network, remove_network, rate, name, contact,
+               as_json) -> None:
+    """Change a tenant: From domains, networks, rate, display name, contact (all or nothing, an event row).
+    Running workers and other nodes see it within submission.trust_cache_ttl (5 s).
+
+    \b
+    Example:
+        websofttt tenant set acme --add-from mail.acme.example --rate 2000/1h --contact ops@acme.example
+    """
+    t, changed = tenants.change(store, tenant_id, tenants.Change(add_from, remove_from, add_network, remove_network,
+                                                                 rate, name, contact))
+    emit(_tenant_json(store, t, settings.policy) | {"changed": changed}, as_json,
+         lambda d: [f"tenant {d['id']}: " + ("; ".join(d["changed"]) or "nothing to change")])
 
 
 @tenant.command("list")
