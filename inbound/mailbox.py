@@ -134,10 +134,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def mailbox_path(data_dir: Path, node: str) -> Path:
-    return data_dir / "inbound" / f"{node}.sqlite"
-
-
 def set_aside(path: Path) -> list[dict]:
     """Messages whose processing failed MAX_FAILURES times and is no longer retried, oldest first."""
     if not path.exists():

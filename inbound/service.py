@@ -11,7 +11,7 @@ from aiohttp import web
 
 from inbound.actions import Actions
 from inbound.http import make_app
-from inbound.mailbox import Mailbox, mailbox_path
+from inbound.mailbox import Mailbox
 from inbound.server import InboundHandler, protocol_factory
 from policy.keys import server_ssl_context
 from policy.settings import Listen, Settings
@@ -49,7 +49,7 @@ async def start_inbound(settings: Settings, index: int, bind: Bind) -> InboundSe
     # the actions run in a thread of their own (DKIM checks may wait on DNS), with a connection of their own,
     # whose commits are fsync'ed before the mailbox marks the message processed
     store = open_store(settings, other_thread=True, durable=True)
-    mailbox = Mailbox(mailbox_path(settings.data_dir, settings.node.name), settings.inbound.retention)
+    mailbox = Mailbox(settings.mailbox_path, settings.inbound.retention)
     handler = InboundHandler(settings, mailbox, Actions(store, TokenKeys.load(store, settings.tokens.secret_file),
                                                         settings))
     tls = server_ssl_context(settings.tls_cert, settings.tls_key)

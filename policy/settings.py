@@ -186,6 +186,11 @@ class Settings:
         return self.data_dir / "spool" / self.node.name
 
     @property
+    def mailbox_path(self) -> Path:
+        """This node's inbound mailbox (inbound/mailbox.py)."""
+        return self.data_dir / "inbound" / f"{self.node.name}.sqlite"
+
+    @property
     def tls_cert(self) -> Path:
         return self.tls.cert_file or self.data_dir / "tls" / "cert.pem"
 

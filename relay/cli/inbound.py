@@ -51,7 +51,7 @@ def inbound_aside(settings, as_json) -> None:
     Example:
         websofttt inbound aside --json
     """
-    rows = mailbox.set_aside(mailbox.mailbox_path(settings.data_dir, settings.node.name))
+    rows = mailbox.set_aside(settings.mailbox_path)
     emit(rows, as_json, lambda items: [f"{r['id']}  {r['received']}  failures={r['failures']}  {r['error']}"
                                        for r in items] or ["no message set aside"])
 
@@ -66,7 +66,7 @@ def inbound_retry(settings, inbound_id) -> None:
     Example:
         websofttt inbound retry 3f2a9c0d1e4b5a6c7d
     """
-    if not mailbox.retry(mailbox.mailbox_path(settings.data_dir, settings.node.name), inbound_id):
+    if not mailbox.retry(settings.mailbox_path, inbound_id):
         raise click.BadParameter(f"no unprocessed message {inbound_id} on this node", param_hint="INBOUND_ID")
     click.echo(f"{inbound_id} will be processed at the next start of the inbound role")
 

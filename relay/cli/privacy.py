@@ -81,7 +81,7 @@ def privacy_export(settings, address, reason) -> None:
     address, store = _audited(settings, address, "privacy export", reason)
     records = privacy.export(store, address) | {
         "queue": spool_files.address_records(settings.spool_dir, address),
-        "inbound": mailbox.records_from(mailbox.mailbox_path(settings.data_dir, settings.node.name), address)}
+        "inbound": mailbox.records_from(settings.mailbox_path, address)}
     emit({"address": address, "node": settings.node.name, "records": records}, True, list)
 
 
@@ -103,7 +103,7 @@ def privacy_erase(settings, address, reason, as_json) -> None:
     address, store = _audited(settings, address, "privacy erase", reason)
     counts = privacy.erase(store, address) | {
         "queue": spool_files.erase_address(settings.spool_dir, address),
-        "inbound": mailbox.erase_from(mailbox.mailbox_path(settings.data_dir, settings.node.name), address)}
+        "inbound": mailbox.erase_from(settings.mailbox_path, address)}
     kept = len(privacy.export(store, address)["suppressions"])
     emit({"erased": counts, "suppressions_kept": kept}, as_json,
          lambda d: [f"{table}: {n}" for table, n in d["erased"].items()]
