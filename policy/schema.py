@@ -65,7 +65,12 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
     ("0009_provider_key_rotation", (
         """CREATE TABLE provider_dkim_keys (selector TEXT PRIMARY KEY, private_pem TEXT NOT NULL,
            created TEXT NOT NULL, active_from TEXT NOT NULL)""",
-    )),    ("0010_tenant_contact", ("ALTER TABLE tenants ADD COLUMN contact TEXT",)),
+    )),
+    ("0010_tenant_contact", ("ALTER TABLE tenants ADD COLUMN contact TEXT",)),
+    ("0011_legal_holds", (
+        """CREATE TABLE holds (id INTEGER PRIMARY KEY, address TEXT, tenant TEXT, reason TEXT NOT NULL,
+           created TEXT NOT NULL, until TEXT, released TEXT, release_reason TEXT)""",
+    )),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

@@ -101,7 +101,8 @@ def test_retention_purge_deletes_only_what_is_past_it(tmp_path):
             expires = "2020-06-01T00:00:00Z" if when == old else "2999-01-01T00:00:00Z"
             store.insert("sent", {"token": when, "tenant": "acme", "recipient": "x@example.net", "queue_id": "q",
                                   "created": when, "expires": expires})
-        assert retention.purge(store, settings) == {"sent": 1, "events": 1, "bounces": 1, "activity": 0}
+        assert retention.purge(store, settings) == {"sent": 1, "events": 1, "bounces": 1, "activity": 0,
+                                                 "held": 0}
         assert [r["time"] for r in store.all("SELECT time FROM events")] == [new]
 
 
