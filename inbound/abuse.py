@@ -128,6 +128,6 @@ class Desk:
             why = "already acknowledged within policy.ack_interval"
         if why:
             return f"not acknowledged: {why}"
-        outbox.put(self.store, to, acknowledge.compose(provider, kind, case_id, to, head, interval))
+        outbox.put(self.store, self.settings.node.name, to, acknowledge.compose(provider, kind, case_id, to, head, interval))
         cases.acknowledged(self.store, case_id)
         return "acknowledgement queued"

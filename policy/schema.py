@@ -71,6 +71,14 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
         """CREATE TABLE holds (id INTEGER PRIMARY KEY, address TEXT, tenant TEXT, reason TEXT NOT NULL,
            created TEXT NOT NULL, until TEXT, released TEXT, release_reason TEXT)""",
     )),
+    ("0012_terms_versions", (
+        """CREATE TABLE terms (version TEXT PRIMARY KEY, published TEXT NOT NULL, effective TEXT NOT NULL,
+           summary TEXT NOT NULL, url TEXT)""",
+        """CREATE TABLE terms_accepted (tenant TEXT NOT NULL, version TEXT NOT NULL, accepted TEXT NOT NULL,
+           PRIMARY KEY (tenant, version))""",
+        """CREATE TABLE terms_notices (tenant TEXT NOT NULL, version TEXT NOT NULL, kind TEXT NOT NULL,
+           sent TEXT NOT NULL, recipient TEXT NOT NULL, queue_id TEXT NOT NULL, PRIMARY KEY (tenant, version, kind))""",
+    )),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

@@ -13,16 +13,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from policy import config_keys
+from policy import business_days, config_keys
 from policy.config_keys import key
 # Listen, Rate and the parsers are re-exported: callers import them from here
-from policy.values import (Listen, Rate, parse_address, parse_bool, parse_count, parse_dir, parse_domain, parse_duration,
-                           parse_fraction, parse_listen_list, parse_mode, parse_node_name, parse_optional_listen, parse_rate,
-                           parse_routes, parse_schedule, parse_selector, parse_store_url, parse_str, parse_url, parse_workers)
+from policy.values import (Listen, Rate, parse_address, parse_bool, parse_count, parse_country, parse_dir, parse_domain,
+                           parse_duration, parse_fraction, parse_listen_list, parse_mode, parse_node_name,
+                           parse_optional_listen, parse_rate, parse_routes, parse_schedule, parse_selector, parse_store_url,
+                           parse_str, parse_url, parse_workers)
 
 DEFAULT_CONFIG_NAME = "websofttt.toml"
 ROLES = ("submission", "delivery", "inbound", "http")     # what `serve --only` may name
 ENV_CONFIG = "WEBSOFTTT_CONFIG"
+MIN_NOTICE_BUSINESS_DAYS = 30       # "at least thirty (30) business days prior to the change taking effect"
 
 
 class ConfigError(Exception):
@@ -36,7 +38,11 @@ class Provider:
     hostname: str = key(parse_domain, "relay.websofttt.com")
     abuse_address: str = key(parse_address, "4abuse@websofttt.com")
     privacy_address: str = key(parse_address, "4privacy@websofttt.com")
-    terms_version: str = key(parse_str, "2026-01")
+    terms_version: str = key(parse_str, "2026-01")               # the first terms version (later ones: `websofttt terms publish`)
+    holiday_country: str = key(parse_country, "US")               # public holidays that are not business days (notice periods)
+    holiday_subdivision: str = key(parse_str, "")                 # a state or region of holiday_country ("" : national only)
+    terms_notice_business_days: int = key(parse_count, 30)        # notice before new terms take effect (never below 30)
+    terms_reminder_business_days: int = key(parse_count, 5)       # a reminder this many business days before
 
     @property
     def domains(self) -> frozenset[str]:
@@ -291,6 +297,21 @@ def _distinct_listeners(s: Settings, source: str) -> None:
             seen[host, port] = label
 
 
+def _notice_periods(p: Provider, source: str) -> None:
+    """The privacy statement's 30 business days are a floor; the holidays package must know the calendar
+    (checked when it is not the default, known good: loading a calendar costs each command 80 ms)."""
+    if (p.holiday_country, p.holiday_subdivision) != (Provider.holiday_country, Provider.holiday_subdivision):
+        try:
+            business_days.Calendar(p.holiday_country, p.holiday_subdivision)
+        except ValueError as e:
+            raise ConfigError(f"{source}: [provider] holiday_country and holiday_subdivision: {e}") from None
+    if p.terms_notice_business_days < MIN_NOTICE_BUSINESS_DAYS:
+        raise ConfigError(f"{source}: [provider] terms_notice_business_days must be at least "
+                          f"{MIN_NOTICE_BUSINESS_DAYS} (the privacy statement's promise), got {p.terms_notice_business_days}")
+    if p.terms_reminder_business_days >= p.terms_notice_business_days:
+        raise ConfigError(f"{source}: [provider] terms_reminder_business_days must be below terms_notice_business_days")
+
+
 def _finish(s: Settings, source: str) -> Settings:
     """Cross-key checks and derived defaults (node name, worker count)."""
     if s.delivery.mode == "smarthost" and s.delivery.smarthost is None:
@@ -308,6 +329,7 @@ def _finish(s: Settings, source: str) -> Settings:
     if not (s.submission.listen or s.submission.tls_listen):
         raise ConfigError(f"{source}: [submission] listen and tls_listen are both empty")
     _distinct_listeners(s, source)
+    _notice_periods(s.provider, source)
     name = s.node.name or re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:63] or "node"
     workers = s.node.workers or os.cpu_count() or 1
     return replace(s, node=Node(name=name, workers=workers))

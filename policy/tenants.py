@@ -20,7 +20,7 @@ class TenantError(Exception):
 @dataclass(frozen=True)
 class Tenant:
     id: str
-    status: str                     # "active" | "suspended"
+    status: str                     # "active" | "suspended" | "removed" (offboarded: `tenant remove`)
     reason: str | None              # why it was suspended
     terms_version: str | None       # the terms version it accepted last (None: none yet)
     allowed_from: tuple[str, ...]   # domains it may use in From (besides provider domains)
@@ -34,6 +34,10 @@ class Tenant:
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    @property
+    def removed(self) -> bool:
+        return self.status == "removed"
 
     def message_rate(self, default: Rate) -> Rate:
         return parse_rate(self.rate) if self.rate else default
@@ -131,10 +135,6 @@ def suspend(store: Store, tenant_id: str, reason: str) -> Tenant:
 
 def resume(store: Store, tenant_id: str) -> Tenant:
     return _update(store, tenant_id, status="active", reason=None, resumed=utcnow())
-
-
-def accept_terms(store: Store, tenant_id: str, version: str) -> Tenant:
-    return _update(store, tenant_id, terms_version=version)
 
 
 @dataclass(frozen=True)

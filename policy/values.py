@@ -90,6 +90,13 @@ def parse_str(value: Any) -> str:
     return value
 
 
+def parse_country(value: Any) -> str:
+    """Two letters; whether the holidays package knows the country is checked with the subdivision."""
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z]{2}$", value):
+        raise ValueError("a two-letter country code such as US, GB, DE or FR")
+    return value.upper()
+
+
 def parse_dir(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("a non-empty directory path")

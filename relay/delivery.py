@@ -40,7 +40,7 @@ from relay.routing import RouteError, Router
 from relay.signer import Signer
 from relay.signing import SigningError
 from relay.smtp_out import Courier, Outcome
-from relay.spool import LEASE, Due, Message, Queued, Spool, SpoolError, State, new_queue_id
+from relay.spool import LEASE, Due, Message, Queued, Spool, SpoolError, State
 
 log = logging.getLogger("websofttt.delivery")
 
@@ -280,9 +280,9 @@ class DeliveryLoop:
             if not await call(outbox.waiting, self.store):
                 return
             for item in await call(outbox.claim, self.store):
-                await self.spool.enqueue(Message(new_queue_id(self.settings.node.name), outbox.PROVIDER, "",
+                await self.spool.enqueue(Message(item.queue_id, outbox.PROVIDER, "",
                                                  (item.recipient,), item.raw))
-                await call(outbox.done, self.store, item.id)
+                await call(outbox.done, self.store, item.queue_id)
                 self._scan_at = 0.0
                 self.wake.set()
         except (SpoolError, OSError, RuntimeError, *StoreError) as e:     # the claim lapses; another try takes it

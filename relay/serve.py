@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import dns.asyncresolver
 
-from policy import logs, retention
+from policy import logs, retention, terms, terms_notices
 from policy.groupcommit import GroupCommit
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
@@ -215,8 +215,9 @@ def delivery_loop(settings: Settings, store: Store, writes: GroupCommit, spool: 
                         Courier(settings.delivery, settings.provider.hostname))
 
 
-async def retention_loop(settings: Settings, store: Store, spools: list[Spool], stop: asyncio.Event) -> None:
-    """Worker 0 of the delivery role purges what is past its retention, at start and every RETENTION_EVERY."""
+async def housekeeping_loop(settings: Settings, store: Store, spools: list[Spool], stop: asyncio.Event) -> None:
+    """Worker 0 of the delivery role, at start and every RETENTION_EVERY: purges what is past its retention and
+    sends the terms reminders that are due (every node does; each reminder goes once: policy/terms_notices.py)."""
     while not stop.is_set():
         try:
             counts: dict[str, Any] = retention.purge(store, settings)   # table names: none is a named field of event
@@ -225,6 +226,11 @@ async def retention_loop(settings: Settings, store: Store, spools: list[Spool], 
             logs.event("purged", **counts)
         except Exception:          # a busy store: the next round catches up
             log.exception("retention purge failed")
+        try:
+            for notice in terms_notices.remind(store, settings.provider, settings.node.name, terms.utc_today()):
+                logs.event("terms_reminder", **notice)
+        except Exception:
+            log.exception("terms reminders failed")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), RETENTION_EVERY)
 
@@ -303,12 +309,12 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
 async def _delivery(settings: Settings, store: Store, writes: GroupCommit, spools: list[Spool], roles: tuple[str, ...],
                     index: int, stop: asyncio.Event, resolver: dns.asyncresolver.Resolver | None
                     ) -> AsyncIterator[list[DeliveryLoop]]:
-    """The delivery role: one loop per owned shard (and worker 0's retention purge), finished at shutdown
+    """The delivery role: one loop per owned shard (and worker 0's housekeeping), finished at shutdown
     once `stop` is set and the sessions that might still hand them mail have drained."""
     deliveries = [delivery_loop(settings, store, writes, spool, resolver) for spool in spools] if "delivery" in roles else []
     runs = [asyncio.create_task(d.run(stop)) for d in deliveries]
     if deliveries and index == 0:
-        runs.append(asyncio.create_task(retention_loop(settings, store, spools, stop)))
+        runs.append(asyncio.create_task(housekeeping_loop(settings, store, spools, stop)))
     try:
         yield deliveries
     finally:

@@ -18,8 +18,6 @@ delivery process of its own (`serve --only`), to which nothing is handed over.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import queue
 import sqlite3
 import threading
@@ -66,13 +64,6 @@ class Message:
     campaign: str | None = None
     from_domain: str = ""
     eightbit: bool = False      # submitted with BODY=8BITMIME (RFC 6152); 8-bit bytes without it count on the way out
-
-
-def new_queue_id(node: str) -> str:
-    """Unique across nodes, and sorted as strings in the order they were made: 48-bit milliseconds + 40
-    random bits in base32hex (0-9a-v, in ASCII order; base32's a-z2-7 is not), then the node name."""
-    raw = int(time.time() * 1000).to_bytes(6, "big") + os.urandom(5)
-    return base64.b32hexencode(raw).decode().rstrip("=").lower() + "." + node
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -11,24 +11,25 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import cast
 
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import Envelope, syntax
 
-from policy import logs, metrics, standing, suppression, tenants
+from policy import logs, metrics, standing, suppression, tenants, terms
 from policy.cache import Recent
 from policy.groupcommit import GroupCommit
 from policy.headers import HeaderCheck, HeaderPolicy, check_headers
 from policy.ratelimit import Limits
 from policy.settings import Settings
+from policy.queue_ids import new_queue_id
 from policy.smtp import PROXY_TIMEOUT, Handler, valid_address
 from policy.store import Store
 from relay.auth import AsyncAuthSMTP, Authenticated, Authenticator, AuthSession, locked
 from relay.logins import VerifiedLogins
-from relay.spool import Handoff, Message, Spool, SpoolError, new_queue_id
+from relay.spool import Handoff, Message, Spool, SpoolError
 
 log = logging.getLogger("websofttt.submission")
 
@@ -54,6 +55,7 @@ class Tenants:
         self.store = store
         self._networks: Recent[list] = Recent(ttl, size=1)
         self._rows: Recent[tenants.Tenant | None] = Recent(ttl)
+        self._terms: Recent[terms.Book] = Recent(ttl, size=1)
 
     async def for_address(self, ip: str) -> str | None:
         """The tenant whose trusted network holds `ip`, if any."""
@@ -63,6 +65,10 @@ class Tenants:
 
     async def get(self, tenant_id: str) -> tenants.Tenant | None:
         return await self._rows.get(tenant_id, lambda: self.store.call(tenants.get, self.store, tenant_id))
+
+    async def terms(self, configured: str) -> terms.Book:
+        """The published terms versions: which is in force is decided per MAIL, on the date of that MAIL."""
+        return await self._terms.get("", lambda: self.store.call(terms.book, self.store, configured))
 
 
 class SubmissionHandler(Handler):
@@ -95,10 +101,12 @@ class SubmissionHandler(Handler):
         if not tenant.active:
             return _refused("mail", "suspended", f"550 5.7.1 Sending is suspended for tenant {tenant.id}: "
                                                  f"{tenant.reason}", tenant.id)
-        version = self.settings.provider.terms_version
-        if tenant.terms_version != version:
+        book, today = await self.tenants.terms(self.settings.provider.terms_version), terms.utc_today()
+        if not book.satisfied(tenant.terms_version, today):
+            version = book.in_force(today)
             return _refused("mail", "terms", f"550 5.7.1 Tenant {tenant.id} has not accepted the terms of service "
-                                             f"version {version} (websofttt tenant accept-terms {tenant.id})", tenant.id)
+                                             f"version {version}, in force now (websofttt tenant accept-terms "
+                                             f"{tenant.id} --version {version})", tenant.id)
         rate = tenant.message_rate(self.settings.policy.tenant_rate)
         if not await self.store.call(self.limits.message_allowed, tenant.id, rate):
             return _refused("mail", "rate_limit", f"451 4.7.1 Message rate limit for tenant {tenant.id} reached, "

@@ -19,7 +19,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
-from policy import credentials, tenants
+from policy import credentials, tenants, terms as terms_versions   # `terms`: add_tenant's flag
 from policy.keys import generate_dkim_key, generate_tls_cert
 from policy.settings import Node, Paths, Settings, Submission, load_settings
 from policy.engines import open_store
@@ -122,7 +122,7 @@ class RunningRelay:
                    rate: str | None = None, username: str | None = "app1", name: str | None = None) -> None:
         tenants.add(self.store, tenant_id, ["example.com"], list(networks), rate, name)
         if terms:
-            tenants.accept_terms(self.store, tenant_id, self.settings.provider.terms_version)
+            terms_versions.accept(self.store, self.settings.provider.terms_version, tenant_id, None)
         if username:
             credentials.add(self.store, tenant_id, username, PASSWORD)
 

@@ -7,7 +7,8 @@ import datetime
 import time
 from pathlib import Path
 
-from relay.spool import connect, new_queue_id, shard_path
+from policy.queue_ids import new_queue_id
+from relay.spool import connect, shard_path
 from tests.test_cli import config, ok, ok_json  # noqa: F401  (fixtures)
 
 NODE = "t1"

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from policy import (audit, cases, complaints, credentials, dkimkeys, outbox, privacy, retention, sent, stats,
-                    suppression, tenants)
+                    suppression, tenants, terms)
 from policy.settings import Policy, Submission, load_settings
 from policy.store import Store, StoreError
 from policy.store_sqlite import SqliteStore
@@ -54,7 +54,8 @@ def test_tenants_credentials_and_terms(store):
     assert [t.id for t in tenants.all_tenants(store)] == ["acme", "other"]
     assert tenants.suspend(store, "acme", "complaints").status == "suspended"
     assert tenants.resume(store, "acme").active
-    assert tenants.accept_terms(store, "acme", "2026-01").terms_version == "2026-01"
+    assert terms.accept(store, "2026-01", "acme", None) == "2026-01"
+    assert tenants.require(store, "acme").terms_version == "2026-01"
     assert [str(net) for net, _ in tenants.trusted_networks(store)] == ["192.0.2.0/24"]
     credentials.add(store, "acme", "app1", "a long password")
     with pytest.raises(tenants.TenantError, match="already exists"):
@@ -97,9 +98,10 @@ def test_cases_outbox_and_audit(store):
     cases.acknowledged(store, case_id)
     assert cases.get(store, case_id.lower())["acknowledged"] == 1
     assert [c["id"] for c in cases.entries(store, "abuse")] == [case_id]
-    outgoing = outbox.put(store, "reporter@example.org", b"raw \x00\xff bytes")
+    outgoing = outbox.put(store, "n1", "reporter@example.org", b"raw \x00\xff bytes")
     claimed = outbox.claim(store)
-    assert [(o.id, o.raw) for o in claimed] == [(outgoing, b"raw \x00\xff bytes")]
+    assert [(o.queue_id, o.raw) for o in claimed] == [(outgoing, b"raw \x00\xff bytes")]
+    assert outgoing.endswith(".n1")                                # the queue id the copy will carry
     assert outbox.claim(store) == []                              # leased
     outbox.done(store, outgoing)
     assert not outbox.waiting(store)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from policy import store_postgres, tenants
+from policy import store_postgres, tenants, terms
 from policy.settings import Store as StoreSettings
 from policy.engines import open_store
 from policy.store_sqlite import SqliteStore
@@ -41,7 +41,7 @@ def slow_relay(tmp_path, pg_url):
         prepare(direct)
         store = open_store(direct)
         tenants.add(store, "acme", ["example.com"], ["127.0.0.0/8"], None)
-        tenants.accept_terms(store, "acme", direct.provider.terms_version)
+        terms.accept(store, direct.provider.terms_version, "acme", None)
         store.close()
         relay = RunningRelay(dataclasses.replace(direct, store=StoreSettings(through(pg_url, proxy), acquire_timeout)),
                              ("submission", "delivery") if sink else ("submission",))

@@ -19,9 +19,10 @@ from policy.settings import ROLES, ConfigError
 from policy.store import StoreError
 from policy.suppression import SuppressionError
 from policy.tenants import TenantError
+from policy.terms import TermsError
 from policy.tokens import TokenError
 from relay import eventloop
-from relay.cli import abuse, audit, credentials, dkim, inbound, node, privacy, queue, suppression, tenants
+from relay.cli import abuse, audit, credentials, dkim, inbound, node, privacy, queue, suppression, tenants, terms
 from relay.cli.common import config_option
 from relay.cli.node import init, prepare_metrics, serve, starters
 
@@ -29,7 +30,7 @@ __all__ = ["ROLES", "USER_ERRORS", "cli", "init", "main", "prepare_metrics", "se
 
 
 USER_ERRORS = (ConfigError, TokenError, TenantError, SuppressionError, ReasonRequired, KeyMaterialError,
-               HoldError, eventloop.LoopError)
+               HoldError, TermsError, eventloop.LoopError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +46,7 @@ def cli(config_path: str | None) -> None:
     """
 
 
-for module in (node, inbound, credentials, suppression, queue, audit, tenants, abuse, privacy, dkim):
+for module in (node, inbound, credentials, suppression, queue, audit, tenants, terms, abuse, privacy, dkim):
     for command in module.COMMANDS:
         cli.add_command(command)
 

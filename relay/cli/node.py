@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from policy import dkimkeys
+from policy import dkimkeys, terms
 from policy.engines import is_set_up
 from policy.keys import check_tls_files, generate_dkim_key, generate_tls_cert
 from policy.settings import ROLES, Settings
@@ -78,6 +78,7 @@ def serve(settings: Settings, role: str | None) -> None:
     check_tls_files(settings.tls_cert, settings.tls_key)
     with closing(migrated_store(settings)) as store:     # closed before the workers fork
         provider_keys(settings, store)
+        terms.seed(store, settings.provider.terms_version)   # a changed terms_version is refused: it needs notice
     prepare_metrics(settings)
     from relay import serve as serve_mod     # the servers' imports cost a second: only `serve` pays for them
     serve_mod.smarthost_auth(settings)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from policy import dkimkeys, standing, tenants
+from policy import dkimkeys, standing, tenants, terms
 from relay.cli.common import emit, json_option, with_settings, with_store
 
 
@@ -158,17 +158,18 @@ def tenant_resume(settings, store, tenant_id) -> None:
 
 @tenant.command("accept-terms")
 @click.argument("tenant_id")
+@click.option("--version", "version", default=None, help="The terms version accepted (default: the newest published).")
 @with_settings
 @with_store
-def tenant_accept_terms(settings, store, tenant_id) -> None:
-    """Record that the tenant accepted the current terms version (provider.terms_version).
+def tenant_accept_terms(settings, store, tenant_id, version) -> None:
+    """Record that the tenant accepted a terms version (websofttt terms list); it also covers earlier ones.
 
     \b
     Example:
-        websofttt tenant accept-terms acme
+        websofttt tenant accept-terms acme --version 2027-03
     """
-    tenants.accept_terms(store, tenant_id, settings.provider.terms_version)
-    click.echo(f"{tenant_id} accepted terms {settings.provider.terms_version}")
+    tenants.require(store, tenant_id)
+    click.echo(f"{tenant_id} accepted terms {terms.accept(store, settings.provider.terms_version, tenant_id, version)}")
 
 
 COMMANDS = [tenant]
