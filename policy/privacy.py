@@ -46,3 +46,23 @@ def erase(store: Store, address: str) -> dict[str, int]:
             "events": store.execute("UPDATE events SET recipient = NULL WHERE recipient = :a", a).rowcount,
             "counters": store.execute(f"DELETE FROM counters WHERE {_RECORDS['counters'][1]}", a).rowcount,
         }
+
+
+def erase_tenant(store: Store, tenant_id: str) -> dict[str, int]:
+    """A removed tenant's data (`tenant remove --erase`): its DKIM keys, its own suppressions, its sent copies,
+    and the addresses, subjects and evidence in its records. Complaints, cases, bounces and events stay as
+    counts, so the provider's figures and the abuse desk's history keep their numbers; global suppressions
+    stay (they are recipients' opt-outs, not the tenant's). The caller holds the store's lock."""
+    t = {"t": tenant_id, "erased": ERASED}
+    return {
+        "dkim_keys": store.execute("DELETE FROM dkim_keys WHERE tenant = :t", t).rowcount,
+        "suppressions": store.execute("DELETE FROM suppressions WHERE scope = :t", t).rowcount,
+        "sent": store.execute("DELETE FROM sent WHERE tenant = :t", t).rowcount,
+        "complaints": store.execute(
+            "UPDATE complaints SET recipient = NULL, token = NULL, source = NULL, user_agent = NULL, "
+            "source_ip = NULL, reported_domain = NULL WHERE tenant = :t", t).rowcount,
+        "cases": store.execute("UPDATE cases SET recipient = NULL, subject = NULL, evidence = :erased "
+                               "WHERE tenant = :t", t).rowcount,
+        "bounces": store.execute("UPDATE bounces SET recipient = :erased WHERE tenant = :t", t).rowcount,
+        "events": store.execute("UPDATE events SET recipient = NULL, detail = NULL WHERE tenant = :t", t).rowcount,
+    }

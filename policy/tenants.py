@@ -5,8 +5,9 @@ import ipaddress
 import json
 import re
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
-from policy import events
+from policy import events, privacy
 from policy.settings import Rate, parse_rate
 from policy.store import Store, utcnow
 
@@ -17,10 +18,17 @@ class TenantError(Exception):
     """A request about tenants that cannot be carried out (unknown id, duplicate, bad value)."""
 
 
+class Status(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"     # `tenant suspend`, or its complaint or bounce rate: its mail is held
+    REMOVED = "removed"         # `tenant remove`: no credentials, no mail; `tenant restore` brings it back
+    ERASED = "erased"           # `tenant remove --erase`: its data gone too; for good
+
+
 @dataclass(frozen=True)
 class Tenant:
     id: str
-    status: str                     # "active" | "suspended" | "removed" (offboarded: `tenant remove`)
+    status: str                     # a Status
     reason: str | None              # why it was suspended
     terms_version: str | None       # the terms version it accepted last (None: none yet)
     allowed_from: tuple[str, ...]   # domains it may use in From (besides provider domains)
@@ -33,11 +41,12 @@ class Tenant:
 
     @property
     def active(self) -> bool:
-        return self.status == "active"
+        return self.status == Status.ACTIVE
 
     @property
     def removed(self) -> bool:
-        return self.status == "removed"
+        """Offboarded (`tenant remove`, with or without --erase): it sends nothing and is told nothing."""
+        return self.status in (Status.REMOVED, Status.ERASED)
 
     def message_rate(self, default: Rate) -> Rate:
         return parse_rate(self.rate) if self.rate else default
@@ -92,7 +101,7 @@ def check_contact(address: str) -> str:
 def add(store: Store, tenant_id: str, allowed_from: list[str], networks: list[str], rate: str | None,
         name: str | None = None, contact: str | None = None) -> Tenant:
     check_id(tenant_id)
-    row = {"id": tenant_id, "status": "active", "reason": None, "terms_version": None,
+    row = {"id": tenant_id, "status": Status.ACTIVE.value, "reason": None, "terms_version": None,
            "allowed_from": json.dumps(sorted({normalise_domain(d) for d in allowed_from})),
            "networks": json.dumps(sorted({normalise_network(n) for n in networks})),
            "rate": check_rate(rate) if rate is not None else None, "created": utcnow(),
@@ -127,14 +136,55 @@ def _update(store: Store, tenant_id: str, **values: object) -> Tenant:
     return require(store, tenant_id)
 
 
+def _not_removed(store: Store, tenant_id: str) -> Tenant:
+    t = require(store, tenant_id)
+    if t.removed:
+        raise TenantError(f"tenant {tenant_id} was removed ({t.reason})"
+                          + ("" if t.status == Status.ERASED else f": websofttt tenant restore {tenant_id}"))
+    return t
+
+
 def suspend(store: Store, tenant_id: str, reason: str) -> Tenant:
     if not reason.strip():
         raise TenantError("a suspension needs a reason")
-    return _update(store, tenant_id, status="suspended", reason=reason.strip())
+    _not_removed(store, tenant_id)
+    return _update(store, tenant_id, status=Status.SUSPENDED, reason=reason.strip())
 
 
 def resume(store: Store, tenant_id: str) -> Tenant:
-    return _update(store, tenant_id, status="active", reason=None, resumed=utcnow())
+    _not_removed(store, tenant_id)
+    return _update(store, tenant_id, status=Status.ACTIVE, reason=None, resumed=utcnow())
+
+
+def remove(store: Store, tenant_id: str, reason: str, erase: bool) -> dict[str, int]:
+    """Offboard a tenant: its credentials go (AUTH answers 535) and it may not submit; with `erase`, its
+    DKIM keys, its own suppressions (global ones stay) and the addresses in its records go as well, its
+    complaints and cases kept as counts (policy/privacy.py). Returns rows changed per table. The caller
+    drops its queued mail (per node) and checks legal holds first."""
+    if not reason.strip():
+        raise TenantError("a removal needs a reason (--reason)")
+    with store.exclusive():
+        t = require(store, tenant_id)
+        if t.status == Status.ERASED:
+            return {}
+        counts = {"credentials": store.execute("DELETE FROM credentials WHERE tenant = ?", [tenant_id]).rowcount}
+        values: dict[str, object] = {"status": Status.ERASED if erase else Status.REMOVED, "reason": reason.strip()}
+        if erase:
+            counts |= privacy.erase_tenant(store, tenant_id)
+            values |= {"allowed_from": "[]", "networks": "[]", "rate": None, "name": None, "contact": None}
+        store.update("tenants", ("id", tenant_id), values)
+        events.record(store, "tenant_removed", tenant_id, ("erased: " if erase else "") + reason.strip())
+    return counts
+
+
+def restore(store: Store, tenant_id: str) -> Tenant:
+    """Bring back a tenant removed without --erase, active; it needs new credentials."""
+    with store.exclusive():
+        t = require(store, tenant_id)
+        if t.status != Status.REMOVED:
+            raise TenantError(f"tenant {tenant_id} is {t.status}: only a tenant removed without --erase can be restored")
+        events.record(store, "tenant_restored", tenant_id, "")
+        return _update(store, tenant_id, status=Status.ACTIVE, reason=None, resumed=utcnow())
 
 
 @dataclass(frozen=True)
@@ -189,5 +239,5 @@ def _edited(current: tuple[str, ...], added: list[str], removed: list[str], what
 
 def trusted_networks(store: Store) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
     """(network, tenant id) for every tenant bound to networks, most specific first."""
-    nets = [(ipaddress.ip_network(n), t.id) for t in all_tenants(store) for n in t.networks]
+    nets = [(ipaddress.ip_network(n), t.id) for t in all_tenants(store) if not t.removed for n in t.networks]
     return sorted(nets, key=lambda item: item[0].prefixlen, reverse=True)

@@ -6,8 +6,9 @@ its RCPT a moment before), token, per-recipient headers, DKIM (relay/signer.py),
 Everything it decides is recorded in the spool (state, attempts, next attempt) and as an event in the store.
 
 Mail of a suspended tenant is held: not tried, not expired, kept until `tenant resume` (re-checked every
-HOLD_RECHECK). The provider's own mail (acknowledgements, taken from the store's outbox into the spool)
-goes the same way without tenant headers or token, from the null sender (RFC 3834 §3.3).
+HOLD_RECHECK). Mail of a removed tenant is dropped, its body erased, at its turn on every node. The provider's
+own mail (acknowledgements, taken from the store's outbox into the spool) goes the same way without tenant
+headers or token, from the null sender (RFC 3834 §3.3).
 
 Fresh mail does not go through SQLite on its way out. This worker's submission sessions hand each message
 over in memory (`reserve` before the spool's commit, `take` right after its fsync): the loop issues the
@@ -110,7 +111,7 @@ class DeliveryLoop:
         self._recording: dict[tuple[str, str], asyncio.Future] = {}
         self._erased = False          # a body was erased since the last WAL checkpoint
         self._tasks: set[asyncio.Task] = set()
-        self._suspended: Recent[bool] = Recent(settings.submission.trust_cache_ttl)   # suspension holds mail
+        self._status: Recent[str | None] = Recent(settings.submission.trust_cache_ttl)  # suspended: held; removed: dropped
 
     async def run(self, stop: asyncio.Event) -> None:
         """Look at the spool when something there is due (or every second) and start what is due there, up to the
@@ -291,8 +292,11 @@ class DeliveryLoop:
     async def deliver(self, due: Due, body: bytes | None = None) -> Verdict | None:
         """The outbound path of one recipient, top to bottom (`body`: handed over in memory, else read): what
         it came to, for `_settle` to record; None if there is nothing to record (dropped meanwhile)."""
-        if await self._held(due.tenant):
+        status = await self._tenant_status(due.tenant)
+        if status == tenants.Status.SUSPENDED:
             return Verdict(State.DEFERRED, "451 4.7.1 Held: the tenant is suspended", due.token, held=True)
+        if status in (tenants.Status.REMOVED, tenants.Status.ERASED):
+            return Verdict(State.DROPPED, "554 5.7.1 Dropped: the tenant was removed", due.token)
         age = time.time() - epoch(due.received)
         if age > self.settings.delivery.max_queue_lifetime:
             return Verdict(State.EXPIRED, "554 4.4.7 Message expired in the queue", due.token)
@@ -336,10 +340,10 @@ class DeliveryLoop:
         except SigningError as e:
             return Outcome(False, False, f"451 4.7.5 DKIM signing failed: {e}")
 
-    async def _held(self, tenant: str) -> bool:
+    async def _tenant_status(self, tenant: str) -> str | None:
         if tenant == outbox.PROVIDER:
-            return False
-        return await self._suspended.get(tenant, lambda: self.store.call(_suspended, self.store, tenant))
+            return None
+        return await self._status.get(tenant, lambda: self.store.call(_status, self.store, tenant))
 
     async def _new_token(self, due: Due, body: bytes) -> str:
         """A token for this copy, committed with its sent row before the copy leaves (a reply names it)."""
@@ -431,9 +435,9 @@ def _record_sent(store: Store, rows: list[tuple]) -> None:
         sent.record(store, *row)
 
 
-def _suspended(store: Store, tenant: str) -> bool:
+def _status(store: Store, tenant: str) -> str | None:
     found = tenants.get(store, tenant)
-    return found is not None and not found.active
+    return found.status if found else None
 
 
 def _committed(write: asyncio.Future | None) -> bool:

@@ -32,7 +32,7 @@ class NodeCollector:
         rules = self.settings.policy
         rates = {name: GaugeMetricFamily(name, SCRAPED[name], labels=["tenant"]) for name in (
             "websofttt_tenant_complaint_rate", "websofttt_tenant_bounce_rate", "websofttt_tenant_suspended")}
-        for tenant in tenants.all_tenants(self.store):
+        for tenant in (t for t in tenants.all_tenants(self.store) if not t.removed):     # offboarded: no series
             s = standing.standing(self.store, rules, tenant.id)
             rates["websofttt_tenant_complaint_rate"].add_metric([tenant.id], s.complaint_rate)
             rates["websofttt_tenant_bounce_rate"].add_metric([tenant.id], s.bounce_rate)

@@ -77,18 +77,38 @@ def retry_now(spool_dir: Path, queue_id: str | None) -> int:
     return count
 
 
+def _drop_pending(conn: sqlite3.Connection, queue_id: str) -> int:
+    count = conn.execute(f"UPDATE recipients SET state = '{State.DROPPED}', updated = ? WHERE queue_id = ? AND "
+                         + PENDING, (utcnow(), queue_id)).rowcount
+    erase_finished(conn, queue_id)
+    return count
+
+
 def drop(spool_dir: Path, queue_id: str) -> int:
     """Stop delivering a message: its pending recipients become 'dropped' and its body is erased."""
     for conn in shards(spool_dir):
         conn.execute("BEGIN IMMEDIATE")
-        count = conn.execute(f"UPDATE recipients SET state = '{State.DROPPED}', updated = ? WHERE queue_id = ? AND "
-                             + PENDING, (utcnow(), queue_id)).rowcount
+        count = _drop_pending(conn, queue_id)
         found = conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone()
-        erase_finished(conn, queue_id)
         conn.execute("COMMIT")
         if found:
             return count
     return -1
+
+
+def drop_tenant(spool_dir: Path, tenant: str, erase: bool) -> int:
+    """Stop delivering a removed tenant's mail on this node: its pending recipients dropped and bodies erased;
+    with `erase`, its messages and their recipients' rows deleted outright. Returns the recipients dropped."""
+    count = 0
+    for conn in shards(spool_dir):
+        conn.execute("BEGIN IMMEDIATE")
+        ids = [r[0] for r in conn.execute("SELECT id FROM messages WHERE tenant = ?", (tenant,))]
+        count += sum(_drop_pending(conn, queue_id) for queue_id in ids)
+        if erase:
+            conn.execute("DELETE FROM recipients WHERE queue_id IN (SELECT id FROM messages WHERE tenant = ?)", (tenant,))
+            conn.execute("DELETE FROM messages WHERE tenant = ?", (tenant,))
+        conn.execute("COMMIT")
+    return count
 
 
 def address_records(spool_dir: Path, address: str) -> list[dict]:

@@ -96,7 +96,7 @@ class SubmissionHandler(Handler):
         if tenant_id is None:
             return _refused("mail", "unauthenticated", "530 5.7.0 Authentication required")
         tenant = await self.tenants.get(tenant_id)
-        if tenant is None:
+        if tenant is None or tenant.removed:
             return _refused("mail", "unknown_tenant", "550 5.7.1 This account no longer exists", tenant_id)
         if not tenant.active:
             return _refused("mail", "suspended", f"550 5.7.1 Sending is suspended for tenant {tenant.id}: "

@@ -1,4 +1,4 @@
-"""`websofttt tenant …`: the provider's customers, their standing, suspension and terms.
+"""`websofttt tenant …`: the provider's customers, their standing, suspension, terms and offboarding.
 
 Tenants are customers, not individuals: showing them needs no reason (README, Operations).
 """
@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import click
 
-from policy import dkimkeys, standing, tenants, terms
+from policy import audit, dkimkeys, holds, standing, tenants, terms
+from relay import spool_files
 from relay.cli.common import emit, json_option, with_settings, with_store
 
 
@@ -154,6 +155,55 @@ def tenant_resume(settings, store, tenant_id) -> None:
     """
     tenants.resume(store, tenant_id)
     click.echo(f"resumed {tenant_id}")
+
+
+@tenant.command("remove")
+@click.argument("tenant_id")
+@click.option("--reason", required=True, help="Why (audit-logged, and shown by `tenant show`).")
+@click.option("--erase", is_flag=True, help="Also erase its data: DKIM keys, its suppressions, addresses in its records.")
+@json_option
+@with_settings
+@with_store
+def tenant_remove(settings, store, tenant_id, reason, erase, as_json) -> None:
+    """Offboard a tenant: its credentials go (AUTH answers 535), its queued mail is dropped and erased.
+
+    Without --erase it is only disabled, and `tenant restore` brings it back (with new credentials). With
+    --erase its DKIM keys and its own suppressions go too (global ones stay), and its complaints, cases,
+    bounces and events keep their counts without addresses; that is for good, and refused under a legal
+    hold on the tenant. Audited. On several nodes, run it on each: the store part is shared, and each node
+    drops its own queue (the others drop the tenant's mail at its next turn anyway).
+
+    \b
+    Example:
+        websofttt tenant remove acme --reason "contract ended 2026-12-31" --erase
+    """
+    held = holds.covering(store, tenant=tenants.require(store, tenant_id).id) if erase else []
+    if held:
+        raise click.ClickException(
+            f"tenant {tenant_id} is under legal hold: " + "; ".join(f"hold {h.id} ({h.reason})" for h in held)
+            + ". Nothing was removed; remove it without --erase, or once the hold ends (websofttt privacy release)")
+    audit.record(store, "tenant remove" + " --erase" * erase, tenant_id, reason)
+    counts = tenants.remove(store, tenant_id, reason, erase)
+    counts["queue"] = spool_files.drop_tenant(settings.spool_dir, tenant_id, erase)
+    emit({"tenant": tenant_id, "erased": erase, "removed": counts}, as_json,
+         lambda d: [f"removed tenant {tenant_id}" + (" and erased its data" if erase else
+                                                     f" (websofttt tenant restore {tenant_id} brings it back)")]
+         + [f"{what}: {n}" for what, n in d["removed"].items()])
+
+
+@tenant.command("restore")
+@click.argument("tenant_id")
+@with_settings
+@with_store
+def tenant_restore(settings, store, tenant_id) -> None:
+    """Bring back a tenant removed without --erase; it needs new credentials (its old ones were removed).
+
+    \b
+    Example:
+        websofttt tenant restore acme
+    """
+    tenants.restore(store, tenant_id)
+    click.echo(f"restored {tenant_id}; give it credentials: websofttt credential add {tenant_id} USERNAME")
 
 
 @tenant.command("accept-terms")
