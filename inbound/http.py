@@ -22,6 +22,7 @@ from policy.store import Store
 from policy.tokens import TokenKeys
 
 log = logging.getLogger("websofttt.http")
+MAX_BODY = 2 * 1024 * 1024      # for every application mounted here: the tenant API's imports (10,000 addresses)
 
 _FIELD, _VALUE = "List-Unsubscribe", "One-Click"
 SECURITY_HEADERS = {
@@ -223,7 +224,7 @@ def make_app(store: Store, keys: TokenKeys, collectors: Iterable = (),
     async def secure(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(SECURITY_HEADERS)
 
-    app = web.Application(client_max_size=16 * 1024)
+    app = web.Application(client_max_size=MAX_BODY)
     app.on_response_prepare.append(secure)
     app.router.add_get("/u/{token}", show)
     app.router.add_post("/u/{token}", unsubscribe)

@@ -82,13 +82,19 @@ class HttpService:
 
 # (settings, store) -> (collectors for /metrics, named checks for /healthz); given by the composition root
 Observers = Callable[[Settings, Store], tuple[list, dict[str, Callable[[], None]]]]
+Apps = Callable[[Settings, Store], dict[str, web.Application]]      # prefix -> application mounted there
 
 
-async def start_http(settings: Settings, index: int, bind: Bind, observers: Observers | None = None) -> HttpService:
+async def start_http(settings: Settings, index: int, bind: Bind, observers: Observers | None = None,
+                     apps: Apps | None = None) -> HttpService:
+    """The HTTP role; the composition root adds its scrape-time observers and the applications mounted
+    beside the unsubscribe pages (the tenant API at /v1/, relay/api)."""
     store = open_store(settings)
     collectors, checks = observers(settings, store) if observers else ([], {})
-    runner = web.AppRunner(make_app(store, TokenKeys.load(store, settings.tokens.secret_file), collectors, checks),
-                           access_log=None)
+    app = make_app(store, TokenKeys.load(store, settings.tokens.secret_file), collectors, checks)
+    for prefix, mounted in (apps(settings, store) if apps else {}).items():
+        app.add_subapp(prefix, mounted)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     ports = []
     for address in settings.http.listen:

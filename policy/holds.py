@@ -101,6 +101,11 @@ def release(store: Store, hold_id: int, reason: str) -> Hold:
     return ended
 
 
+def listed(found: list[Hold]) -> str:
+    """The holds as a refusal names them: "hold 1 (summons 12); hold 3 (court order 7)"."""
+    return "; ".join(f"hold {h.id} ({h.reason})" for h in found)
+
+
 def all_holds(store: Store) -> list[Hold]:
     """Every hold ever placed, released ones included: a few rows, kept as the record of what was held."""
     return [_from_row(r) for r in store.all("SELECT * FROM holds ORDER BY id")]

@@ -79,6 +79,10 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
         """CREATE TABLE terms_notices (tenant TEXT NOT NULL, version TEXT NOT NULL, kind TEXT NOT NULL,
            sent TEXT NOT NULL, recipient TEXT NOT NULL, queue_id TEXT NOT NULL, PRIMARY KEY (tenant, version, kind))""",
     )),
+    ("0013_api_keys", (
+        """CREATE TABLE api_keys (hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL, scope TEXT NOT NULL,
+           created TEXT NOT NULL, last_used TEXT, UNIQUE (tenant, name))""",
+    )),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

@@ -98,6 +98,7 @@ class Inbound:
 class Http:
     listen: tuple[Listen, ...] = key(parse_listen_list, (("127.0.0.1", 8080),))
     public_url: str = key(parse_url, "http://127.0.0.1:8080")
+    api_rate: Rate = key(parse_rate, Rate(600, 60))            # requests per API key (relay/api), then 429
 
 
 @dataclass(frozen=True)

@@ -85,3 +85,16 @@ def entries(store: Store, scope: str | None = None) -> list[Suppression]:
     else:
         rows = store.all("SELECT * FROM suppressions WHERE scope = ? ORDER BY address", [scope])
     return [Suppression(**r) for r in rows]
+
+
+def get(store: Store, scope: str, address: str) -> Suppression | None:
+    """The entry of `address` in `scope` only (the API shows a tenant its own list, never the global one)."""
+    row = store.one("SELECT * FROM suppressions WHERE address = ? AND scope = ?", [normalise(address), scope])
+    return Suppression(**row) if row else None
+
+
+def page(store: Store, scope: str, after: str, limit: int) -> list[Suppression]:
+    """Up to `limit` entries of `scope` whose address sorts after `after`, in address order (a stable cursor)."""
+    rows = store.all("SELECT * FROM suppressions WHERE scope = ? AND address > ? ORDER BY address LIMIT ?",
+                     [scope, after, limit])
+    return [Suppression(**r) for r in rows]

@@ -157,7 +157,7 @@ def resume(store: Store, tenant_id: str) -> Tenant:
 
 
 def remove(store: Store, tenant_id: str, reason: str, erase: bool) -> dict[str, int]:
-    """Offboard a tenant: its credentials go (AUTH answers 535) and it may not submit; with `erase`, its
+    """Offboard a tenant: its credentials and API keys go (AUTH answers 535) and it may not submit; with `erase`, its
     DKIM keys, its own suppressions (global ones stay) and the addresses in its records go as well, its
     complaints and cases kept as counts (policy/privacy.py). Returns rows changed per table. The caller
     drops its queued mail (per node) and checks legal holds first."""
@@ -167,7 +167,8 @@ def remove(store: Store, tenant_id: str, reason: str, erase: bool) -> dict[str, 
         t = require(store, tenant_id)
         if t.status == Status.ERASED:
             return {}
-        counts = {"credentials": store.execute("DELETE FROM credentials WHERE tenant = ?", [tenant_id]).rowcount}
+        counts = {"credentials": store.execute("DELETE FROM credentials WHERE tenant = ?", [tenant_id]).rowcount,
+                  "api_keys": store.execute("DELETE FROM api_keys WHERE tenant = ?", [tenant_id]).rowcount}
         values: dict[str, object] = {"status": Status.ERASED if erase else Status.REMOVED, "reason": reason.strip()}
         if erase:
             counts |= privacy.erase_tenant(store, tenant_id)

@@ -26,8 +26,9 @@ from relay.signing import provider_keys
 def starters() -> dict:
     """The roles that live in inbound/, wired here (the composition root); imported only to serve."""
     from inbound import service
-    from relay import scrape
-    return {"inbound": service.start_inbound, "http": functools.partial(service.start_http, observers=scrape.observers)}
+    from relay import api, scrape
+    return {"inbound": service.start_inbound,
+            "http": functools.partial(service.start_http, observers=scrape.observers, apps=api.apps)}
 
 
 @click.command()

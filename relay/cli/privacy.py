@@ -122,7 +122,7 @@ def _refuse_if_held(store: Store, address: str) -> None:
     found = holds.covering(store, address=address) + [h for t in named_by for h in holds.covering(store, tenant=t)]
     if found:
         raise click.ClickException(
-            f"{address} is under legal hold: " + "; ".join(f"hold {h.id} ({h.reason})" for h in found)
+            f"{address} is under legal hold: {holds.listed(found)}"
             + ". Nothing was erased; once the hold ends (websofttt privacy release HOLD_ID --reason R), erase again")
 
 

@@ -180,7 +180,7 @@ def tenant_remove(settings, store, tenant_id, reason, erase, as_json) -> None:
     held = holds.covering(store, tenant=tenants.require(store, tenant_id).id) if erase else []
     if held:
         raise click.ClickException(
-            f"tenant {tenant_id} is under legal hold: " + "; ".join(f"hold {h.id} ({h.reason})" for h in held)
+            f"tenant {tenant_id} is under legal hold: {holds.listed(held)}"
             + ". Nothing was removed; remove it without --erase, or once the hold ends (websofttt privacy release)")
     audit.record(store, "tenant remove" + " --erase" * erase, tenant_id, reason)
     counts = tenants.remove(store, tenant_id, reason, erase)

@@ -1,0 +1,81 @@
+"""The API's OpenAPI 3.1 description, served at /v1/openapi.json (tests check it with openapi-spec-validator
+and that every route of the application is in it)."""
+from __future__ import annotations
+
+from policy.suppression import CAUSES
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict:
+    return {str(s): {"$ref": f"#/components/responses/{s}"} for s in (401, 403, 429, *statuses)}
+
+
+_ADDRESS = {"name": "address", "in": "path", "required": True, "schema": {"type": "string", "format": "email"}}
+_ERROR_TEXT = {400: "Malformed request (names the parameter)", 401: "Missing or wrong API key",
+               403: "The key's tenant is suspended or removed, or the key may only read",
+               404: "Not found (another tenant's records are not found either)", 413: "Too large",
+               422: "A value is not allowed (names it)", 429: "Too many requests: see Retry-After"}
+
+DOCUMENT: dict = {
+    "openapi": "3.1.0",
+    "info": {"title": "WebSoftTT Relay tenant API", "version": "1",
+             "description": "A tenant's own data: its suppression list. Every request carries "
+                            "`Authorization: Bearer wst_api_...` (websofttt apikey add)."},
+    "servers": [{"url": "/v1"}],
+    "security": [{"bearer": []}],
+    "paths": {
+        "/suppressions": {"get": {
+            "summary": "The tenant's suppression list, in address order",
+            "parameters": [{"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+            "responses": {"200": _json({"type": "object", "required": ["data", "next_cursor"], "properties": {
+                "data": {"type": "array", "items": _ref("Suppression")},
+                "next_cursor": {"type": ["string", "null"]}}}, "One page; next_cursor is null on the last"),
+                **_errors(400)}}},
+        "/suppressions:import": {"post": {
+            "summary": "Suppress up to 10,000 addresses at once",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["addresses"], "properties": {
+                    "addresses": {"type": "array", "items": {"type": "string"}, "maxItems": 10000},
+                    "cause": _ref("Cause")}}}}},
+            "responses": {"200": _json(_ref("ImportSummary"), "What was added, already there, or invalid"),
+                          **_errors(400, 413, 422)}}},
+        "/suppressions/{address}": {
+            "parameters": [_ADDRESS],
+            "get": {"summary": "One entry of the tenant's list",
+                    "responses": {"200": _json(_ref("Suppression"), "The entry"), **_errors(400, 404)}},
+            "put": {"summary": "Suppress the address for this tenant (applies at the next RCPT)",
+                    "requestBody": {"content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"cause": _ref("Cause")}}}}},
+                    "responses": {"201": _json(_ref("Suppression"), "Added"),
+                                  "200": _json(_ref("Suppression"), "Already there (its first cause kept)"),
+                                  **_errors(400, 422)}},
+            "delete": {"summary": "Remove the address from the tenant's list",
+                       "responses": {"204": {"description": "Removed"}, **_errors(400, 404)}}},
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Cause": {"type": "string", "enum": list(CAUSES), "default": "manual"},
+            "Suppression": {"type": "object", "required": ["address", "cause", "created"], "properties": {
+                "address": {"type": "string"}, "cause": _ref("Cause"), "source": {"type": ["string", "null"]},
+                "created": {"type": "string", "format": "date-time"},
+                "expires": {"type": ["string", "null"], "format": "date-time"}}},
+            "ImportSummary": {"type": "object", "properties": {
+                "added": {"type": "integer"}, "already_present": {"type": "integer"}, "invalid": {"type": "integer"},
+                "invalid_lines": {"type": "array", "items": {"type": "object", "properties": {
+                    "line": {"type": "integer"}, "text": {"type": "string"}}}}}},
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+        },
+        "responses": {str(status): _json(_ref("Error"), text) for status, text in _ERROR_TEXT.items()},
+    },
+}
