@@ -19,7 +19,7 @@ import dkim
 from inbound.abuse import Desk
 from inbound.addresses import Role
 from inbound.classify import Classification
-from policy import bounces, optout, sent, suppression
+from policy import bounces, optout, sent
 from policy.settings import Settings
 from policy.addresses import mask
 from policy.store import Store
@@ -91,7 +91,7 @@ class Actions:
         matched = [c for c in copies if c.recipient == sender] or (copies if len(copies) == 1 else [])
         if matched:
             for copy in matched:
-                suppression.add(self.store, copy.recipient, copy.tenant, suppression.Cause.UNSUBSCRIBE, source=source)
+                optout.unsubscribe(self.store, copy.tenant, copy.recipient, source, copy.queue_id)
             return "; ".join(f"unsubscribed {mask(c.recipient)} from tenant {c.tenant} (In-Reply-To)" for c in matched)
         if not sender:
             return "no From address and no matching copy: not acted on"
@@ -101,7 +101,7 @@ class Actions:
         if not self._dkim_verified(raw, sender.rpartition("@")[2]):
             return "unverified (no valid DKIM signature for the From domain), not acted on"
         for tenant in tenants:
-            suppression.add(self.store, sender, tenant, suppression.Cause.UNSUBSCRIBE, source=source)
+            optout.unsubscribe(self.store, tenant, sender, source)
         return f"unsubscribed {mask(sender)} from tenants {', '.join(tenants)} (DKIM-verified From)"
 
     def _dkim_verified(self, raw: bytes, from_domain: str) -> bool:

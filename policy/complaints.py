@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policy import standing, suppression
+from policy import events, sent, standing, suppression
 from policy.settings import Policy
 from policy.store import Store, utcnow
 from policy.addresses import mask
@@ -53,6 +53,8 @@ def record(store: Store, rules: Policy, tenant: str, recipient: str | None, feed
     if not acting:
         return True, f"{feedback_type} report about {who}: recorded only"
     done = [f"complaint about {who} recorded ({identified_by})"]
+    if recipient:
+        events.record(store, "complained", tenant, feedback_type, _queue_of(store, token), recipient.lower())
     if recipient and identified_by != "header":
         suppression.add(store, recipient, tenant, suppression.Cause.COMPLAINT, source=source)
         done.append("suppressed for the tenant")
@@ -69,3 +71,8 @@ def entries(store: Store, tenant: str | None = None) -> list[dict]:
     return store.all(f"SELECT id, received, tenant, recipient, feedback_type, identified_by, counted, case_id AS \"case\", "
                      f"source, user_agent, source_ip, reported_domain, arrival_date FROM complaints {where} "
                      f"ORDER BY id DESC", params)
+
+
+def _queue_of(store: Store, token: str | None) -> str | None:
+    copy = sent.lookup(store, token) if token else None
+    return copy.queue_id if copy else None

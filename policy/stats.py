@@ -27,7 +27,12 @@ GROUP BY tenant, day ORDER BY day, tenant
 
 def daily(store: Store, days: int, min_count: int) -> list[dict]:
     """One row per tenant and day over the last `days` days; counts below `min_count` are None."""
-    since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - (days - 1) * 86400))
-    rows = store.all(_SQL, {"since": since})
-    return [{"tenant": r["tenant"], "day": r["day"],
-             **{f: (r[f] if r[f] >= min_count else None) for f in FIELDS}} for r in rows]
+    return between(store, time.strftime("%Y-%m-%d", time.gmtime(time.time() - (days - 1) * 86400)), "9999-12-31",
+                   min_count)
+
+
+def between(store: Store, first: str, last: str, min_count: int, tenant: str | None = None) -> list[dict]:
+    """The rows of days `first` to `last` (YYYY-MM-DD, both included), of one tenant or all."""
+    rows = store.all(_SQL, {"since": first})
+    return [{"tenant": r["tenant"], "day": r["day"], **{f: (r[f] if r[f] >= min_count else None) for f in FIELDS}}
+            for r in rows if r["day"] <= last and tenant in (None, r["tenant"])]

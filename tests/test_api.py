@@ -3,16 +3,17 @@ submission beside it: keys, errors, throttling, audit, and a suppression added b
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 from openapi_spec_validator import validate
 
-from policy import apikeys, suppression, tenants
+from policy import apikeys, complaints, suppression, tenants
 from policy.settings import Rate
 from relay.api import make_api, openapi
-from tests.conftest import run_cli
+from tests.conftest import message, run_cli
 
 KEY_HEADER = "Authorization"
 
@@ -158,3 +159,57 @@ def test_apikey_commands_print_the_key_once_and_never_list_it(tmp_path):
     assert run_cli("apikey", "add", "ghost", cwd=tmp_path).returncode == 2
     assert run_cli("apikey", "remove", "acme", "crm", cwd=tmp_path).returncode == 0
     assert run_cli("apikey", "remove", "acme", "crm", cwd=tmp_path).returncode == 2
+
+
+def wait_events(relay, path: str, count: int, key: str = "crm") -> list[dict]:
+    """The events at `path` once there are `count` (they are served SETTLE seconds after they are written)."""
+    deadline = time.monotonic() + 20
+    while True:
+        data = call(relay, "GET", path, key=key)[1]["data"]
+        if len(data) >= count or time.monotonic() > deadline:
+            return data
+        time.sleep(0.3)
+
+
+def test_an_app_follows_its_messages_through_events_and_catches_up(relay_factory, sink):
+    relay = relay_factory(roles=("submission", "delivery", "http"),
+                          delivery={"routes": {"example.net": ("127.0.0.1", sink.port)}})
+    relay.add_tenant()
+    relay.add_tenant("beta", username="app-beta")
+    relay.keys = {"crm": apikeys.add(relay.store, "acme", "crm", "read")[1],
+                  "beta": apikeys.add(relay.store, "beta", "b", "read")[1]}
+    relay.http_port = relay.ports["http"][0]
+    recipients = [f"r{i}@example.net" for i in range(5)]
+    with relay.connect() as smtp:
+        smtp.sendmail("app@example.com", recipients, message())
+    [(queue_id,)] = relay.spool_rows("SELECT id FROM messages")
+    delivered = wait_events(relay, "/events", 5)
+    assert sorted((e["type"], e["recipient"], e["queue_id"]) for e in delivered) == [
+        ("delivered", r, queue_id) for r in recipients]
+    status, message_state, _ = call(relay, "GET", f"/messages/{queue_id}")
+    assert status == 200 and {(r["address"], r["state"], r["attempts"]) for r in message_state["recipients"]} == {
+        (r, "delivered", 1) for r in recipients}
+    assert call(relay, "GET", f"/messages/{queue_id}", key="beta")[0] == 404       # not found, never forbidden
+    assert call(relay, "GET", "/events", key="beta")[1]["data"] == []
+
+    cursor = call(relay, "GET", "/events")[1]["next_cursor"]
+    token = relay.store.one("SELECT token FROM sent WHERE recipient = 'r0@example.net'")["token"]
+    complaints.record(relay.store, relay.settings.policy, "acme", "r0@example.net", "abuse", "token", token, "test")
+    one_click = urllib.request.Request(f"http://127.0.0.1:{relay.http_port}/u/"
+                                       + relay.store.one("SELECT token FROM sent WHERE recipient = 'r1@example.net'")["token"],
+                                       data=b"List-Unsubscribe=One-Click", method="POST")
+    assert urllib.request.urlopen(one_click, timeout=10).status == 200
+    later = wait_events(relay, f"/events?after={cursor}", 2)
+    assert [(e["type"], e["recipient"], e["queue_id"]) for e in later] == [
+        ("complained", "r0@example.net", queue_id), ("unsubscribed", "r1@example.net", queue_id)]
+    only = call(relay, "GET", f"/events?type=unsubscribed&after={cursor}")[1]
+    assert [e["recipient"] for e in only["data"]] == ["r1@example.net"]
+    assert call(relay, "GET", f"/events?after={only['next_cursor']}&type=unsubscribed")[1]["data"] == []
+
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    status, days, _ = call(relay, "GET", f"/stats?from={today}&to={today}")
+    assert status == 200 and days["min_count"] == 5
+    assert [(d["day"], d["delivered"], d["complaints"]) for d in days["data"]] == [(today, 5, None)]   # 1 < k: null
+    for path, code in (("/events?after=x", "bad_cursor"), ("/events?type=opened", "bad_type"),
+                       ("/stats?from=yesterday", "bad_date"), (f"/stats?from={today}&to=2000-01-01", "bad_date")):
+        assert call(relay, "GET", path)[1]["error"]["code"] == code

@@ -530,3 +530,31 @@ def test_privacy_export_and_erase_print_what_the_readme_lists(served):
     assert {k: v for k, v in after.items() if v} == {"suppressions": records["suppressions"]}
     [left] = [line for line in served.ok("queue", "list").splitlines() if line.startswith(served.queue_id)]
     assert "=" not in left                                  # no recipient left in any state
+
+
+def test_the_tenant_api_curl_examples_work_as_written(node):
+    """Tenant API: the README's curl commands, run as written against `serve --only http` (the port moved to
+    this node's), each answer checked."""
+    with open(node.dir / "http.log", "w") as log:
+        node.procs.append(subprocess.Popen([WEBSOFTTT, "serve", "--only", "http"], cwd=node.dir, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True))
+    try:
+        wait_for_port(node.ports["http"])
+        block = readme_block("Tenant API (the http role, `/v1/`)")
+        script = ". .venv/bin/activate\n" + block.replace("127.0.0.1:8080", f"127.0.0.1:{node.ports['http']}").replace(
+            "curl -s", "curl -s -w '\\n'")                    # one answer per line, to check each
+        out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=node.dir, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        put, page, imported, deleted, events, message, stats = out.stdout.split("\n")[:7]
+        assert (json.loads(put)["address"], json.loads(put)["cause"]) == ("jane@example.net", "unsubscribe")
+        assert [e["address"] for e in json.loads(page)["data"]] == ["jane@example.net"]
+        assert json.loads(imported)["added"] == 2 and deleted == ""
+        assert json.loads(events) == {"data": [], "next_cursor": "0"}
+        assert json.loads(message)["error"]["code"] == "not_found"
+        assert json.loads(stats) == {"data": [], "min_count": 5}
+        assert node.json("apikey", "list", "acme")[0]["name"] == "crm"
+    finally:
+        for proc in node.procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)

@@ -17,8 +17,8 @@ from aiohttp import web
 from policy import apikeys, tenants
 from policy.settings import Settings
 from policy.store import Store
-from relay.api import openapi, suppressions
-from relay.api.common import KEY, STORE, ApiError, error_response
+from relay.api import activity, openapi, suppressions
+from relay.api.common import KEY, MIN_COUNT, SPOOL_DIR, STORE, ApiError, error_response
 
 log = logging.getLogger("websofttt.api")
 
@@ -34,9 +34,10 @@ def apps(settings: Settings, store: Store) -> dict[str, web.Application]:
 def make_api(settings: Settings, store: Store) -> web.Application:
     """The /v1/ application."""
     api = web.Application(middlewares=[_errors, _authenticate(settings, store)])
-    api[STORE] = store
+    api[STORE], api[SPOOL_DIR], api[MIN_COUNT] = store, settings.spool_dir, settings.privacy.stats_min_count
     api.router.add_get("/openapi.json", _openapi)
     suppressions.add_routes(api.router)
+    activity.add_routes(api.router)
     return api
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from aiohttp import web
 
@@ -10,6 +11,9 @@ from policy.store import Store
 
 KEY = web.RequestKey("key", apikeys.ApiKey)     # the request's key, set by the authentication middleware
 STORE = web.AppKey("store", Store)
+SPOOL_DIR = web.AppKey("spool_dir", Path)       # this node's spool: a message's exact state while it holds it
+MIN_COUNT = web.AppKey("min_count", int)        # privacy.stats_min_count: smaller counts are shown as null
+MAX_LIMIT, DEFAULT_LIMIT = 1000, 100
 
 
 class ApiError(Exception):
@@ -30,6 +34,13 @@ def key_of(request: web.Request, write: bool = False) -> apikeys.ApiKey:
     if write and key.scope != apikeys.Scope.WRITE:
         raise ApiError(403, "insufficient_scope", f"API key {key.name} may only read (scope read)")
     return key
+
+
+def limit_of(request: web.Request) -> int:
+    raw = request.query.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, "bad_limit", f"limit must be a number from 1 to {MAX_LIMIT}")
+    return int(raw)
 
 
 def store_of(request: web.Request) -> Store:

@@ -2,7 +2,10 @@
 and that every route of the application is in it)."""
 from __future__ import annotations
 
+from policy.stats import FIELDS as STAT_FIELDS
 from policy.suppression import CAUSES
+
+EVENT_TYPES = ("delivered", "deferred", "bounced", "expired", "suppressed", "complained", "unsubscribed")
 
 
 def _ref(name: str) -> dict:
@@ -26,7 +29,8 @@ _ERROR_TEXT = {400: "Malformed request (names the parameter)", 401: "Missing or 
 DOCUMENT: dict = {
     "openapi": "3.1.0",
     "info": {"title": "WebSoftTT Relay tenant API", "version": "1",
-             "description": "A tenant's own data: its suppression list. Every request carries "
+             "description": "A tenant's own data: its suppression list, its events, its messages, its daily "
+                            "counts. Every request carries "
                             "`Authorization: Bearer wst_api_...` (websofttt apikey add)."},
     "servers": [{"url": "/v1"}],
     "security": [{"bearer": []}],
@@ -59,6 +63,26 @@ DOCUMENT: dict = {
                                   **_errors(400, 422)}},
             "delete": {"summary": "Remove the address from the tenant's list",
                        "responses": {"204": {"description": "Removed"}, **_errors(400, 404)}}},
+        "/events": {"get": {
+            "summary": "The tenant's events in the order they were written, from a cursor (catch up on what was missed)",
+            "parameters": [{"name": "after", "in": "query", "schema": {"type": "string", "default": "0"}},
+                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                           {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(EVENT_TYPES)}}],
+            "responses": {"200": _json({"type": "object", "required": ["data", "next_cursor"], "properties": {
+                "data": {"type": "array", "items": _ref("Event")}, "next_cursor": {"type": "string"}}},
+                "Events after the cursor; next_cursor continues from the last (the same one when there are none)"),
+                **_errors(400)}}},
+        "/messages/{queue_id}": {"get": {
+            "summary": "What became of each recipient of one of the tenant's messages",
+            "parameters": [{"name": "queue_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json(_ref("Message"), "The message's recipients"), **_errors(404)}}},
+        "/stats": {"get": {
+            "summary": "The tenant's daily aggregates (counts below min_count are null)",
+            "parameters": [{"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
+                           {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"}}],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "data": {"type": "array", "items": _ref("Day")}, "min_count": {"type": "integer"}}}, "One row per day"),
+                **_errors(400)}}},
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -72,6 +96,17 @@ DOCUMENT: dict = {
                 "added": {"type": "integer"}, "already_present": {"type": "integer"}, "invalid": {"type": "integer"},
                 "invalid_lines": {"type": "array", "items": {"type": "object", "properties": {
                     "line": {"type": "integer"}, "text": {"type": "string"}}}}}},
+            "Event": {"type": "object", "required": ["id", "type", "timestamp"], "properties": {
+                "id": {"type": "string"}, "type": {"type": "string", "enum": list(EVENT_TYPES)},
+                "timestamp": {"type": "string", "format": "date-time"}, "queue_id": {"type": ["string", "null"]},
+                "recipient": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]}}},
+            "Message": {"type": "object", "required": ["queue_id", "recipients"], "properties": {
+                "queue_id": {"type": "string"}, "received": {"type": ["string", "null"]},
+                "recipients": {"type": "array", "items": {"type": "object", "properties": {
+                    "address": {"type": "string"}, "state": {"type": "string"}, "attempts": {"type": "integer"},
+                    "last_reply": {"type": ["string", "null"]}, "updated": {"type": ["string", "null"]}}}}}},
+            "Day": {"type": "object", "properties": {"day": {"type": "string", "format": "date"}, **{
+                f: {"type": ["integer", "null"]} for f in STAT_FIELDS}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["code", "message"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},

@@ -14,9 +14,8 @@ from policy import suppression
 from policy.addresses import mask, normalise
 from policy.smtp import valid_address
 from policy.suppression_import import import_lines
-from relay.api.common import ApiError, audited, json_body, key_of, store_of
+from relay.api.common import ApiError, audited, json_body, key_of, limit_of, store_of
 
-MAX_LIMIT, DEFAULT_LIMIT = 1000, 100
 MAX_IMPORT = 10_000
 
 
@@ -35,13 +34,6 @@ def _address(request: web.Request) -> str:
     return normalise(raw)
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(400, "bad_limit", f"limit must be a number from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
 def _cursor(request: web.Request) -> str:
     """The opaque cursor is the last address of the previous page (entries are in address order)."""
     raw = request.query.get("cursor", "")
@@ -52,7 +44,7 @@ def _cursor(request: web.Request) -> str:
 
 
 async def list_entries(request: web.Request) -> web.Response:
-    key, store, limit, after = key_of(request), store_of(request), _limit(request), _cursor(request)
+    key, store, limit, after = key_of(request), store_of(request), limit_of(request), _cursor(request)
     page = await store.call(suppression.page, store, key.tenant, after, limit + 1)
     await audited(request, f"{min(len(page), limit)} suppressions")
     last = page[limit - 1].address if len(page) > limit else None
