@@ -22,7 +22,6 @@ from policy.store import Store
 from policy.tokens import TokenKeys
 
 log = logging.getLogger("websofttt.http")
-MAX_BODY = 2 * 1024 * 1024      # for every application mounted here: the tenant API's imports (10,000 addresses)
 
 _FIELD, _VALUE = "List-Unsubscribe", "One-Click"
 SECURITY_HEADERS = {
@@ -175,11 +174,12 @@ def metrics_registry(collectors: Iterable = ()) -> CollectorRegistry:
 
 
 def make_app(store: Store, keys: TokenKeys, collectors: Iterable = (),
-             checks: Mapping[str, Callable[[], object]] | None = None) -> web.Application:
+             checks: Mapping[str, Callable[[], object]] | None = None, max_body: int = 16 * 1024) -> web.Application:
     """The HTTP role. Store calls go through `store.call`: inline on SQLite, in a thread on PostgreSQL.
 
     `collectors` add scrape-time gauges to /metrics; `checks` are named health checks beyond the store,
-    each raising when its part cannot serve (both come from the composition root).
+    each raising when its part cannot serve (both come from the composition root). `max_body` bounds every
+    request body, also those of the applications mounted beside it (aiohttp reads it from this one).
     """
     registry = metrics_registry(collectors)
     checks = {"store": lambda: store.one("SELECT 1"), **(checks or {})}
@@ -224,7 +224,7 @@ def make_app(store: Store, keys: TokenKeys, collectors: Iterable = (),
     async def secure(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(SECURITY_HEADERS)
 
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=max_body)
     app.on_response_prepare.append(secure)
     app.router.add_get("/u/{token}", show)
     app.router.add_post("/u/{token}", unsubscribe)

@@ -91,7 +91,9 @@ async def start_http(settings: Settings, index: int, bind: Bind, observers: Obse
     beside the unsubscribe pages (the tenant API at /v1/, relay/api)."""
     store = open_store(settings)
     collectors, checks = observers(settings, store) if observers else ([], {})
-    app = make_app(store, TokenKeys.load(store, settings.tokens.secret_file), collectors, checks)
+    # a message sent over the tenant API, in base64 (4/3 of its size) inside its JSON, is the largest body
+    max_body = settings.submission.max_message_size * 4 // 3 + 1024 * 1024 if apps else 16 * 1024
+    app = make_app(store, TokenKeys.load(store, settings.tokens.secret_file), collectors, checks, max_body)
     for prefix, mounted in (apps(settings, store) if apps else {}).items():
         app.add_subapp(prefix, mounted)
     runner = web.AppRunner(app, access_log=None)

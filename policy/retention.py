@@ -3,7 +3,8 @@
 Run periodically by the delivery role (relay/serve). Bodies go at once after final delivery (the spool),
 raw inbound messages after `inbound.retention` (the inbound role); here:
 - sent copies (token → tenant, recipient, message) after `delivery.sent_retention` (180 days);
-- events, bounce records and hourly counts after `privacy.events_retention` (400 days).
+- events, bounce records and hourly counts after `privacy.events_retention` (400 days);
+- the answers kept for HTTP sends' idempotency keys after a day (policy/idempotency.py).
 Suppressions stay (they are the opt-out itself); complaints and cases stay for the abuse desk, their
 addresses removed on request by `privacy erase`. Rows a standing legal hold covers (policy/holds.py) stay
 too, and each purge that kept some says so in the audit log.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from policy import audit, holds
+from policy import audit, holds, idempotency
 from policy.settings import Settings
 from policy.store import Store, utcnow
 
@@ -44,6 +45,7 @@ def purge(store: Store, settings: Settings) -> dict[str, int]:
                     "WHERE hold IS NOT NULL GROUP BY hold", params)})
             counts[table] = store.execute(f"DELETE FROM {table} WHERE {past} AND {hold} IS NULL", params).rowcount
         counts["held"] = kept.total()
+        counts["idempotency"] = idempotency.purge(store)
         if kept:
             audit.record(store, "retention purge",
                          f"kept {kept.total()} rows under holds {', '.join(map(str, sorted(kept)))}", "legal hold")

@@ -83,6 +83,10 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
         """CREATE TABLE api_keys (hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL, scope TEXT NOT NULL,
            created TEXT NOT NULL, last_used TEXT, UNIQUE (tenant, name))""",
     )),
+    ("0014_idempotency_keys", (
+        """CREATE TABLE idempotency (tenant TEXT NOT NULL, key TEXT NOT NULL, created TEXT NOT NULL, status INTEGER,
+           body TEXT, PRIMARY KEY (tenant, key))""",
+    )),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

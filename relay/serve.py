@@ -40,6 +40,7 @@ from policy.store import Store
 from policy.tokens import TokenKeys
 from relay import eventloop
 from relay.delivery import DeliveryLoop
+from relay.intake import Intake
 from relay.routing import Router
 from relay.signer import Signer
 from relay.smtp_out import Courier
@@ -246,7 +247,9 @@ class Service(Protocol):
 
 
 # (settings, worker index, bind) -> the running service; `bind` gives the listening socket of an address
-Starter = Callable[[Settings, int, Callable[[Listen], socket.socket]], Awaitable[Service]]
+# A role from inbound/, started in each worker: (settings, worker index, bind, the worker's Intake, through which
+# the http role's tenant API submits mail).
+Starter = Callable[[Settings, int, Callable[[Listen], socket.socket], Intake], Awaitable[Service]]
 
 
 async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
@@ -277,12 +280,12 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
                                                                resolver))
         stack.callback(stop.set)          # whatever ends the worker (SIGTERM, a listener that fails) ends the loops
         tls = server_ssl_context(settings.tls_cert, settings.tls_key)
-        ports = {"submission": await stack.enter_async_context(
-            _submission(settings, store, writes, spools[0], deliveries, roles, tls, bind))}
+        intake = Intake(settings, store, writes, spools[0], handoff=deliveries[0] if deliveries else None)
+        ports = {"submission": await stack.enter_async_context(_submission(settings, intake, roles, tls, bind))}
         services = {}
         for role, start in (starters or {}).items():
             if role in roles:
-                services[role] = service = await start(settings, index, bind)
+                services[role] = service = await start(settings, index, bind, intake)
                 stack.push_async_callback(service.close)
                 ports[role] = service.ports
 
@@ -322,13 +325,12 @@ async def _delivery(settings: Settings, store: Store, writes: GroupCommit, spool
 
 
 @contextlib.asynccontextmanager
-async def _submission(settings: Settings, store: Store, writes: GroupCommit, spool: Spool, deliveries: list[DeliveryLoop],
-                      roles: tuple[str, ...], tls: ssl.SSLContext, bind: Callable[[Listen], socket.socket]
-                      ) -> AsyncIterator[list[int]]:
+async def _submission(settings: Settings, intake: Intake, roles: tuple[str, ...], tls: ssl.SSLContext,
+                      bind: Callable[[Listen], socket.socket]) -> AsyncIterator[list[int]]:
     """The submission listeners (STARTTLS and implicit TLS); at shutdown they stop accepting, and open
     sessions get `submission.shutdown_grace` to finish their transaction."""
     loop = asyncio.get_running_loop()
-    handler = SubmissionHandler(settings, store, writes, spool, handoff=deliveries[0] if deliveries else None)
+    handler = SubmissionHandler(settings, intake)
     sessions = Sessions()
     servers = []
     try:

@@ -46,7 +46,7 @@ def test_the_purge_keeps_what_standing_holds_cover_until_they_are_released(any_s
     jane = holds.place(store, "summons 12", address="Jane@Example.net")
     acme = holds.place(store, "court order 7", tenant="acme")
 
-    assert retention.purge(store, settings) == {"sent": 1, "events": 1, "bounces": 1, "activity": 1, "held": 7}
+    assert retention.purge(store, settings) == {"sent": 1, "events": 1, "bounces": 1, "activity": 1, "held": 7, "idempotency": 0}
     assert left(store) == {"sent": ["bob@example.net", "jane@example.net"],
                            "events": ["bob@example.net", "jane@example.net"],
                            "bounces": ["bob@example.net", "jane@example.net"], "activity": ["acme"]}
@@ -55,7 +55,7 @@ def test_the_purge_keeps_what_standing_holds_cover_until_they_are_released(any_s
         ("retention purge", f"kept 7 rows under holds {jane.id}, {acme.id}", "legal hold")]
 
     holds.release(store, jane.id, "summons answered")
-    assert retention.purge(store, settings) == {"sent": 1, "events": 1, "bounces": 1, "activity": 0, "held": 4}
+    assert retention.purge(store, settings) == {"sent": 1, "events": 1, "bounces": 1, "activity": 0, "held": 4, "idempotency": 0}
     holds.release(store, acme.id, "case closed")
     assert retention.purge(store, settings)["held"] == 0
     assert left(store) == {"sent": [], "events": [], "bounces": [], "activity": []}

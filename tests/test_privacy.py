@@ -102,7 +102,7 @@ def test_retention_purge_deletes_only_what_is_past_it(tmp_path):
             store.insert("sent", {"token": when, "tenant": "acme", "recipient": "x@example.net", "queue_id": "q",
                                   "created": when, "expires": expires})
         assert retention.purge(store, settings) == {"sent": 1, "events": 1, "bounces": 1, "activity": 0,
-                                                 "held": 0}
+                                                 "held": 0, "idempotency": 0}
         assert [r["time"] for r in store.all("SELECT time FROM events")] == [new]
 
 

@@ -546,7 +546,8 @@ def test_the_tenant_api_curl_examples_work_as_written(node):
         out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=node.dir, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        put, page, imported, deleted, events, message, stats = out.stdout.split("\n")[:7]
+        sent, put, page, imported, deleted, events, message, stats = out.stdout.split("\n")[:8]
+        assert [(r["address"], r["status"]) for r in json.loads(sent)["recipients"]] == [("joe@example.net", "queued")]
         assert (json.loads(put)["address"], json.loads(put)["cause"]) == ("jane@example.net", "unsubscribe")
         assert [e["address"] for e in json.loads(page)["data"]] == ["jane@example.net"]
         assert json.loads(imported)["added"] == 2 and deleted == ""

@@ -17,8 +17,9 @@ from aiohttp import web
 from policy import apikeys, tenants
 from policy.settings import Settings
 from policy.store import Store
-from relay.api import activity, openapi, suppressions
-from relay.api.common import KEY, MIN_COUNT, SPOOL_DIR, STORE, ApiError, error_response
+from relay.api import activity, messages, openapi, suppressions
+from relay.api.common import INTAKE, KEY, MIN_COUNT, SPOOL_DIR, STORE, ApiError, error_response
+from relay.intake import Intake
 
 log = logging.getLogger("websofttt.api")
 
@@ -26,18 +27,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC = {"/v1/openapi.json"}
 
 
-def apps(settings: Settings, store: Store) -> dict[str, web.Application]:
+def apps(settings: Settings, store: Store, intake: Intake) -> dict[str, web.Application]:
     """What the HTTP role mounts (inbound/service.py start_http)."""
-    return {"/v1/": make_api(settings, store)}
+    return {"/v1/": make_api(settings, store, intake)}
 
 
-def make_api(settings: Settings, store: Store) -> web.Application:
-    """The /v1/ application."""
+def make_api(settings: Settings, store: Store, intake: Intake | None = None) -> web.Application:
+    """The /v1/ application; `intake`: the worker's, through which POST /v1/messages submits."""
     api = web.Application(middlewares=[_errors, _authenticate(settings, store)])
     api[STORE], api[SPOOL_DIR], api[MIN_COUNT] = store, settings.spool_dir, settings.privacy.stats_min_count
+    if intake is not None:
+        api[INTAKE] = intake
     api.router.add_get("/openapi.json", _openapi)
     suppressions.add_routes(api.router)
     activity.add_routes(api.router)
+    messages.add_routes(api.router)
     return api
 
 

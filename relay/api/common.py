@@ -8,11 +8,13 @@ from aiohttp import web
 
 from policy import apikeys, audit
 from policy.store import Store
+from relay.intake import Intake
 
 KEY = web.RequestKey("key", apikeys.ApiKey)     # the request's key, set by the authentication middleware
 STORE = web.AppKey("store", Store)
 SPOOL_DIR = web.AppKey("spool_dir", Path)       # this node's spool: a message's exact state while it holds it
 MIN_COUNT = web.AppKey("min_count", int)        # privacy.stats_min_count: smaller counts are shown as null
+INTAKE = web.AppKey("intake", Intake)           # the worker's submission policy and spool (POST /v1/messages)
 MAX_LIMIT, DEFAULT_LIMIT = 1000, 100
 
 

@@ -29,8 +29,8 @@ _ERROR_TEXT = {400: "Malformed request (names the parameter)", 401: "Missing or 
 DOCUMENT: dict = {
     "openapi": "3.1.0",
     "info": {"title": "WebSoftTT Relay tenant API", "version": "1",
-             "description": "A tenant's own data: its suppression list, its events, its messages, its daily "
-                            "counts. Every request carries "
+             "description": "Send mail, and a tenant's own data: its suppression list, its events, its "
+                            "messages, its daily counts. Every request carries "
                             "`Authorization: Bearer wst_api_...` (websofttt apikey add)."},
     "servers": [{"url": "/v1"}],
     "security": [{"bearer": []}],
@@ -63,6 +63,16 @@ DOCUMENT: dict = {
                                   **_errors(400, 422)}},
             "delete": {"summary": "Remove the address from the tenant's list",
                        "responses": {"204": {"description": "Removed"}, **_errors(400, 404)}}},
+        "/messages": {"post": {
+            "summary": "Send a message under the same policy as SMTP submission; 202 once it is durable",
+            "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 200},
+                            "description": "A retry with the same key within 24 h gets the first answer"}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                _ref("RawMessage"), _ref("StructuredMessage")]}}}},
+            "responses": {"202": _json(_ref("Queued"), "Queued: each recipient queued or refused with its reply"),
+                          "409": _json(_ref("Error"), "The same Idempotency-Key is being sent right now"),
+                          "503": _json(_ref("Error"), "The queue could not be written: retry (Retry-After)"),
+                          **_errors(400, 413, 422)}}},
         "/events": {"get": {
             "summary": "The tenant's events in the order they were written, from a cursor (catch up on what was missed)",
             "parameters": [{"name": "after", "in": "query", "schema": {"type": "string", "default": "0"}},
@@ -107,6 +117,24 @@ DOCUMENT: dict = {
                     "last_reply": {"type": ["string", "null"]}, "updated": {"type": ["string", "null"]}}}}}},
             "Day": {"type": "object", "properties": {"day": {"type": "string", "format": "date"}, **{
                 f: {"type": ["integer", "null"]} for f in STAT_FIELDS}}},
+            "RawMessage": {"type": "object", "required": ["envelope", "raw"], "properties": {
+                "envelope": {"type": "object", "required": ["from", "to"], "properties": {
+                    "from": {"type": "string"}, "to": {"type": "array", "items": {"type": "string"}, "minItems": 1}}},
+                "raw": {"type": "string", "contentEncoding": "base64"}}},
+            "StructuredMessage": {"type": "object", "required": ["from"], "properties": {
+                "from": {"type": "string"}, "reply_to": {"type": "string"}, "subject": {"type": "string"},
+                **{f: {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+                   for f in ("to", "cc", "bcc")},
+                "text": {"type": "string"}, "html": {"type": "string"},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "attachments": {"type": "array", "items": {"type": "object", "required": ["filename", "content"],
+                                                           "properties": {
+                    "filename": {"type": "string"}, "content_type": {"type": "string"},
+                    "content": {"type": "string", "contentEncoding": "base64"}}}}}},
+            "Queued": {"type": "object", "required": ["queue_id", "recipients"], "properties": {
+                "queue_id": {"type": "string"}, "recipients": {"type": "array", "items": {"type": "object", "properties": {
+                    "address": {"type": "string"}, "status": {"type": "string", "enum": ["queued", "refused"]},
+                    "reply": {"type": "string"}}}}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["code", "message"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},

@@ -24,11 +24,18 @@ from relay.signing import provider_keys
 
 
 def starters() -> dict:
-    """The roles that live in inbound/, wired here (the composition root); imported only to serve."""
+    """The roles that live in inbound/, wired here (the composition root); imported only to serve. The http
+    role mounts the tenant API, which submits through the worker's intake; inbound mail submits nothing."""
     from inbound import service
     from relay import api, scrape
-    return {"inbound": service.start_inbound,
-            "http": functools.partial(service.start_http, observers=scrape.observers, apps=api.apps)}
+
+    def inbound(settings, index, bind, intake):
+        return service.start_inbound(settings, index, bind)
+
+    def http(settings, index, bind, intake):
+        return service.start_http(settings, index, bind, scrape.observers,
+                                  functools.partial(api.apps, intake=intake))
+    return {"inbound": inbound, "http": http}
 
 
 @click.command()
