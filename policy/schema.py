@@ -87,6 +87,12 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
         """CREATE TABLE idempotency (tenant TEXT NOT NULL, key TEXT NOT NULL, created TEXT NOT NULL, status INTEGER,
            body TEXT, PRIMARY KEY (tenant, key))""",
     )),
+    ("0015_webhooks", (
+        """CREATE TABLE webhooks (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, url TEXT NOT NULL, events TEXT NOT NULL,
+           secret TEXT NOT NULL, old_secret TEXT, old_until REAL, created TEXT NOT NULL, cursor INTEGER NOT NULL,
+           attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL DEFAULT 0, failing_since REAL,
+           last_error TEXT, claimed_until REAL NOT NULL DEFAULT 0)""",
+    )),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

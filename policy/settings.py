@@ -164,6 +164,13 @@ class Privacy:
 
 
 @dataclass(frozen=True)
+class Webhooks:
+    allow_private_targets: bool = key(parse_bool, False)   # http:// and private, loopback, link-local targets (tests)
+    timeout: float = key(parse_duration, 10.0)              # seconds a receiver has to answer one event
+    retry_first: float = key(parse_duration, 5.0)           # the first retry's delay; each next one doubles, up to 1 h
+
+
+@dataclass(frozen=True)
 class Settings:
     provider: Provider = Provider()
     node: Node = Node()
@@ -178,6 +185,7 @@ class Settings:
     delivery: Delivery = Delivery()
     policy: Policy = Policy()
     privacy: Privacy = Privacy()
+    webhooks: Webhooks = Webhooks()
     source: str = "<defaults>"
 
     @property

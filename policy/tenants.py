@@ -168,7 +168,8 @@ def remove(store: Store, tenant_id: str, reason: str, erase: bool) -> dict[str, 
         if t.status == Status.ERASED:
             return {}
         counts = {"credentials": store.execute("DELETE FROM credentials WHERE tenant = ?", [tenant_id]).rowcount,
-                  "api_keys": store.execute("DELETE FROM api_keys WHERE tenant = ?", [tenant_id]).rowcount}
+                  "api_keys": store.execute("DELETE FROM api_keys WHERE tenant = ?", [tenant_id]).rowcount,
+                  "webhooks": store.execute("DELETE FROM webhooks WHERE tenant = ?", [tenant_id]).rowcount}
         values: dict[str, object] = {"status": Status.ERASED if erase else Status.REMOVED, "reason": reason.strip()}
         if erase:
             counts |= privacy.erase_tenant(store, tenant_id)

@@ -38,7 +38,7 @@ from policy.settings import ConfigError, Listen, Settings
 from policy.engines import open_store
 from policy.store import Store
 from policy.tokens import TokenKeys
-from relay import eventloop
+from relay import eventloop, webhooks
 from relay.delivery import DeliveryLoop
 from relay.intake import Intake
 from relay.routing import Router
@@ -312,12 +312,13 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
 async def _delivery(settings: Settings, store: Store, writes: GroupCommit, spools: list[Spool], roles: tuple[str, ...],
                     index: int, stop: asyncio.Event, resolver: dns.asyncresolver.Resolver | None
                     ) -> AsyncIterator[list[DeliveryLoop]]:
-    """The delivery role: one loop per owned shard (and worker 0's housekeeping), finished at shutdown
+    """The delivery role: one loop per owned shard (and worker 0's housekeeping and webhook dispatcher), finished at shutdown
     once `stop` is set and the sessions that might still hand them mail have drained."""
     deliveries = [delivery_loop(settings, store, writes, spool, resolver) for spool in spools] if "delivery" in roles else []
     runs = [asyncio.create_task(d.run(stop)) for d in deliveries]
     if deliveries and index == 0:
         runs.append(asyncio.create_task(housekeeping_loop(settings, store, spools, stop)))
+        runs.append(asyncio.create_task(webhooks.dispatch_loop(settings, store, stop)))
     try:
         yield deliveries
     finally:

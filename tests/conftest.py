@@ -49,8 +49,9 @@ def pytest_report_header(config) -> str:
 
 
 def make_settings(data_dir: Path, delivery: dict | None = None, dkim: dict | None = None, http: dict | None = None,
-                  policy: dict | None = None, **submission) -> Settings:
-    """Defaults with listeners on ephemeral ports, and `submission` / `delivery` / `dkim` / `http` / `policy` overrides."""
+                  policy: dict | None = None, webhooks: dict | None = None, **submission) -> Settings:
+    """Defaults with listeners on ephemeral ports, and `submission` / `delivery` / `dkim` / `http` / `policy` /
+    `webhooks` overrides."""
     base = load_settings(None)
     sub = dataclasses.replace(Submission(listen=(("127.0.0.1", 0),), tls_listen=(("127.0.0.1", 0),),
                                          trust_cache_ttl=0, shutdown_grace=2), **submission)
@@ -59,6 +60,7 @@ def make_settings(data_dir: Path, delivery: dict | None = None, dkim: dict | Non
                                dkim=dataclasses.replace(base.dkim, **(dkim or {})),
                                http=dataclasses.replace(base.http, **({"listen": (("127.0.0.1", 0),)} | (http or {}))),
                                policy=dataclasses.replace(base.policy, **(policy or {})),
+                               webhooks=dataclasses.replace(base.webhooks, **(webhooks or {})),
                                inbound=dataclasses.replace(base.inbound, listen=(("127.0.0.1", 0),)))
 
 
@@ -138,8 +140,9 @@ def relay_factory(tmp_path):
     running: list[RunningRelay] = []
 
     def start(roles: tuple[str, ...] = ("submission",), delivery: dict | None = None, dkim: dict | None = None,
-              resolver=None, http: dict | None = None, policy: dict | None = None, **submission) -> RunningRelay:
-        settings = make_settings(tmp_path / "var", delivery, dkim, http, policy, **submission)
+              resolver=None, http: dict | None = None, policy: dict | None = None, webhooks: dict | None = None,
+              **submission) -> RunningRelay:
+        settings = make_settings(tmp_path / "var", delivery, dkim, http, policy, webhooks, **submission)
         prepare(settings)
         relay = RunningRelay(settings, roles, resolver)
         running.append(relay)

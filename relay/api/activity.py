@@ -2,28 +2,21 @@
 
 Events come from the store's events table (shared by every node): delivery outcomes, complaints and
 unsubscribes, in the order they were written, from a cursor an app keeps, so one that missed something
-catches up. Events younger than SETTLE seconds are not served yet: on PostgreSQL a row with a lower id may
-commit after one with a higher id, and a cursor past it would skip it. A message's recipients are read from
+catches up (events younger than events.SETTLE wait, so that a cursor skips none). A message's recipients are read from
 this node's spool when it holds the message (its exact state now), else from its events.
 """
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import date
 
 from aiohttp import web
 
-from policy import stats
-from policy.store import Store
+from policy import events, stats
+from policy.events import KIND, TYPE
 from relay import spool_files
-from relay.api.openapi import EVENT_TYPES
 from relay.api.common import MIN_COUNT, SPOOL_DIR, ApiError, audited, key_of, limit_of, store_of
 
-SETTLE = 2.0
-# the API's event types -> the kinds the events table holds (a bounce is a copy that failed)
-TYPES = {name: "failed" if name == "bounced" else name for name in EVENT_TYPES}
-_KINDS = {kind: name for name, kind in TYPES.items()}
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
@@ -38,23 +31,15 @@ async def list_events(request: web.Request) -> web.Response:
     if not after.isdigit():
         raise ApiError(400, "bad_cursor", "after must be a next_cursor this API returned (or 0)")
     wanted = request.query.get("type")
-    if wanted is not None and wanted not in TYPES:
-        raise ApiError(400, "bad_type", f"type must be one of: {', '.join(TYPES)}")
-    kinds = [TYPES[wanted]] if wanted else list(TYPES.values())
-    rows = await store.call(_events, store, key.tenant, int(after), kinds, limit)
+    if wanted is not None and wanted not in KIND:
+        raise ApiError(400, "bad_type", f"type must be one of: {', '.join(KIND)}")
+    rows = await store.call(events.told_after, store, key.tenant, int(after), [wanted] if wanted else list(KIND), limit)
     await audited(request, f"{len(rows)} events")
     return web.json_response({"data": [_event(r) for r in rows], "next_cursor": str(rows[-1]["id"]) if rows else after})
 
 
-def _events(store: Store, tenant: str, after: int, kinds: list[str], limit: int) -> list[dict]:
-    settled = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - SETTLE))
-    marks = ", ".join("?" * len(kinds))
-    return store.all(f"SELECT id, time, kind, queue_id, recipient, detail FROM events WHERE tenant = ? AND id > ? "
-                     f"AND kind IN ({marks}) AND time <= ? ORDER BY id LIMIT ?", [tenant, after, *kinds, settled, limit])
-
-
 def _event(row: dict) -> dict:
-    return {"id": str(row["id"]), "type": _KINDS[row["kind"]], "timestamp": row["time"], "queue_id": row["queue_id"],
+    return {"id": str(row["id"]), "type": TYPE[row["kind"]], "timestamp": row["time"], "queue_id": row["queue_id"],
             "recipient": row["recipient"], "detail": row["detail"]}
 
 

@@ -2,10 +2,9 @@
 and that every route of the application is in it)."""
 from __future__ import annotations
 
+from policy.events import TYPES as EVENT_TYPES
 from policy.stats import FIELDS as STAT_FIELDS
 from policy.suppression import CAUSES
-
-EVENT_TYPES = ("delivered", "deferred", "bounced", "expired", "suppressed", "complained", "unsubscribed")
 
 
 def _ref(name: str) -> dict:

@@ -22,7 +22,8 @@ from policy.tenants import TenantError
 from policy.terms import TermsError
 from policy.tokens import TokenError
 from relay import eventloop
-from relay.cli import abuse, apikeys, audit, credentials, dkim, inbound, node, privacy, queue, suppression, tenants, terms
+from relay.cli import (abuse, apikeys, audit, credentials, dkim, inbound, node, privacy, queue, suppression, tenants, terms,
+                       webhooks)
 from relay.cli.common import config_option
 from relay.cli.node import init, prepare_metrics, serve, starters
 
@@ -46,7 +47,7 @@ def cli(config_path: str | None) -> None:
     """
 
 
-for module in (node, inbound, credentials, apikeys, suppression, queue, audit, tenants, terms, abuse, privacy, dkim):
+for module in (node, inbound, credentials, apikeys, suppression, queue, audit, tenants, terms, webhooks, abuse, privacy, dkim):
     for command in module.COMMANDS:
         cli.add_command(command)
 
