@@ -41,6 +41,7 @@ test: $(STAMP) lint
 # Relay vs Postfix on this machine (root: installs postfix, opendkim, dovecot-core if missing); BENCH_ARGS=--quick for a short run.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
+	$(BIN)/python tests/bench/api_bench.py
 
 # The long reliability runs (kill -9 loops, 100,000+ generated hostile inputs); figures in README, Reliability.
 reliability: $(STAMP)

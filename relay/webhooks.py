@@ -16,6 +16,7 @@ import json
 import logging
 import socket
 import time
+from dataclasses import replace
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -27,7 +28,7 @@ from policy.store import Store
 log = logging.getLogger("websofttt.webhooks")
 
 LEASE = 120.0           # seconds an endpoint stays claimed by the node sending to it
-BATCH = 100             # events sent to one endpoint per round
+BATCH = 100             # events read from the store at a time for one endpoint
 EVERY = 1.0             # seconds between rounds
 
 
@@ -67,13 +68,20 @@ async def dispatch_loop(settings: Settings, store: Store, stop: asyncio.Event) -
 
 
 async def _send_due(settings: Settings, store: Store, client: aiohttp.ClientSession, hook: webhooks.Webhook) -> None:
-    for row in await store.call(webhooks.pending, store, hook, BATCH):
-        error = await post(client, hook, f"evt_{row['id']}", webhooks.payload(row))
-        if error:
-            delay = await store.call(webhooks.failed, store, hook, error, settings.webhooks.retry_first)
-            logs.event("webhook_failed", tenant=hook.tenant, webhook=hook.id, error=error, retry_in=round(delay, 1))
-            return
-        await store.call(webhooks.acknowledged, store, hook, row["id"])
+    """The endpoint's events in order, batch after batch while the lease lasts, until none is left or one fails."""
+    until = time.monotonic() + LEASE / 2
+    while time.monotonic() < until:
+        rows = await store.call(webhooks.pending, store, hook, BATCH)
+        for row in rows:
+            error = await post(client, hook, f"evt_{row['id']}", webhooks.payload(row))
+            if error:
+                delay = await store.call(webhooks.failed, store, hook, error, settings.webhooks.retry_first)
+                logs.event("webhook_failed", tenant=hook.tenant, webhook=hook.id, error=error, retry_in=round(delay, 1))
+                return
+            await store.call(webhooks.acknowledged, store, hook, row["id"])
+        if len(rows) < BATCH:
+            break
+        hook = replace(hook, cursor=rows[-1]["id"], attempts=0)
     await store.call(webhooks.release, store, hook)
 
 

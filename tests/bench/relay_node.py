@@ -40,14 +40,16 @@ def websofttt_bin() -> str:
 
 class RelayNode:
     def __init__(self, root: Path, sink_port: int, workers: int, name: str = "relay", generated: bool = False,
-                 store_url: str = ""):
+                 store_url: str = "", extra_config: str = "", api_rate: str = "600/60s"):
         """generated: also add GENERATED_USERNAME with `credential add --generate` (path g); when that fails,
         `generated_error` says why and `generated_file` stays None. store_url: a postgresql:// URL for the
-        store (an empty database), or empty for SQLite in the data dir."""
+        store (an empty database), or empty for SQLite in the data dir. extra_config: TOML sections appended;
+        api_rate: requests per tenant API key (the API bench sends far more than the default)."""
         self.dir = root / name
         self.dir.mkdir(parents=True)
         self.data = self.dir / "var"
-        self.port, self.tls_port, inbound, http = free_ports(4)
+        self.port, self.tls_port, inbound, self.http_port = free_ports(4)
+        http = self.http_port
         self.config = self.dir / "websofttt.toml"
         self.config.write_text(f"""\
 [node]
@@ -71,10 +73,11 @@ listen = ["127.0.0.1:{inbound}"]
 [http]
 listen = ["127.0.0.1:{http}"]
 public_url = "http://127.0.0.1:{http}"
+api_rate = "{api_rate}"
 
 [delivery]
 routes = {{ "example.net" = "127.0.0.1:{sink_port}" }}
-""")
+""" + extra_config)
         self._cli("init")
         self._cli("tenant", "add", TENANT, "--allow-from", "example.com", "--network", "127.0.0.0/8", "--rate", RATE)
         self._cli("tenant", "accept-terms", TENANT)
