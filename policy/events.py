@@ -14,9 +14,9 @@ SETTLE = 2.0        # seconds before an event is told: on PostgreSQL a lower id 
 
 
 def record(store: Store, kind: str, tenant: str, detail: str, queue_id: str | None = None,
-           recipient: str | None = None) -> None:
+           recipient: str | None = None, campaign: str | None = None) -> None:
     store.insert("events", {"time": utcnow(), "kind": kind, "tenant": tenant, "queue_id": queue_id,
-                            "recipient": recipient, "detail": detail})
+                            "recipient": recipient, "detail": detail, "campaign": campaign})
 
 
 def of_message(store: Store, queue_id: str) -> list[dict]:
@@ -29,6 +29,6 @@ def told_after(store: Store, tenant: str, after: int, types: list[str], limit: i
     kept by the reader never passes over a row another node was still committing."""
     settled = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - SETTLE))
     kinds = [KIND[t] for t in types]
-    return store.all(f"SELECT id, time, kind, tenant, queue_id, recipient, detail FROM events WHERE tenant = ? "
+    return store.all(f"SELECT id, time, kind, tenant, queue_id, recipient, detail, campaign FROM events WHERE tenant = ? "
                      f"AND id > ? AND kind IN ({', '.join('?' * len(kinds))}) AND time <= ? ORDER BY id LIMIT ?",
                      [tenant, after, *kinds, settled, limit])

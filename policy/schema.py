@@ -93,6 +93,7 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
            attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL DEFAULT 0, failing_since REAL,
            last_error TEXT, claimed_until REAL NOT NULL DEFAULT 0)""",
     )),
+    ("0016_event_campaigns", ("ALTER TABLE events ADD COLUMN campaign TEXT",)),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

@@ -155,7 +155,7 @@ def payload(row: dict) -> dict:
     """What the receiver gets for one event row: the tenant already holds the recipient's address; no body."""
     return {"type": TYPE[row["kind"]], "timestamp": row["time"],
             "data": {"tenant": row["tenant"], "queue_id": row["queue_id"], "recipient": row["recipient"],
-                     "detail": row["detail"]}}
+                     "campaign": row["campaign"], "detail": row["detail"]}}
 
 
 def signature(secrets_: tuple[str, ...], msg_id: str, timestamp: int, body: bytes) -> str:

@@ -411,7 +411,7 @@ class DeliveryLoop:
 
     def _event(self, kind: State, due: Due, detail: str) -> None:
         """The event row (queue show) and the log line; a failed or expired copy is logged as `bounced`."""
-        self.writes.later(events.record, kind, due.tenant, detail, due.queue_id, due.recipient)
+        self.writes.later(events.record, kind, due.tenant, detail, due.queue_id, due.recipient, due.campaign)
         logs.event("bounced" if kind in (State.FAILED, State.EXPIRED) else kind, queue_id=due.queue_id,
                    tenant=due.tenant, recipient=due.recipient, state=kind, reply=detail)
 

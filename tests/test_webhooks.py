@@ -84,7 +84,8 @@ def relay(relay_factory, sink):
 
 def send(relay, recipients: list[str], login=("app1", PASSWORD)) -> None:
     with relay.connect(login=login) as smtp:
-        smtp.sendmail("app@example.com", recipients, b"From: App <app@example.com>\r\nSubject: hi\r\n\r\nHello.\r\n")
+        smtp.sendmail("app@example.com", recipients,
+                      b"From: App <app@example.com>\r\nSubject: hi\r\nX-Campaign: spring\r\n\r\nHello.\r\n")
 
 
 def test_each_event_is_posted_signed_in_order_and_only_to_its_tenant(relay, receiver):
@@ -92,8 +93,8 @@ def test_each_event_is_posted_signed_in_order_and_only_to_its_tenant(relay, rece
     webhooks.add(relay.store, "beta", receiver.url + "?beta", ["delivered"], allow_private=True)
     send(relay, ["a@example.net", "b@example.net"])
     payloads = wait_for(lambda: len(receiver.requests) >= 2 and receiver.verified(secret))
-    assert sorted((p["type"], p["data"]["recipient"], p["data"]["tenant"]) for p in payloads) == [
-        ("delivered", "a@example.net", "acme"), ("delivered", "b@example.net", "acme")]
+    assert sorted((p["type"], p["data"]["recipient"], p["data"]["tenant"], p["data"]["campaign"]) for p in payloads) == [
+        ("delivered", "a@example.net", "acme", "spring"), ("delivered", "b@example.net", "acme", "spring")]
     assert all(p["data"]["queue_id"] for p in payloads) and "Hello" not in json.dumps(payloads)     # no bodies
     time.sleep(1.5)
     assert len(receiver.requests) == 2                          # beta sent nothing: its endpoint got nothing
@@ -149,6 +150,17 @@ def test_private_targets_are_refused_unless_allowed(relay, receiver):
         return await PublicOnly().resolve("localhost", receiver.port)
     with pytest.raises(OSError, match="no public address"):
         asyncio.run(resolve())
+
+
+def test_an_endpoint_is_claimed_by_one_node_at_a_time(any_store):
+    """Two nodes' dispatchers share the store: while one holds an endpoint, the other is not given it."""
+    tenants.add(any_store, "acme", ["example.com"], [], None)
+    hook, _ = webhooks.add(any_store, "acme", "https://hooks.example/x", ["delivered"], allow_private=False)
+    assert [h.id for h in webhooks.claim(any_store, lease=120)] == [hook.id]
+    assert webhooks.claim(any_store, lease=120) == []                          # the other node
+    assert webhooks.claim(any_store, lease=120, now=time.time() + 121) != []   # a node that died: the lease ends
+    webhooks.release(any_store, hook)
+    assert [h.id for h in webhooks.claim(any_store, lease=120)] == [hook.id]
 
 
 def test_webhook_commands(tmp_path, receiver):

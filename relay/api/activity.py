@@ -40,7 +40,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 def _event(row: dict) -> dict:
     return {"id": str(row["id"]), "type": TYPE[row["kind"]], "timestamp": row["time"], "queue_id": row["queue_id"],
-            "recipient": row["recipient"], "detail": row["detail"]}
+            "recipient": row["recipient"], "campaign": row["campaign"], "detail": row["detail"]}
 
 
 async def get_message(request: web.Request) -> web.Response:

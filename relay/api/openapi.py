@@ -108,7 +108,8 @@ DOCUMENT: dict = {
             "Event": {"type": "object", "required": ["id", "type", "timestamp"], "properties": {
                 "id": {"type": "string"}, "type": {"type": "string", "enum": list(EVENT_TYPES)},
                 "timestamp": {"type": "string", "format": "date-time"}, "queue_id": {"type": ["string", "null"]},
-                "recipient": {"type": ["string", "null"]}, "detail": {"type": ["string", "null"]}}},
+                "recipient": {"type": ["string", "null"]}, "campaign": {"type": ["string", "null"]},
+                "detail": {"type": ["string", "null"]}}},
             "Message": {"type": "object", "required": ["queue_id", "recipients"], "properties": {
                 "queue_id": {"type": "string"}, "received": {"type": ["string", "null"]},
                 "recipients": {"type": "array", "items": {"type": "object", "properties": {
