@@ -106,12 +106,16 @@ class Desk:
         if opened := cases.for_inbound(self.store, inbound_id):
             return f"{kind} case {opened} was opened for this message before a restart: nothing more done"
         head = mime.fields(email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw[:MAX_HEADER]))
+        subject = mime.decode_words(mime.first(head, "subject"))
+        if (existing := cases.quoted(self.store, subject)) is not None:      # "keep the case id in the subject"
+            reopened = cases.replied(self.store, existing, inbound_id)
+            return f"reply to case {existing}: added to its history" + (", the case reopened" if reopened else "")
         pairs = getaddresses(head.get("from", [])[:1])
         complainant = (pairs[0][1] if pairs and "@" in pairs[0][1] else envelope_sender).strip().lower()
         who = identify(self.store, self.keys, found, complainant) if kind == "abuse" else None
         found_what = (f"identified by {who.by}: tenant {who.tenant}, recipient "
                       f"{mask(who.recipient) if who.recipient else 'unknown'}") if who else "no copy of ours identified"
-        case_id = cases.open_case(self.store, kind, complainant, mime.decode_words(mime.first(head, "subject")),
+        case_id = cases.open_case(self.store, kind, complainant, subject,
                                   f"{found.evidence}; {found_what}", inbound_id, who.tenant if who else None,
                                   who.recipient if who else None)
         done = [f"{kind} case {case_id} opened ({found_what})"]

@@ -11,7 +11,8 @@ class ReasonRequired(Exception):
     """Individual records are shown only to resolve a problem, and the reason is recorded."""
 
 
-def _os_user() -> str:
+def os_user() -> str:
+    """Who runs the command: the audit row's and a case step's author."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -22,7 +23,7 @@ def record(store: Store, command: str, shown: str, reason: str | None) -> None:
     """Write the audit row before anything is shown; refuse without a reason."""
     if not reason or not reason.strip():
         raise ReasonRequired(f"'{command}' shows individual records: give --reason TEXT (it is audit-logged)")
-    store.insert("audit", {"time": utcnow(), "os_user": _os_user(), "command": command, "shown": shown,
+    store.insert("audit", {"time": utcnow(), "os_user": os_user(), "command": command, "shown": shown,
                               "reason": reason.strip()})
 
 

@@ -41,4 +41,6 @@ SCRAPED = {
     "websofttt_complaint_rate_limit": "policy.complaint_rate: a tenant above it is suspended.",
     "websofttt_bounce_rate_limit": "policy.bounce_rate: a tenant above it is suspended.",
     "websofttt_tenant_suspended": "1 when the tenant is suspended.",
+    "websofttt_cases_open": "Abuse and privacy cases still open (the whole store: every node shows the same).",
+    "websofttt_case_oldest_open_age_seconds": "How long the oldest open case has waited (0 when none is open).",
 }

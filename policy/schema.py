@@ -94,6 +94,14 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
            last_error TEXT, claimed_until REAL NOT NULL DEFAULT 0)""",
     )),
     ("0016_event_campaigns", ("ALTER TABLE events ADD COLUMN campaign TEXT",)),
+    ("0017_case_work", (
+        "ALTER TABLE cases ADD COLUMN assignee TEXT",
+        "ALTER TABLE cases ADD COLUMN closed TEXT",
+        "ALTER TABLE cases ADD COLUMN resolution TEXT",
+        """CREATE TABLE case_history (id INTEGER PRIMARY KEY, case_id TEXT NOT NULL, time TEXT NOT NULL,
+           author TEXT NOT NULL, action TEXT NOT NULL, text TEXT)""",
+        "CREATE INDEX idx_case_history_case ON case_history (case_id)",
+    )),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from policy import standing, tenants
+from policy import cases, standing, tenants
 from policy.metrics import SCRAPED
 from policy.settings import Settings
 from policy.store import Store, epoch
@@ -38,6 +38,10 @@ class NodeCollector:
             rates["websofttt_tenant_bounce_rate"].add_metric([tenant.id], s.bounce_rate)
             rates["websofttt_tenant_suspended"].add_metric([tenant.id], 0.0 if tenant.active else 1.0)
         yield from rates.values()
+        open_cases, oldest_case = cases.open_stats(self.store)
+        yield _gauge("websofttt_cases_open", open_cases)
+        yield _gauge("websofttt_case_oldest_open_age_seconds", max(0.0, time.time() - epoch(oldest_case)) if oldest_case
+                     else 0.0)
         yield _gauge("websofttt_complaint_rate_limit", rules.complaint_rate)
         yield _gauge("websofttt_bounce_rate_limit", rules.bounce_rate)
 

@@ -15,7 +15,7 @@ from email import message_from_bytes, policy as email_policy
 import dkim
 import pytest
 
-from policy import complaints, suppression, tenants
+from policy import cases, complaints, suppression, tenants
 from policy.keys import dkim_public_value, load_private_key
 from relay import delivery
 from tests.conftest import run_cli
@@ -121,6 +121,23 @@ def human_complaint(message_id: str) -> bytes:
     msg["Message-ID"] = message_id
     msg.set_content("I never signed up for this. Please make it stop.\n")
     return msg.as_bytes(policy=email_policy.SMTP)
+
+
+def test_a_reply_quoting_a_closed_case_reopens_it_and_opens_no_other(relay, sink):
+    send_inbound(relay, "jane@example.net", "4abuse@websofttt.com", human_complaint("<c1@example.net>"))
+    case_id = wait_for(lambda: relay.store.one("SELECT id FROM cases"))["id"]
+    cases.close(relay.store, case_id, "tenant warned", "maria")
+    reply = EmailMessage()
+    reply["From"] = "Jane <jane@example.net>"
+    reply["To"] = "4abuse@websofttt.com"
+    reply["Subject"] = f"Re: Auto: [{case_id}] Spam from your service"
+    reply.set_content("It happened again this morning.\n")
+    send_inbound(relay, "jane@example.net", "4abuse@websofttt.com", reply.as_bytes(policy=email_policy.SMTP))
+    wait_for(lambda: relay.store.one("SELECT status FROM cases WHERE id = ?", [case_id])["status"] == "open")
+    assert [h["action"] for h in cases.history(relay.store, case_id)] == ["closed", "reopened by a reply"]
+    assert len(relay.store.all("SELECT id FROM cases")) == 1
+    assert "added to its history, the case reopened" in mailbox_rows(relay)[-1][2]
+    assert relay.store.one("SELECT resolution FROM cases")["resolution"] == "tenant warned"     # history kept
 
 
 def test_human_complaint_gets_exactly_one_acknowledgement(relay, sink):

@@ -58,3 +58,28 @@ def test_tenant_show_includes_the_rates(desk, ok, ok_json):
     s = ok_json("tenant", "show", "acme")["standing"]
     assert (s["delivered"], s["complaints"], s["complaint_rate"], s["complaint_limit"]) == (4, 1, 0.25, 0.003)
     assert "complaint rate 25.00% (1 for 4 deliveries, limit 0.30%)" in ok("tenant", "show", "acme")
+
+
+def test_a_case_is_worked_to_its_end_with_every_change_audited(desk, ok, ok_json, fails, rows):
+    assert [c["id"] for c in ok_json("case", "list", "--open", "--older-than", "0s")] == [desk]
+    assert ok_json("case", "list", "--open", "--older-than", "24h") == []          # opened just now: not overdue
+    assert "assigned to maria (status open)" in ok("case", "assign", desk, "maria")
+    ok("case", "note", desk, "asked acme for the opt-in records")
+    assert "closed: acme removed the address (status closed)" in ok("case", "close", desk, "--resolution",
+                                                                     "acme removed the address")
+    out, err = fails("case", "close", desk, "--resolution", "again")
+    assert "already closed" in err
+    assert ok_json("case", "list", "--open") == []
+    [listed] = ok_json("case", "list")
+    assert (listed["status"], listed["assignee"], listed["acknowledged"]) == ("closed", "maria", 0)
+    shown = ok_json("case", "show", desk, "--reason", "review")
+    assert shown["resolution"] == "acme removed the address" and ISO_UTC.match(shown["closed"])
+    assert [(h["action"], h["text"]) for h in shown["history"]] == [
+        ("assigned", "maria"), ("note", "asked acme for the opt-in records"), ("closed", "acme removed the address")]
+    assert [(a["command"], a["shown"], a["reason"]) for a in rows("SELECT * FROM audit")][:3] == [
+        ("case assign", desk, "assigned to maria"), ("case note", desk, "note added"),
+        ("case close", desk, "closed: acme removed the address")]
+    for args, named in ((("case", "assign", "A-19990101-NOPE00", "x"), "A-19990101-NOPE00"),
+                        (("case", "list", "--older-than", "soon"), "--older-than"),
+                        (("case", "close", desk), "--resolution")):
+        assert named in fails(*args)[1]

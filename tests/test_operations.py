@@ -13,12 +13,14 @@ import smtplib
 import ssl
 import time
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from policy import logs
+from policy import cases, logs
 from policy.keys import generate_tls_cert
+from policy.store_sqlite import SqliteStore
 from tests.conftest import PASSWORD
 from tests.test_serve import client, node, send  # noqa: F401  (fixture)
 
@@ -135,6 +137,13 @@ def test_metrics_sum_every_worker_and_healthz(node):
     assert "websofttt_queue_depth 6.0" in text                  # the next hop is closed: all still waiting
     assert 'websofttt_tenant_suspended{tenant="acme"} 0.0' in text
     assert "websofttt_complaint_rate_limit 0.003" in text
+    assert "websofttt_cases_open 0.0" in text and "websofttt_case_oldest_open_age_seconds 0.0" in text
+    with closing(SqliteStore(node.dir / "var/websofttt.sqlite")) as store:
+        case_id = cases.open_case(store, "abuse", "jane@example.net", "spam", "", "in-1")
+        store.execute("UPDATE cases SET opened = '2020-01-01T00:00:00Z' WHERE id = ?", [case_id])
+    text = urllib.request.urlopen(http_url(node, "/metrics"), timeout=10).read().decode()
+    age = float(re.search(r"^websofttt_case_oldest_open_age_seconds (\S+)$", text, re.M).group(1))
+    assert "websofttt_cases_open 1.0" in text and age > 86400 * 365
     health = urllib.request.urlopen(http_url(node, "/healthz"), timeout=10)
     assert health.status == 200 and health.read() == b"ok: store, spool\n"
 

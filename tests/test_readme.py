@@ -488,15 +488,19 @@ def test_the_abuse_desk_commands_print_what_the_readme_says(served):
                           for w in words])
         assert (served.audit() != before) == comment.strip().endswith(": audited"), line
         printed[" ".join(words[:2])] = comment.strip(), out
-    assert list(printed) == ["complaint list", "case list", "case show", "tenant show"]
+    assert list(printed) == ["complaint list", "case list", "case show", "case assign", "case note", "case close",
+                             "tenant show"]
     comment, out = printed["complaint list"]
     assert comment == "individual records: audited"
     assert re.fullmatch(rf"{TIME}  acme +\(redacted\) +abuse +header +-  case {case_id}\n", out)
     comment, out = printed["case list"]
-    assert comment == "ids, kind, status, tenant: no addresses"
-    assert re.fullmatch(rf"{case_id}  abuse   {TIME}  open   tenant=acme  (not )?acknowledged\n", out)
+    assert comment == "ids, kind, status, tenant, assignee: no addresses"
+    assert re.fullmatch(rf"{case_id}  abuse   {TIME}  open   tenant=acme  (not )?acknowledged  assignee=-\n", out)
     comment, out = printed["case show"]
-    assert comment == "complainant, subject, evidence: audited"
+    assert comment == "complainant, subject, evidence, history: audited"
+    assert printed["case close"][1] == f"case {case_id}: closed: TEXT (status closed)\n"
+    history = [h["action"] for h in served.json("case", "show", case_id, "--reason", "README check")["history"]]
+    assert history == ["assigned", "note", "closed"]
     fields = dict(line.split(": ", 1) for line in out.splitlines())
     assert (fields["complainant"], fields["subject"]) == ("jane@example.org", "Spam from your service")
     assert fields["evidence"].startswith("addressed to abuse; identified by header: tenant acme")

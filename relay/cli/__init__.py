@@ -13,6 +13,7 @@ import sys
 import click
 
 from policy.audit import ReasonRequired
+from policy.cases import CaseError
 from policy.holds import HoldError
 from policy.keys import KeyMaterialError
 from policy.settings import ROLES, ConfigError
@@ -31,7 +32,7 @@ __all__ = ["ROLES", "USER_ERRORS", "cli", "init", "main", "prepare_metrics", "se
 
 
 USER_ERRORS = (ConfigError, TokenError, TenantError, SuppressionError, ReasonRequired, KeyMaterialError,
-               HoldError, TermsError, eventloop.LoopError)
+               HoldError, TermsError, CaseError, eventloop.LoopError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from policy import audit, cases, complaints
+from policy.values import parse_duration
 from relay.cli.common import emit, json_option, reason_option, with_settings, with_store
 
 
@@ -54,21 +55,34 @@ def case() -> None:
     """
 
 
+def _older_than(ctx, param, value: str | None) -> float:
+    if value is None:
+        return 0.0
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r} must be {e}") from None
+
+
 @case.command("list")
 @click.option("--kind", type=click.Choice(tuple(cases.KINDS)), default=None, help="Only abuse or privacy cases.")
+@click.option("--open", "open_only", is_flag=True, help="Only cases still open.")
+@click.option("--older-than", default=None, callback=_older_than, metavar="DURATION",
+              help="Only cases opened longer ago than this, e.g. 24h (with --open: what is overdue).")
 @json_option
 @with_settings
 @with_store
-def case_list(settings, store, kind, as_json) -> None:
-    """List cases, newest first: ids, kind, status and tenant only (no addresses).
+def case_list(settings, store, kind, open_only, older_than, as_json) -> None:
+    """List cases, newest first: ids, kind, status, tenant and assignee only (no addresses).
 
     \b
     Example:
-        websofttt case list --kind privacy --json
+        websofttt case list --open --older-than 24h --json
     """
-    emit(cases.entries(store, kind), as_json,
+    emit(cases.entries(store, kind, open_only, older_than), as_json,
          lambda rows: [f"{r['id']}  {r['kind']:<7} {r['opened']}  {r['status']:<6} tenant={r['tenant'] or '-'}  "
-                       f"{'acknowledged' if r['acknowledged'] else 'not acknowledged'}" for r in rows] or ["no cases"])
+                       f"{'acknowledged' if r['acknowledged'] else 'not acknowledged'}  "
+                       f"assignee={r['assignee'] or '-'}" for r in rows] or ["no cases"])
 
 
 @case.command("show")
@@ -78,17 +92,69 @@ def case_list(settings, store, kind, as_json) -> None:
 @with_settings
 @with_store
 def case_show(settings, store, case_id, reason, as_json) -> None:
-    """Show one case: complainant, subject, evidence (an individual record: --reason required, audit-logged).
+    """Show one case with its history: complainant, subject, evidence, notes (an individual record:
+    --reason required, audit-logged).
 
     \b
     Example:
         websofttt case show A-20261125-7KQ2MD --reason "answering the complainant"
     """
     audit.record(store, "case show", case_id, reason)
-    found = cases.get(store, case_id)
-    if found is None:
-        raise click.BadParameter(f"no case {case_id!r} (see websofttt case list)", param_hint="CASE_ID")
-    emit(found, as_json, lambda c: [f"{k}: {'' if v is None else v}" for k, v in c.items()])
+    found = cases.require(store, case_id) | {"history": cases.history(store, case_id)}
+    emit(found, as_json, lambda c: [f"{k}: {'' if v is None else v}" for k, v in c.items() if k != "history"]
+         + [f"  {h['time']} {h['author']}: {h['action']}{': ' + h['text'] if h['text'] else ''}" for h in c["history"]])
+
+
+@case.command("assign")
+@click.argument("case_id")
+@click.argument("user")
+@with_settings
+@with_store
+def case_assign(settings, store, case_id, user) -> None:
+    """Give a case to USER, who works it to its end (audited).
+
+    \b
+    Example:
+        websofttt case assign A-20261125-7KQ2MD maria
+    """
+    _changed(store, "case assign", case_id, f"assigned to {user}", cases.assign(store, case_id, user, audit.os_user()))
+
+
+@case.command("note")
+@click.argument("case_id")
+@click.argument("text")
+@with_settings
+@with_store
+def case_note(settings, store, case_id, text) -> None:
+    """Add a note to a case's history (audited).
+
+    \b
+    Example:
+        websofttt case note A-20261125-7KQ2MD "asked acme for the list's opt-in records"
+    """
+    _changed(store, "case note", case_id, "note added", cases.note(store, case_id, text, audit.os_user()))
+
+
+@case.command("close")
+@click.argument("case_id")
+@click.option("--resolution", required=True, help="How the case ended (kept in its history).")
+@with_settings
+@with_store
+def case_close(settings, store, case_id, resolution) -> None:
+    """Close a case; it keeps its acknowledgement and history, and a reply quoting it reopens it (audited).
+
+    \b
+    Example:
+        websofttt case close A-20261125-7KQ2MD --resolution "acme removed the address; complainant told"
+    """
+    _changed(store, "case close", case_id, f"closed: {resolution}", cases.close(store, case_id, resolution,
+                                                                              audit.os_user()))
+
+
+def _changed(store, command: str, case_id: str, what: str, case_row: dict) -> None:
+    """The audit row of a change to a case (its reason: what changed), then one line."""
+    audit.record(store, command, case_row["id"], what)
+    click.echo(f"case {case_row['id']}: {what} (status {case_row['status']})")
 
 
 COMMANDS = [complaint, case]
