@@ -113,7 +113,10 @@ def close(store: Store, case_id: str, resolution: str, author: str) -> dict:
 
 def replied(store: Store, case_id: str, inbound_id: str) -> bool:
     """A reply quoting the case joins its history; a closed case opens again (its resolution kept in history).
-    True when it reopened the case."""
+    True when it reopened the case. A reply processed again after a crash is not added twice."""
+    if store.one("SELECT 1 AS x FROM case_history WHERE case_id = ? AND text = ?",
+                 [case_id.strip().upper(), f"inbound message {inbound_id}"]):
+        return False
     reopen = require(store, case_id)["status"] == "closed"
     values: dict[str, object] = {"status": "open", "closed": None} if reopen else {}
     _step(store, case_id, "inbound", "reopened by a reply" if reopen else "reply", f"inbound message {inbound_id}",

@@ -83,3 +83,13 @@ def test_a_case_is_worked_to_its_end_with_every_change_audited(desk, ok, ok_json
                         (("case", "list", "--older-than", "soon"), "--older-than"),
                         (("case", "close", desk), "--resolution")):
         assert named in fails(*args)[1]
+
+
+def test_a_reply_processed_twice_after_a_crash_is_one_history_row(desk, tmp_path):
+    with closing(SqliteStore(tmp_path / "var" / "websofttt.sqlite")) as store:
+        cases.close(store, desk, "done", "maria")
+        assert cases.replied(store, desk, "in-9") is True
+        assert cases.replied(store, desk, "in-9") is False              # the same inbound message again
+        assert [h["action"] for h in cases.history(store, desk)] == ["closed", "reopened by a reply"]
+        assert cases.quoted(store, f"Re: Auto: [{desk.lower()}] Spam") == desk
+        assert cases.quoted(store, "Re: [A-19990101-NOPE22] unknown") is None
