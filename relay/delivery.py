@@ -111,7 +111,7 @@ class DeliveryLoop:
         self._recording: dict[tuple[str, str], asyncio.Future] = {}
         self._erased = False          # a body was erased since the last WAL checkpoint
         self._tasks: set[asyncio.Task] = set()
-        self._status: Recent[str | None] = Recent(settings.submission.trust_cache_ttl)  # suspended: held; removed: dropped
+        self._tenants: Recent[tenants.Tenant | None] = Recent(settings.submission.trust_cache_ttl)  # suspended: held
 
     async def run(self, stop: asyncio.Event) -> None:
         """Look at the spool when something there is due (or every second) and start what is due there, up to the
@@ -292,10 +292,10 @@ class DeliveryLoop:
     async def deliver(self, due: Due, body: bytes | None = None) -> Verdict | None:
         """The outbound path of one recipient, top to bottom (`body`: handed over in memory, else read): what
         it came to, for `_settle` to record; None if there is nothing to record (dropped meanwhile)."""
-        status = await self._tenant_status(due.tenant)
-        if status == tenants.Status.SUSPENDED:
+        tenant = await self._tenant(due.tenant)
+        if tenant is not None and tenant.status == tenants.Status.SUSPENDED:
             return Verdict(State.DEFERRED, "451 4.7.1 Held: the tenant is suspended", due.token, held=True)
-        if status in (tenants.Status.REMOVED, tenants.Status.ERASED):
+        if tenant is not None and tenant.removed:
             return Verdict(State.DROPPED, "554 5.7.1 Dropped: the tenant was removed", due.token)
         age = time.time() - epoch(due.received)
         if age > self.settings.delivery.max_queue_lifetime:
@@ -340,10 +340,10 @@ class DeliveryLoop:
         except SigningError as e:
             return Outcome(False, False, f"451 4.7.5 DKIM signing failed: {e}")
 
-    async def _tenant_status(self, tenant: str) -> str | None:
+    async def _tenant(self, tenant: str) -> tenants.Tenant | None:
         if tenant == outbox.PROVIDER:
             return None
-        return await self._status.get(tenant, lambda: self.store.call(_status, self.store, tenant))
+        return await self._tenants.get(tenant, lambda: self.store.call(tenants.get, self.store, tenant))
 
     async def _new_token(self, due: Due, body: bytes) -> str:
         """A token for this copy, committed with its sent row before the copy leaves (a reply names it)."""
@@ -433,11 +433,6 @@ def _record_sent(store: Store, rows: list[tuple]) -> None:
     """The sent rows of one handed-over message, one write of the group commit."""
     for row in rows:
         sent.record(store, *row)
-
-
-def _status(store: Store, tenant: str) -> str | None:
-    found = tenants.get(store, tenant)
-    return found.status if found else None
 
 
 def _committed(write: asyncio.Future | None) -> bool:

@@ -218,7 +218,6 @@ def tenant_accept_terms(settings, store, tenant_id, version) -> None:
     Example:
         websofttt tenant accept-terms acme --version 2027-03
     """
-    tenants.require(store, tenant_id)
     click.echo(f"{tenant_id} accepted terms {terms.accept(store, settings.provider.terms_version, tenant_id, version)}")
 
 
