@@ -13,7 +13,7 @@ import email.utils
 import re
 from email.message import EmailMessage
 
-from inbound import dsn
+from inbound import bounce_signs
 from inbound.dsn import Fields
 from inbound.mime import decode_words, first
 from policy.settings import Provider
@@ -47,7 +47,7 @@ def refusal(head: Fields, envelope_sender: str, provider: Provider) -> str | Non
     precedence = first(head, "precedence").lower()
     if precedence in ("bulk", "list", "junk"):
         return f"Precedence: {precedence}"
-    if dsn.daemon_sender(sender, "") or dsn.daemon_sender(first(head, "from"), ""):
+    if bounce_signs.sender(sender, "") or bounce_signs.sender(first(head, "from"), ""):
         return "sent by a mailer daemon"
     if sender.rpartition("@")[2] in {d.lower() for d in provider.domains}:
         return "sent from one of our own addresses"

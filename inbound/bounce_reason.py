@@ -53,6 +53,20 @@ class Failure:
 _BY_STATUS = {"1.0": Reason.MAILBOX_UNKNOWN, "1.1": Reason.MAILBOX_UNKNOWN, "1.6": Reason.MAILBOX_UNKNOWN,
               "1.2": Reason.DOMAIN_UNKNOWN, "1.10": Reason.DOMAIN_UNKNOWN, "4.4": Reason.DOMAIN_UNKNOWN,
               "2.2": Reason.MAILBOX_FULL, "3.4": Reason.MESSAGE_TOO_LARGE, "2.3": Reason.MESSAGE_TOO_LARGE}
+_FULL = (r"over ?quota|quota (?:\w+ )?exceeded|exceed\w* (?:\w+ ){0,3}quota|(?:disk ?space|storage|mailbox) quota"
+         r"|(?:mailbox|mail ?folder|maildir|inbox) (?:is )?(?:full|over)|full mailbox|mailbox.{0,20}size limit"
+         r"|mailbox exceeds|exceeded (?:its|the) (?:disk|storage|mailbox) (?:space|size)|insufficient (?:system )?storage"
+         r"|out of storage|not (?:have )?enough (?:disk |storage )?space|storage space|disk ?quota|overdrawn"
+         r"|mailbox (?:space|size) (?:exhausted|exceeded)|casilla .{0,20}(?:llena|agotad)|postfach (?:ist )?voll"
+         r"|bo[îi]te (?:aux lettres )?pleine|caixa (?:postal )?(?:cheia|lotada)|ящик переполнен")
+# A reply that says the failure is temporary whatever its code: the mailbox may take mail later.
+_SOFT = re.compile(_FULL + r"|gr[ae]y ?list|rate limit|too many (?:messages|connections|recipients|emails)|throttl"
+                   r"|sending (?:limit|quota)", re.I)
+_TEMPORARY_CAUSE = re.compile(r"temp_?failure|temporar(?:y|ily)|timed? ?out|connection (?:dropped|refused|reset|lost|closed)"
+                              r"|dropped by remote|(?:not|un)reachable|retry time(?:out)? (?:exceeded|expired)|queue period"
+                              r"|\d+ attempts|try (?:again )?later|try again|deferred", re.I)
+_FULL_TEXT = re.compile(_FULL, re.I)
+_HARD_REASONS = {Reason.MAILBOX_UNKNOWN, Reason.DOMAIN_UNKNOWN, Reason.POLICY}
 _BY_TEXT = [(reason, re.compile(pattern, re.I)) for reason, pattern in (
     # a closed mailbox: not unknown, and no block of the sender
     (Reason.OTHER, r"account (?:is |has been )?(?:disabled|suspended|inactive|locked|deactivated|blocked)"
@@ -61,9 +75,7 @@ _BY_TEXT = [(reason, re.compile(pattern, re.I)) for reason, pattern in (
                        r"|nxdomain|no such domain|domain (?:does not|doesn't) exist|unrouteable (?:address|mail domain)"
                        r"|name service error|null mx|no mx (?:record|host)|host name lookup failure"
                        r"|domain is not reachable"),
-    (Reason.MAILBOX_FULL, r"over ?quota|quota exceeded|exceed\w* (?:\w+ ){0,3}quota"
-                     r"|(?:mailbox|mail ?folder|inbox) (?:is )?full|full mailbox|mailbox.{0,20}size limit"
-                     r"|mailbox exceeds|insufficient (?:system )?storage|out of storage|disk ?quota"),
+    (Reason.MAILBOX_FULL, _FULL),
     (Reason.MESSAGE_TOO_LARGE, r"too (?:large|big)|message size|size limit|size exceeds|exceeds? (?:\S+ ){0,5}size"
                           r"|message length exceeds|maximum (?:message )?size"),
     (Reason.MAILBOX_UNKNOWN, r"user unknown|unknown user|no such (?:user|mailbox|recipient|address)|does(?: not|n't) exist"
@@ -108,6 +120,8 @@ def status_of(status_field: str, diagnostic: str = "") -> str:
 def reason_of(status: str, text: str) -> Reason:
     """One of REASONS: by the status's subject.detail (any X.7.X: policy), else by the text."""
     detail = status.partition(".")[2]
+    if _FULL_TEXT.search(text) and not detail.startswith("1."):     # a full mailbox whatever the status says
+        return Reason.MAILBOX_FULL
     if detail == "7.13":                 # X.7.13 user account disabled: about the mailbox, not a block
         return Reason.OTHER
     if detail.startswith("7.") or (detail.startswith("1.") and _ABOUT_THE_SENDER.search(text)):
@@ -123,17 +137,29 @@ def reason_of(status: str, text: str) -> Reason:
 def failure(recipient: str, status: str, diagnostic: str, fallback: bool, more_text: str = "") -> Failure:
     """One failed copy; `fallback`: its permanence when neither a status, a reply code nor the reason says."""
     diagnostic = one_line(diagnostic, None)
-    reason = reason_of(status, f"{diagnostic}\n{more_text}" if more_text else diagnostic)
-    if reason == Reason.MAILBOX_FULL:
-        permanent = False
-    elif status:
-        permanent = status[0] == "5"
-    elif reply := FAILURE_REPLY.search(diagnostic):
-        permanent = reply.group(1)[0] == "5"
-    else:       # an unknown mailbox or domain is permanent unless the text says it is temporary
-        permanent = fallback or (reason in (Reason.MAILBOX_UNKNOWN, Reason.DOMAIN_UNKNOWN)
-                                 and not _SAYS_TEMPORARY.search(f"{diagnostic}\n{more_text}"))
-    return Failure(recipient, status, permanent, reason, diagnostic[:MAX_DIAGNOSTIC])
+    text = f"{diagnostic}\n{more_text}" if more_text else diagnostic
+    reason = reason_of(status, text)
+    reply = FAILURE_REPLY.search(diagnostic)
+    codes = (status[:1], reply.group(1)[:1] if reply else "")
+    return Failure(recipient, status, permanence(codes, reason, text, fallback), reason, diagnostic[:MAX_DIAGNOSTIC])
+
+
+def permanence(codes: tuple[str, str], reason: Reason, text: str, fallback: bool) -> bool:
+    """Hard or soft, the specific meaning first: a full mailbox, greylisting or a rate limit is soft whatever
+    its code; an unknown mailbox or domain or a policy refusal with a 5 code (the status's or the reply's)
+    is hard; then a temporary cause (time-out, dropped connection, "try again") is soft; then the class of
+    the status, else of the reply; then `fallback`, unless the reason is an unknown mailbox or domain,
+    which is hard (a report of one is final)."""
+    if reason == Reason.MAILBOX_FULL or _SOFT.search(text):
+        return False
+    if "5" in codes and reason in _HARD_REASONS:
+        return True
+    code = codes[0] or codes[1]
+    if _TEMPORARY_CAUSE.search(text):
+        return False
+    if code:
+        return code == "5"
+    return fallback or reason in (Reason.MAILBOX_UNKNOWN, Reason.DOMAIN_UNKNOWN)
 
 
 def one_line(text: str, limit: int | None = MAX_DIAGNOSTIC) -> str:
@@ -223,40 +249,38 @@ def _decoded(found: Iterable[bytes | str]) -> list[str]:
     return sorted({a.strip().strip("<>").lower() for a in text})
 
 
-def nonstandard(msg: Message, raw: bytes, listed: Iterable[str], head: dict[str, list[str]], text: str,
-                subject: str, delay: bool, says_permanent: bool,
-                need_code: bool = False) -> tuple[list[Failure], int, tuple[str, ...]]:
+def nonstandard(msg: Message, raw: bytes, listed: tuple[str, ...], head: dict[str, list[str]], text: str,
+                subject: str, delay: bool, need_code: bool = False) -> tuple[list[Failure], int, tuple[str, ...]]:
     """(failures, delays, recipients) of a bounce that is not an RFC 3464 report.
 
     listed: addresses our own detectors found (X-Failed-Recipients, qmail); head: the bounce's header
     fields (its own To addresses are never a failed recipient); text: its explanation; delay: its Subject
-    says it is a delay warning; says_permanent: the explanation has a 5.x.x / 55x code or says so.
+    says it is a delay warning. A failure is hard unless its status, its reply or its words say otherwise.
     need_code: only addresses with an enhanced status code near them count (for a message that nothing
     else shows to be a bounce). No address found: one failure with recipient "" (the token names the copy).
     """
     low = text.lower()
     own = set(addresses(v for name in ("to", "envelope-to", "delivered-to") for v in head.get(name, ())))
-    temporary, permanent = ([], []) if delay else flufl_failures(msg, raw)
+    temporary, permanent = ([], []) if delay or listed else flufl_failures(msg, raw)
     said = "\n".join(line for line in low.splitlines() if not _HEADERISH.match(line))
     found = sorted((a for a in permanent if a in said), key=said.find)
     candidates = dict.fromkeys(a.lower() for a in [*listed, *found])
     valid = [a for a in candidates if "@" in a and not _SPACE.search(a) and a not in own][:MAX_FAILURES]
-    if not valid and not delay and not need_code:
+    if not valid and not need_code:
         valid = _sole_recipient(said, raw, own)
     delayed = [a for a in temporary if a in low and a not in valid and a not in own]
     if delay:
         return [], 1, tuple(valid)
     failures: list[Failure] = []
     words = said_permanence(text)
+    fallback = True if words is None else words
     for address in valid:
         near = window(text, address, valid)
         if need_code and not FAILURE_STATUS.search(near):
             continue
-        fallback = (address in permanent or says_permanent) if words is None else words
         failures.append(failure(address, status_of(near), near, fallback, "" if len(valid) > 1 else subject))
     if not failures and not delayed and not need_code:
         line = next((ln for ln in text.splitlines() if FAILURE_STATUS.search(ln) or FAILURE_REPLY.search(ln)), "")
-        fallback = says_permanent if words is None else words
         failures.append(failure("", status_of(line), line, fallback, f"{text}\n{subject}"))
     recipients = tuple(dict.fromkeys([f.recipient for f in failures if f.recipient] + delayed))
     return failures, len(delayed), recipients
@@ -271,8 +295,8 @@ def _sole_recipient(said: str, raw: bytes, own: set[str]) -> list[str]:
         return []
     address = named.pop()
     quoted = re.escape(address.encode("utf-8", "replace"))
-    sender = re.compile(rb"^[ \t>]*(?:from|sender|reply-to|return-path):.*" + quoted + rb"|envelope-from <?" + quoted,
-                        re.I | re.M)
+    sender = re.compile(rb"^[ \t>]*(?:from|sender|reply-to|return-path):.*(?<![\w.+=-])" + quoted
+                        + rb"|envelope-from <?" + quoted, re.I | re.M)
     return [] if sender.search(raw) else [address]
 
 

@@ -3,12 +3,15 @@ privacy request or other. Pure (bytes in, a Classification out: no store, no net
 garbage, broken MIME, bad charsets, deep nesting and huge messages give an answer, not an exception.
 
 Decision order, first match wins:
-1. bounce: a delivery-status report (RFC 3464), or a null / mailer-daemon sender with a bounce Subject
-   (or sent to a bounce role address, unless it is a null-sender auto-reply);
-2. complaint: an ARF feedback report (RFC 5965);
-3. auto_reply: RFC 3834 Auto-Submitted, Exchange/Lotus markers, Precedence, vacation Subjects, MDNs;
-4. by role address: bounce (failed addresses with a status code near them, else unparseable: permanent
-   None), unsubscribe, abuse -> human_complaint, privacy -> privacy_request, anything else -> other.
+1. bounce: a delivery-status report (RFC 3464); or the signs of a free-text bounce (inbound/bounce_signs):
+   a mail system's or the null sender with a bounce Subject or wording (or at the bounce address, unless
+   it is a null-sender auto-reply), or a bounce Subject with bounce wording;
+2. complaint: an ARF feedback report (RFC 5965), or Microsoft's older JMRP format (the reported message
+   carrying X-HmXmrOriginalRecipient);
+3. auto_reply (inbound/auto_reply): RFC 3834 Auto-Submitted, Exchange/Lotus markers, Precedence, vacation
+   Subjects and texts, MDNs; a challenge-response request before anything else (some come as DSNs);
+4. by role address: bounce (failed addresses with a status code near them, else other), unsubscribe,
+   abuse -> human_complaint, privacy -> privacy_request, anything else -> other.
 An auto-reply or bounce sent to an unsubscribe address is therefore never an unsubscribe, and a
 vacation reply sent to bounce+TOKEN@ (RFC 3834 replies go to the envelope sender) is an auto_reply.
 """
@@ -25,7 +28,7 @@ from enum import StrEnum
 from email.message import Message
 from collections.abc import Sequence
 
-from inbound import bounce_reason, dsn, mime
+from inbound import auto_reply, bounce_reason, bounce_signs, dsn, mime
 from inbound.bounce_reason import Failure
 from inbound.dsn import Fields
 from inbound.report import Report, describe
@@ -59,14 +62,12 @@ _PASTED_NAMES = r"(list-unsubscribe|return-path|original-mail-from|message-id|x-
 # An indented paste folds nothing: a continuation line that starts another of these fields is not one.
 _PASTED = re.compile(rf"^[ \t>]*{_PASTED_NAMES}[ \t]*:([^\r\n]*(?:\r?\n[ \t]+(?![ \t>]*{_PASTED_NAMES}[ \t]*:)[^\r\n]*)*)",
                      re.I | re.M)
-_AUTO_SUBJECT = re.compile(
-    r"\s*\[?(?:out of (?:the )?office|automatic reply|auto:|auto[- ]?reply|autoresponse|abwesenheitsnotiz"
-    r"|automatische antwort|absence|réponse automatique|respuesta automática|risposta automatica|on vacation)",
-    re.I)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _BREAK = re.compile(r"<br\s*/?>|</(?:p|div|tr|li)>", re.I)
 _TAG = re.compile(r"<(?:[a-z/!][^<>]*)>", re.I)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_LEADING_BLANKS = re.compile(rb"\A(?:[ \t]*\r?\n)+")
+_JMRP = "x-hmxmroriginalrecipient"          # Microsoft JMRP: the complainant's address, in the reported message
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class _Read:
     answer carries, its report type, Subject and explanatory text."""
 
     def __init__(self, raw: bytes, found: list[str]):
+        raw = _LEADING_BLANKS.sub(b"", raw, count=1)    # saved with blank lines before the header
         self.raw = raw
         self.msg = _parse(raw)
         self.head = mime.fields(self.msg)
@@ -124,6 +126,7 @@ class _Read:
         ids = [i for name in ("in-reply-to", "references") for v in self.head.get(name, ()) for i in _MSGID.findall(v)]
         self.message_ids = tuple(dict.fromkeys(ids))[:MAX_IDS]
         self.report = _report_type(self.msg)
+        self.jmrp = [v for f in (self.head, *self.parts.headers) for v in f.get(_JMRP, ())][:dsn.MAX_RECIPIENTS]
         self.subject = mime.decode_words(mime.first(self.head, "subject"))
         self.text = dsn.explanation("\n".join(self.parts.texts))
 
@@ -135,36 +138,49 @@ class _Read:
 
     def bounce(self, evidence: str, what: str | None, unparsed: str | None = None) -> Classification:
         """A bounce that is no RFC 3464 report: flufl.bounce and our detectors name the failed copies.
-        With `unparsed`, failures need a status code, and when none is found it is an unparseable bounce
-        with that evidence."""
+        With `unparsed` (a message at the bounce address that shows no other sign of a bounce), failures
+        need a status code near an address, and without one it is no bounce: kind other, that evidence."""
         listed = dsn.text_recipients(self.head.get("x-failed-recipients", ()), self.text)
         failures, delays, recipients = bounce_reason.nonstandard(
-            self.msg, self.raw, listed, self.head, self.text, self.subject, what == "delay",
-            dsn.looks_permanent(self.text), unparsed is not None)
+            self.msg, self.raw, listed, self.head, self.text, self.subject, what == "delay", unparsed is not None)
         if unparsed is not None and not failures:
-            return self.result(Kind.BOUNCE, unparsed)
+            return self.result(Kind.OTHER, f"{unparsed}, but no sign of a bounce in it")
         return self.result(Kind.BOUNCE, evidence, bounce_reason.overall(failures, delays), recipients, failures)
 
 
 def _classify(raw: bytes, roles: list[str], found: list[str], role_token: dict[str, str]) -> Classification:
     """The decision order of the module doc, first match wins."""
     m = _Read(raw, found)
+    if challenge := auto_reply.challenge(m.head, m.text):     # some come as reports of a delayed message
+        return m.result(Kind.AUTO_REPLY, challenge)
     if m.report == "delivery-status" or m.parts.dsn:                                        # 1. bounce
         return _delivery_status(m)
-    arf = m.report == "feedback-report" or bool(m.parts.feedback)
-    sender = dsn.daemon_sender(mime.first(m.head, "from"), mime.first(m.head, "return-path"))
-    what = dsn.bounce_subject(m.subject)
-    marker = _auto_reply(m.head, m.subject, m.report, replies_only=bool({"abuse", "privacy"} & set(roles)))
-    # An ARF report from postmaster@ stays one; RFC 3834 auto-replies come from the null sender too.
-    if sender and not arf and (what or ("bounce" in roles and not (marker and sender == "null Return-Path"))):
-        return m.bounce(f"non-standard bounce: {sender}, Subject: {m.subject}", what)
+    arf = m.report == "feedback-report" or bool(m.parts.feedback) or m.jmrp
+    marker = auto_reply.marker(m.head, m.subject, m.report, m.text, replies_only=bool({"abuse", "privacy"} & set(roles)))
+    if not arf and (what := _bounce_signs(m, roles, marker)):
+        sender, told = what
+        return m.bounce(f"non-standard bounce: {sender or 'its wording'}, Subject: {m.subject}", told)
     if arf:                                                                                 # 2. ARF complaint
         return _feedback_report(m)
     if marker:                                                                              # 3. auto-reply
         return m.result(Kind.AUTO_REPLY, marker)
-    return _by_role(m, roles, role_token, what)                                            # 4. by role address
+    return _by_role(m, roles, role_token)                                                   # 4. by role address
 
 
+def _bounce_signs(m: _Read, roles: list[str], marker: str | None) -> tuple[str | None, str | None] | None:
+    """(how the sender shows a mail system, 'failure' | 'delay' | None) when a message that is no report
+    is a bounce: a mail system's sender with a bounce Subject or wording, or with neither at the bounce
+    address unless it is an auto-reply from the null sender (RFC 3834 replies go there); or, except at
+    the abuse and privacy desks (where people forward bounces as evidence), a bounce Subject with bounce
+    wording from any sender. None otherwise."""
+    sender = bounce_signs.sender(mime.first(m.head, "from"), mime.first(m.head, "return-path"))
+    by_subject, by_words = bounce_signs.subject(m.subject), bounce_signs.wording(m.text)
+    told = by_subject if by_subject == "delay" else by_words or by_subject
+    if sender and (told or ("bounce" in roles and not (marker and sender.startswith("null")))):
+        return sender, told
+    if by_subject and by_words and not {"abuse", "privacy"} & set(roles):
+        return None, told
+    return None
 def _delivery_status(m: _Read) -> Classification:
     where = ("multipart/report; report-type=delivery-status" if m.report == "delivery-status"
              else "message/delivery-status part")
@@ -177,15 +193,18 @@ def _delivery_status(m: _Read) -> Classification:
 
 
 def _feedback_report(m: _Read) -> Classification:
+    if not (m.report == "feedback-report" or m.parts.feedback):
+        return m.result(Kind.COMPLAINT, "Microsoft JMRP report (X-HmXmrOriginalRecipient)", None,
+                        [a for v in m.jmrp if (a := dsn.address(v))])
     feedback_type = next((v for b in m.parts.feedback for v in b.get("feedback-type", ())), "") or "unknown"
     reported = dict.fromkeys(a for b in m.parts.feedback for v in b.get("original-rcpt-to", ()) if (a := dsn.address(v)))
     return m.result(Kind.COMPLAINT, f"feedback-report: Feedback-Type {feedback_type.lower()}", None,
                     list(reported)[:dsn.MAX_RECIPIENTS])
 
 
-def _by_role(m: _Read, roles: list[str], role_token: dict[str, str], what: str | None) -> Classification:
-    if "bounce" in roles:    # failed addresses with a status code near them (flufl.bounce), or unparseable
-        return m.bounce(f"failure report to the bounce address, Subject: {m.subject}", what,
+def _by_role(m: _Read, roles: list[str], role_token: dict[str, str]) -> Classification:
+    if "bounce" in roles:    # failed addresses with a status code near them (flufl.bounce), or other
+        return m.bounce(f"failure report to the bounce address, Subject: {m.subject}", None,
                         unparsed=_addressed("bounce", role_token.get("bounce")))
     if "unsubscribe" in roles:
         return m.result(Kind.UNSUBSCRIBE, _addressed("unsubscribe", role_token.get("unsubscribe")))
@@ -266,31 +285,6 @@ def _report_type(msg: Message) -> str:
         return ""
     value = msg.get_param("report-type", "")
     return mime.text_of(email.utils.collapse_rfc2231_value(value)).strip().lower()
-
-
-def _auto_reply(head: Fields, subject: str, report: str, replies_only: bool) -> str | None:
-    """The marker that shows an automatic reply (RFC 3834 and common practice), or None.
-
-    `replies_only` (the abuse and privacy addresses): report generators (Auto-Submitted: auto-generated)
-    and list or bulk mail still carry complaints; only responders (vacation, auto-replied) are dropped.
-    """
-    if report == "disposition-notification":
-        return "multipart/report; report-type=disposition-notification"
-    submitted = mime.first(head, "auto-submitted")
-    not_replies = ("no", "auto-generated", "auto-notified") if replies_only else ("no",)
-    if submitted and submitted.split(";")[0].strip().lower() not in not_replies:
-        return f"Auto-Submitted: {submitted}"
-    for name in ("X-Autoreply", "X-Autorespond", *(() if replies_only else ("X-Auto-Response-Suppress",))):
-        if name.lower() in head:
-            return f"{name}: {mime.first(head, name.lower())}"
-    precedence = mime.first(head, "precedence").lower()
-    if precedence in ("auto_reply",) + (() if replies_only else ("bulk", "junk", "list")):
-        return f"Precedence: {precedence}"
-    if mime.first(head, "x-autogenerated").lower() == "reply":
-        return "X-Autogenerated: Reply"
-    if _AUTO_SUBJECT.match(subject):
-        return f"Subject: {subject}"
-    return None
 
 
 def _addressed(role: str, token: str | None) -> str:

@@ -1,4 +1,4 @@
-"""Delivery status: RFC 3464 per-recipient fields, and the tell-tale signs of a non-standard bounce.
+"""Delivery status: RFC 3464 per-recipient fields, the explanation of a bounce and the recipients it names.
 
 Pure functions over already-decoded text and field blocks; `inbound/classify` does the MIME walk.
 A field block is a dict of lower-case field name -> list of unfolded values, as in a header section.
@@ -17,24 +17,12 @@ Fields = dict[str, list[str]]
 MAX_RECIPIENTS = 100
 _FIELD = re.compile(r"([!-9;-~]+)[ \t]*:[ \t]*(.*)")      # RFC 5322 field name, then the value
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
-
-# Subjects of non-standard bounces (sender must also be null or a mailer daemon).
-_FAIL_SUBJECT = re.compile(
-    r"undelivered mail returned to sender|delivery status notification \(failure\)|mail delivery failed"
-    r"|^\s*undeliverable|failure notice|^\s*returned mail:|delivery failure|delivery has failed"
-    r"|^\s*unzustellbar|^\s*non remis", re.I)
-_DELAY_SUBJECT = re.compile(
-    r"delivery status notification \(delay\)|^\s*warning: message \S+ delayed|delayed mail"
-    r"|^\s*delivery delayed|^\s*warning: could not send message for past", re.I)
-_DAEMON = re.compile(r"(?<![\w.+-])(mailer-?daemon|mail-?daemon|postmaster)(?=[@>\s\"]|$)", re.I)
+_ROUTE = re.compile(r"^(?:@[^:,@\s]+,?)+:")         # RFC 5321 source route: @relay1,@relay2:
 
 # Where a bounce's own explanation ends and the copy of the returned message begins.
 _COPY_MARKER = re.compile(
     r"^[ \t]*-{2,}[ \t]*(?:this is a copy of|below this line is a copy|original message"
     r"|unsent message|forwarded message|the header of the original|message header follows)", re.I | re.M)
-_PERMANENT = re.compile(
-    r"(?<![\d.])5\.\d{1,3}\.\d{1,3}(?!\.?\d)|(?<![\d.])55[0-4](?!\d)|user unknown|unknown user|does not exist"
-    r"|no such user|no mailbox here|mailbox unavailable|permanent error|address rejected", re.I)
 # Lines that name a failed recipient: qmail `<a@b>:`, GMX/1&1 `"a@b":`, OpenSMTPD `a@b: 550 ...`,
 # Sendmail's transcript `550 5.1.1 <a@b>... User unknown`.
 _RCPT_LINE = re.compile(r'^(?:[<"]([^<>\s@"]+@[^<>\s@"]+)[>"]:[ \t]*$'
@@ -59,10 +47,14 @@ def parse_fields(text: str, max_blocks: int = 500) -> list[Fields]:
 
 
 def address(value: str) -> str:
-    """`rfc822; <User@Example.com>` -> `user@example.com`; '' when it holds no address."""
-    value = value.split(";", 1)[1] if ";" in value else value
-    value = value.strip().strip("<>").strip().lower()
-    return value if "@" in value and " " not in value else ""
+    """`rfc822; <User@Example.com>` -> `user@example.com`; '' when it holds no Internet address (an X.400
+    or other address type, a local name). A source route `<@relay.example:user@host>` gives `user@host`."""
+    kind, _, value = value.rpartition(";") if ";" in value else ("rfc822", "", value)
+    if kind.strip().lower() not in ("rfc822", "utf-8", ""):
+        return ""
+    value = _ROUTE.sub("", value.strip().strip("<>").strip()).strip("<>\"'").lower()
+    local, at, domain = value.rpartition("@")
+    return value if local and at and "." in domain and " " not in value else ""
 
 
 def status_class(block: Fields) -> str | None:
@@ -88,7 +80,7 @@ def summarize(blocks: Iterable[Fields], text: str = "") -> tuple[list[Failure], 
     the Diagnostic-Code's of the same class; permanent unless 4.x.x, a full mailbox or a 45x reply). With
     no Diagnostic-Code, the lines of the human-readable part `text` that follow the recipient's mention.
     Action delayed: counted, no Failure. A block without Action takes it from its status class.
-    Delivered/relayed/expanded are ignored. Recipients: the failed and delayed ones, both fields.
+    Delivered/relayed/expanded are ignored. Recipients: one per failed or delayed copy (`copy_recipient`).
     """
     blocks = list(blocks)
     everyone = [a for b in blocks for n in ("final-recipient", "original-recipient") for v in b.get(n, ())
@@ -105,16 +97,13 @@ def summarize(blocks: Iterable[Fields], text: str = "") -> tuple[list[Failure], 
             continue
         code = replies.STATUS_FIELD.search(" ".join(block.get("status", ())))
         seen.append(f"{action} {code.group(0)}" if code else action)
-        final, original = ([a for v in block.get(n, ()) if (a := address(v))] for n in ("final-recipient",
-                                                                                      "original-recipient"))
-        for rcpt in final + original:
-            if rcpt not in recipients and len(recipients) < MAX_RECIPIENTS:
-                recipients.append(rcpt)
+        rcpt = copy_recipient(block)
+        if rcpt and rcpt not in recipients and len(recipients) < MAX_RECIPIENTS:
+            recipients.append(rcpt)
         if action == "delayed":
             delays += 1
             continue
         if len(failures) < MAX_RECIPIENTS:
-            rcpt = (original + final + [""])[0]
             status_field = " ".join(block.get("status", ()))
             diagnostic = " ".join(d.split(";", 1)[-1] for d in block.get("diagnostic-code", ()))
             if not diagnostic and rcpt:          # the reply as the human-readable part quotes it (OpenSMTPD, ...)
@@ -126,32 +115,17 @@ def summarize(blocks: Iterable[Fields], text: str = "") -> tuple[list[Failure], 
     return failures, delays, tuple(recipients), summary
 
 
-def bounce_subject(subject: str) -> str | None:
-    """'delay' or 'failure' for a typical bounce Subject, else None."""
-    if _DELAY_SUBJECT.search(subject):
-        return "delay"
-    if _FAIL_SUBJECT.search(subject):
-        return "failure"
-    return None
-
-
-def daemon_sender(from_: str, return_path: str) -> str | None:
-    """How the message shows a null or mailer-daemon sender, or None."""
-    m = _DAEMON.search(from_)
-    if m:
-        return f"From {m.group(1).upper()}"
-    return "null Return-Path" if return_path.strip() == "<>" else None
+def copy_recipient(block: Fields) -> str:
+    """The address our copy went to: Original-Recipient (the address as the sender gave it, before
+    forwarding or aliases) when it is an Internet address, else Final-Recipient; '' when neither is."""
+    return next((a for n in ("original-recipient", "final-recipient") for v in block.get(n, ()) if (a := address(v))),
+                "")
 
 
 def explanation(text: str) -> str:
     """The bounce's own text: everything before the copy of the returned message (at most 64 KiB)."""
     m = _COPY_MARKER.search(text, 0, 65536)
     return text[:m.start()] if m else text[:65536]
-
-
-def looks_permanent(text: str) -> bool:
-    """A non-standard bounce is permanent when its explanation has a 5.x.x / 55x code or says so."""
-    return _PERMANENT.search(text) is not None
 
 
 def text_recipients(failed_header: Iterable[str], text: str) -> tuple[str, ...]:

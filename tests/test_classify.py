@@ -38,7 +38,7 @@ CASES = [
          ("alice.nowhere@example.net",), ("6fzgiermbboc3rvgnwnq6la6vv2dlqeljq",)),
     Case("postfix_dsn_delayed.eml", ("bounce",), (None,), "bounce",
          "report-type=delivery-status (delayed 4.4.1)", False,
-         ("bob.smith@mx.mail.example.org", "bob@alias.example.org"), ("kv4ljjgwxlssf7vptdmhmubbowb2ughp2y",)),
+         ("bob@alias.example.org",), ("kv4ljjgwxlssf7vptdmhmubbowb2ughp2y",)),
     Case("gmail_dsn_failure.eml", ("bounce",), ("LMZGUPSMUR6B64B5DTXO25QQVH35QOQS5A",), "bounce",
          "report-type=delivery-status (failed 5.1.1)", True,
          ("nobody.here@gmail.com",), ("lmzgupsmur6b64b5dtxo25qqvh35qoqs5a",),
@@ -130,10 +130,19 @@ def test_unsubscribe_without_token():
     assert (got.kind, got.evidence) == ("unsubscribe", "addressed to unsubscribe@")
 
 
-def test_anything_to_the_bounce_address_is_a_bounce():
+def test_what_reaches_the_bounce_address_without_a_sign_of_a_bounce_is_other():
     for name in ("garbage.eml", "privacy_request.eml", "human_unsubscribe_reply.eml"):
         got = classify(corpus(name), ["bounce"], ["foxi4xoprykdzsac3x3vr655r2lpvqv3vy"])
-        assert (got.kind, got.permanent, got.evidence) == ("bounce", None, "addressed to bounce+foxi4x…"), name
+        assert (got.kind, got.permanent, got.failures) == ("other", None, ()), name
+        assert got.evidence == "addressed to bounce+foxi4x…, but no sign of a bounce in it"
+        assert got.tokens == ("foxi4xoprykdzsac3x3vr655r2lpvqv3vy",)
+
+
+def test_a_mail_systems_message_to_the_bounce_address_is_a_bounce_even_without_a_bounce_subject():
+    raw = b"From: MAILER-DAEMON@mx.example.net\nSubject: Notice\n\nSomething went wrong.\n"
+    got = classify(raw, ["bounce"], ["foxi4xoprykdzsac3x3vr655r2lpvqv3vy"])
+    assert (got.kind, [f.recipient for f in got.failures]) == ("bounce", [""])
+    assert classify(raw, [], []).kind == "other"
 
 
 def test_vacation_reply_to_the_bounce_address_is_an_auto_reply():
@@ -409,7 +418,7 @@ def test_huge_message_only_the_first_mebibyte_is_read():
     start = time.perf_counter()
     got = classify(raw, ["bounce"], [None])
     assert time.perf_counter() - start < 2
-    assert (got.kind, got.permanent) == ("bounce", False)    # the 5.1.1 lies beyond the first MiB
+    assert (got.kind, got.failures[0].status) == ("bounce", "")    # the 5.1.1 lies beyond the first MiB
 
 
 def test_parts_beyond_the_first_mebibyte_are_not_read():

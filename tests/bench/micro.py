@@ -5,7 +5,8 @@
 - `suppression import` of N addresses (the CLI's code path, policy/suppression_import) into a fresh store;
 - the RCPT-time check (policy/suppression.find) p50/p99 over 100,000 lookups, half hits, with the store
   grown to --entries rows;
-- inbound classification (inbound/classify) of every sample in tests/data and tests/corpus, repeated,
+- inbound classification (inbound/classify) of every sample in tests/data (the real corpus included) and
+  tests/corpus, repeated,
   in messages per second on one core, and for the node: one process per CPU at once, as the node's
   workers classify.
 """
@@ -65,9 +66,9 @@ def bench_suppression(entries: int, import_size: int) -> dict:
 
 def classify_corpus(rounds: int) -> int:
     """Classify the mixed corpus `rounds` times; how many messages that was."""
-    files = [p for d in ("tests/data/bounces", "tests/data/complaints", "tests/corpus/inbound")
-             for p in sorted((ROOT / d).rglob("*.eml"))]
-    samples = [(p.read_bytes(), ["bounce"] if "bounces" in str(p) else ["abuse"]) for p in files]
+    folders = {"tests/data/bounces": "bounce", "tests/data/real": "bounce", "tests/data/complaints": "abuse",
+               "tests/corpus/inbound": "abuse"}
+    samples = [(p.read_bytes(), [role]) for d, role in folders.items() for p in sorted((ROOT / d).rglob("*.eml"))]
     for _ in range(rounds):
         for raw, roles in samples:
             classify(raw, roles, [None])
