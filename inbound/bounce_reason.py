@@ -104,6 +104,8 @@ _HEADERISH = re.compile(r"^[ \t>]*(?:to|cc|bcc|from|sender|reply-to|message-id|i
                         r"|delivered-to|envelope-to|received|date|subject)[ \t]*:", re.I)
 _SPACE = re.compile(r"\s+")
 _ADDRESS = re.compile(r"(?<![\w.+=-])[\w.+=-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")   # linear: starts a token
+# Sendmail `a@b\n    (expanded from: c@d)`, Postfix `<a@b> (expanded from <c@d>)`: an alias, c@d was the recipient
+_EXPANDED = re.compile(r"<?([\w.+=-]+@[\w.-]+)>?:?\s*\(expanded from:? <?([\w.+=-]+@[\w.-]+)>?\)", re.I)
 _SYSTEM = re.compile(r"(?:postmaster|mailer-?daemon|abuse|root|noreply|no-reply)@", re.I)
 
 
@@ -265,6 +267,8 @@ def nonstandard(msg: Message, raw: bytes, listed: tuple[str, ...], head: dict[st
     said = "\n".join(line for line in low.splitlines() if not _HEADERISH.match(line))
     found = sorted((a for a in permanent if a in said), key=said.find)
     candidates = dict.fromkeys(a.lower() for a in [*listed, *found])
+    expanded = {m.group(1).lower(): m.group(2).lower() for m in _EXPANDED.finditer(text)}
+    candidates = dict.fromkeys(expanded.get(a, a) for a in candidates)     # the address as it was sent to
     valid = [a for a in candidates if "@" in a and not _SPACE.search(a) and a not in own][:MAX_FAILURES]
     if not valid and not need_code:
         valid = _sole_recipient(said, raw, own)
@@ -286,14 +290,19 @@ def nonstandard(msg: Message, raw: bytes, listed: tuple[str, ...], head: dict[st
     return failures, len(delayed), recipients
 
 
+def named(text: str, own: Iterable[str]) -> set[str]:
+    """The addresses a bounce's explanation names, but for its own (its To) and mail systems' ones."""
+    found = {a.strip(".") for a in _ADDRESS.findall(text.lower())} - set(own)
+    return {a for a in found if not _SYSTEM.match(a)}
+
+
 def _sole_recipient(said: str, raw: bytes, own: set[str]) -> list[str]:
     """Of a bounce no detector understood: the one address its explanation names, unless that is a mail
     system's own or the sender's (the returned message's From, Sender, Reply-To, Return-Path)."""
-    named = {a.strip(".") for a in _ADDRESS.findall(said)} - own
-    named = {a for a in named if not _SYSTEM.match(a)}
-    if len(named) != 1:
+    named_there = named(said, own)
+    if len(named_there) != 1:
         return []
-    address = named.pop()
+    address = named_there.pop()
     quoted = re.escape(address.encode("utf-8", "replace"))
     sender = re.compile(rb"^[ \t>]*(?:from|sender|reply-to|return-path):.*(?<![\w.+=-])" + quoted
                         + rb"|envelope-from <?" + quoted, re.I | re.M)

@@ -17,6 +17,7 @@ vacation reply sent to bounce+TOKEN@ (RFC 3834 replies go to the envelope sender
 """
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.parser
 import email.policy
@@ -85,6 +86,7 @@ class Classification:
 @dataclass
 class _Parts:
     texts: list[str]              # text/plain parts outside returned messages
+    html: list[str]               # text/html parts as text, for a message that has no text/plain one
     dsn: list[Fields]             # message/delivery-status field blocks
     feedback: list[Fields]        # message/feedback-report field blocks
     headers: list[Fields]         # returned headers: message/rfc822, text/rfc822-headers, ARF fields, pasted
@@ -115,7 +117,8 @@ class _Read:
         self.raw = raw
         self.msg = _parse(raw)
         self.head = mime.fields(self.msg)
-        self.parts = _walk(self.msg)
+        self.sender = bounce_signs.sender(mime.first(self.head, "from"), mime.first(self.head, "return-path"))
+        self.parts = _walk(self.msg, wrapper=bool(self.sender) and not _report_type(self.msg))
         for fields in self.parts.headers:             # tokens in returned headers, after the role addresses'
             for name, values in fields.items():
                 pattern = _TOKEN_FIELDS.get(name)
@@ -128,7 +131,7 @@ class _Read:
         self.report = _report_type(self.msg)
         self.jmrp = [v for f in (self.head, *self.parts.headers) for v in f.get(_JMRP, ())][:dsn.MAX_RECIPIENTS]
         self.subject = mime.decode_words(mime.first(self.head, "subject"))
-        self.text = dsn.explanation("\n".join(self.parts.texts))
+        self.text = dsn.explanation("\n".join(self.parts.texts or self.parts.html))
 
     def result(self, kind: Kind, evidence: str, permanent: bool | None = None, recipients=(),
                failures=()) -> Classification:
@@ -145,6 +148,15 @@ class _Read:
             self.msg, self.raw, listed, self.head, self.text, self.subject, what == "delay", unparsed is not None)
         if unparsed is not None and not failures:
             return self.result(Kind.OTHER, f"{unparsed}, but no sign of a bounce in it")
+        return self.failed(evidence, failures, delays, recipients)
+
+    def failed(self, evidence: str, failures: list[Failure], delays: int, recipients: tuple[str, ...]) -> Classification:
+        """A bounce's classification. One that names no address at all: its one failure takes the returned
+        message's recipient, when that shows one."""
+        own = bounce_reason.addresses(self.head.get("to", ()))
+        if len(failures) == 1 and not failures[0].recipient and not bounce_reason.named(self.text, own) \
+                and (rcpt := dsn.returned_recipient(self.parts.headers)) and rcpt not in own:
+            failures, recipients = [dataclasses.replace(failures[0], recipient=rcpt)], (*recipients, rcpt)
         return self.result(Kind.BOUNCE, evidence, bounce_reason.overall(failures, delays), recipients, failures)
 
 
@@ -173,7 +185,7 @@ def _bounce_signs(m: _Read, roles: list[str], marker: str | None) -> tuple[str |
     address unless it is an auto-reply from the null sender (RFC 3834 replies go there); or, except at
     the abuse and privacy desks (where people forward bounces as evidence), a bounce Subject with bounce
     wording from any sender. None otherwise."""
-    sender = bounce_signs.sender(mime.first(m.head, "from"), mime.first(m.head, "return-path"))
+    sender = m.sender
     by_subject, by_words = bounce_signs.subject(m.subject), bounce_signs.wording(m.text)
     told = by_subject if by_subject == "delay" else by_words or by_subject
     if sender and (told or ("bounce" in roles and not (marker and sender.startswith("null")))):
@@ -187,8 +199,7 @@ def _delivery_status(m: _Read) -> Classification:
     blocks = dsn.per_recipient(m.parts.dsn) or dsn.per_recipient(dsn.parse_fields(m.text))   # a lost boundary
     if blocks:
         failures, delays, recipients, summary = dsn.summarize(blocks, m.text)
-        return m.result(Kind.BOUNCE, f"{where} ({summary})", bounce_reason.overall(failures, delays), recipients,
-                        failures)
+        return m.failed(f"{where} ({summary})", failures, delays, recipients)
     return m.bounce(f"{where} (no per-recipient fields)", None)
 
 
@@ -228,9 +239,11 @@ def _parse(raw: bytes) -> Message:
     return email.parser.BytesHeaderParser(policy=policy).parsebytes(raw)
 
 
-def _walk(msg: Message) -> _Parts:
-    """One pass over the parts in document order, not descending into returned messages."""
-    parts = _Parts([], [], [], [])
+def _walk(msg: Message, wrapper: bool) -> _Parts:
+    """One pass over the parts in document order, not descending into returned messages; but a `wrapper`
+    (a mail system's message that is no report itself: a virus filter's notice around a DSN) is read
+    with the DSN it wraps. A report returned inside a report, or forwarded by a person, is evidence."""
+    parts = _Parts([], [], [], [], [])
     stack, visited = [(msg, 0)], 0
     while stack and visited < MAX_PARTS:
         part, depth = stack.pop()
@@ -244,8 +257,11 @@ def _walk(msg: Message) -> _Parts:
             parts.feedback.extend(blocks)
             parts.headers.extend(blocks)
         elif ctype in ("message/rfc822", "message/global"):
-            if isinstance(payload, list):       # a multipart's payload is its list of parts
-                parts.headers.extend(mime.fields(p) for p in payload[:1] if isinstance(p, Message))
+            inner = payload[0] if isinstance(payload, list) and payload and isinstance(payload[0], Message) else None
+            if wrapper and inner is not None and _report_type(inner) == "delivery-status" and depth < MAX_DEPTH:
+                stack.append((inner, depth + 1))
+            elif inner is not None:
+                parts.headers.append(mime.fields(inner))
         elif ctype in ("text/rfc822-headers", "text/global-headers"):
             parts.headers.extend(dsn.parse_fields(mime.part_text(part), max_blocks=1))
         elif isinstance(payload, list):
@@ -255,8 +271,10 @@ def _walk(msg: Message) -> _Parts:
             text = mime.part_text(part)
             parts.texts.append(text)
             parts.headers.extend(_pasted(text))
-        elif ctype == "text/html":                      # headers pasted into a webmail reply
-            parts.headers.extend(_pasted(_TAG.sub("\n", _BREAK.sub("\n", mime.part_text(part)))))
+        elif ctype == "text/html":          # an HTML-only bounce's text; headers pasted into a webmail reply
+            text = _TAG.sub("\n", _BREAK.sub("\n", mime.part_text(part)))
+            parts.html.append(html.unescape(text))
+            parts.headers.extend(_pasted(text))
     return parts
 
 

@@ -18,11 +18,17 @@ MAX_RECIPIENTS = 100
 _FIELD = re.compile(r"([!-9;-~]+)[ \t]*:[ \t]*(.*)")      # RFC 5322 field name, then the value
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _ROUTE = re.compile(r"^(?:@[^:,@\s]+,?)+:")         # RFC 5321 source route: @relay1,@relay2:
+# RFC 3464 actions, and what some MTAs write instead (NTMail `failure`, OpenSMTPD `error`)
+_ACTIONS = {"failed": "failed", "failure": "failed", "fail": "failed", "error": "failed", "delayed": "delayed",
+            "delay": "delayed", "delivered": "delivered", "relayed": "relayed", "expanded": "expanded"}
+_RECEIVED_FOR = re.compile(r"\sfor\s+<?([^<>\s;@]+@[^<>\s;]+?)>?\s*(?:;|$)", re.I)
 
 # Where a bounce's own explanation ends and the copy of the returned message begins.
 _COPY_MARKER = re.compile(
     r"^[ \t]*-{2,}[ \t]*(?:this is a copy of|below this line is a copy|original message"
-    r"|unsent message|forwarded message|the header of the original|message header follows)", re.I | re.M)
+    r"|unsent message|forwarded message|the header of the original|message header follows)"
+    r"|^[ \t]*(?:the )?first \d+ lines of (?:your |the )?(?:original )?message|^[ \t]*original message follows"
+    r"|^[ \t]*(?:your|the) (?:original )?message (?:headers? )?follows", re.I | re.M)
 # Lines that name a failed recipient: qmail `<a@b>:`, GMX/1&1 `"a@b":`, OpenSMTPD `a@b: 550 ...`,
 # Sendmail's transcript `550 5.1.1 <a@b>... User unknown`.
 _RCPT_LINE = re.compile(r'^(?:[<"]([^<>\s@"]+@[^<>\s@"]+)[>"]:[ \t]*$'
@@ -90,7 +96,7 @@ def summarize(blocks: Iterable[Fields], text: str = "") -> tuple[list[Failure], 
     recipients: list[str] = []
     seen: list[str] = []
     for block in blocks:
-        action = (block.get("action") or [""])[0].lower().split("(")[0].strip()
+        action = _ACTIONS.get((block.get("action") or [""])[0].lower().split("(")[0].strip(), "")
         if not action:
             action = {"5": "failed", "4": "delayed"}.get(status_class(block) or "", "")
         if action not in ("failed", "delayed"):
@@ -108,6 +114,8 @@ def summarize(blocks: Iterable[Fields], text: str = "") -> tuple[list[Failure], 
             diagnostic = " ".join(d.split(";", 1)[-1] for d in block.get("diagnostic-code", ()))
             if not diagnostic and rcpt:          # the reply as the human-readable part quotes it (OpenSMTPD, ...)
                 diagnostic = bounce_reason.window(text, rcpt, everyone)
+            if not diagnostic and not replies.STATUS_FIELD.search(status_field):
+                diagnostic = status_field        # `Status: 553 Exceeded maximum inbound message size` (NTMail)
             more = "" if diagnostic else f"{status_field}\n{'' if rcpt else text}"
             status = bounce_reason.status_of(status_field, diagnostic)
             failures.append(bounce_reason.failure(rcpt, status, diagnostic, True, more))
@@ -126,6 +134,20 @@ def explanation(text: str) -> str:
     """The bounce's own text: everything before the copy of the returned message (at most 64 KiB)."""
     m = _COPY_MARKER.search(text, 0, 65536)
     return text[:m.start()] if m else text[:65536]
+
+
+def returned_recipient(headers: Iterable[Fields]) -> str:
+    """The recipient of the returned message, for a bounce that names none: the `for <...>` of its newest
+    Received field (the envelope recipient where it failed), else its To when that is one address."""
+    for block in headers:
+        if not {"received", "message-id", "from"} & block.keys():
+            continue                      # a feedback block or a pasted field, not the returned header
+        for value in block.get("received", ())[:1]:
+            if m := _RECEIVED_FOR.search(value):
+                return address(m.group(1))
+        to = [a for v in block.get("to", ()) for a in re.findall(r"[^\s<>,;:\"]+@[^\s<>,;:\"]+", v)]
+        return address(to[0]) if len(to) == 1 else ""
+    return ""
 
 
 def text_recipients(failed_header: Iterable[str], text: str) -> tuple[str, ...]:

@@ -111,3 +111,77 @@ def test_microsoft_jmrp_is_a_complaint():
     got = classify(raw, ["abuse"], [None])
     assert (got.kind, got.recipients) == ("complaint", ("reader@hotmail.example",))
     assert got.evidence == "Microsoft JMRP report (X-HmXmrOriginalRecipient)"
+
+
+# --- recipients --------------------------------------------------------------------------------------
+
+def report(blocks: str, sender: str = "MAILER-DAEMON@mx.example.net", returned: str = "") -> bytes:
+    return (f"From: {sender}\nSubject: Delivery Status Notification\nMIME-Version: 1.0\n"
+            f"Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n--b\n"
+            f"Content-Type: text/plain\n\nIt failed.\n--b\nContent-Type: message/delivery-status\n\n"
+            f"Reporting-MTA: dns; mx.example.net\n\n{blocks}\n{returned}--b--\n").encode()
+
+
+@pytest.mark.parametrize("blocks, recipients", [
+    ("Final-Recipient: rfc822; <@relay.example,@mx.example:Ann@X.example>\nAction: failed\nStatus: 5.1.1",
+     ("ann@x.example",)),                                                       # RFC 5321 source route
+    ("Final-Recipient: x400; /C=DE/ADMD=X/S=Ann/\nOriginal-Recipient: rfc822; ann@x.example\nAction: failed\n"
+     "Status: 5.1.1", ("ann@x.example",)),                                      # X.400 gateway
+    ("Final-Recipient: rfc822; ann.smith@mbox.x.example\nOriginal-Recipient: rfc822; ann@x.example\n"
+     "Action: failed\nStatus: 5.1.1", ("ann@x.example",)),                      # the address we sent to, once
+    ("Final-Recipient: rfc822; ann@x.example\nAction: failure\nStatus: 553 Exceeded maximum inbound message size",
+     ("ann@x.example",)),                                                       # NTMail's Action and Status
+    ("Final-Recipient: rfc822; ann@x.example\nAction: error\nStatus: 5.0.0", ("ann@x.example",)),   # OpenSMTPD
+])
+def test_dsn_recipients(blocks, recipients):
+    got = classify(report(blocks), [], [])
+    assert (got.kind, got.permanent, got.recipients) == ("bounce", True, recipients)
+
+
+def test_a_bounce_that_names_no_address_takes_the_returned_messages_recipient():
+    returned = ("--b\nContent-Type: message/rfc822\n\nReceived: from a by mx.x.example\n\tfor <ann@x.example>; "
+                "Mon, 1 Jun 2026 10:00:00 +0000\nReceived: from b by c for <list@lists.example>; Mon, 1 Jun 2026\n"
+                "From: news@shop.example\nTo: list@lists.example\nSubject: hi\n\nhi\n")
+    got = classify(report("Final-Recipient: unknown; ann\nAction: failed\nStatus: 5.1.1", returned=returned), [], [])
+    assert [f.recipient for f in got.failures] == ["ann@x.example"]
+    one_to = returned.replace("\tfor <ann@x.example>;", "\t;").replace("To: list@lists.example", "To: Ann <ann@x.example>")
+    got = classify(report("Final-Recipient: unknown; ann\nAction: failed\nStatus: 5.1.1", returned=one_to), [], [])
+    assert [f.recipient for f in got.failures] == ["ann@x.example"]
+    two_to = one_to.replace("To: Ann <ann@x.example>", "To: ann@x.example, bob@x.example")
+    got = classify(report("Final-Recipient: unknown; ann\nAction: failed\nStatus: 5.1.1", returned=two_to), [], [])
+    assert [f.recipient for f in got.failures] == [""]
+
+
+def test_an_alias_is_reported_by_the_address_it_was_sent_to():
+    raw = mail("MAILER-DAEMON@mx.example.net", "Returned mail: see transcript for details",
+               "   ----- The following addresses had permanent fatal errors -----\nann@mbox.x.example\n"
+               "    (expanded from: ann@x.example)\n\n   ----- Transcript of session follows -----\n"
+               "554 Too many hops 26 (25 max): to ann@x.example\n")
+    assert classify(raw, [], []).recipients == ("ann@x.example",)
+
+
+def test_the_returned_copy_after_a_first_lines_marker_is_not_the_explanation():
+    raw = mail("MAILER-DAEMON@mx.example.net", "failure notice",
+               'Delivery of email to this address\n"ann@x.example"\nhas failed due to a full mailbox.\n'
+               "The first 50 lines of your original message follow:\n> From: news@shop.example\n"
+               "> To: ann@x.example, bob@y.example\n")
+    got = classify(raw, [], [])
+    assert (got.recipients, got.permanent) == (("ann@x.example",), False)
+
+
+def test_an_html_only_bounce_is_read():
+    raw = (b"From: MAILER-DAEMON@mx.example.net\nSubject: failure notice\nMIME-Version: 1.0\n"
+           b"Content-Type: text/html\n\n<p>Sorry, I couldn't deliver your message to <b>ann@x.example</b>:</p>"
+           b"<p>550 No such user</p>\n")
+    got = classify(raw, [], [])
+    assert (got.kind, got.permanent, got.recipients) == ("bounce", True, ("ann@x.example",))
+
+
+def test_a_dsn_wrapped_by_a_mail_filter_is_read():
+    inner = report("Final-Recipient: rfc822; ann@x.example\nAction: failed\nStatus: 5.1.1").decode()
+    raw = ("From: postmaster@filter.example\nSubject: Delivery Status Notification (Failure)\nMIME-Version: 1.0\n"
+           "Content-Type: multipart/mixed; boundary=w\n\n--w\nContent-Type: text/plain\n\nThis e-mail is "
+           "confidential.\n--w\nContent-Type: message/rfc822\n\n" + inner + "\n--w--\n").encode()
+    got = classify(raw, [], [])
+    assert (got.kind, got.recipients) == ("bounce", ("ann@x.example",))
+    assert got.evidence.startswith("message/delivery-status part")
