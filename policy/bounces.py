@@ -43,6 +43,8 @@ _RECIPIENT_STATUS = re.compile(r"^5\.1\.(?!7$|8$)\d+$")       # 5.1.7/5.1.8 are 
 
 
 def bounce_class(status: str, permanent: bool, reason: str = "") -> Class:
+    if reason == Reason.MAILBOX_FULL:        # said in words, whatever the status (`5.7.0 maildir over quota`)
+        return SOFT
     if status.startswith(("5.7.", "4.7.")) or reason == Reason.POLICY:
         return POLICY
     if _RECIPIENT_STATUS.match(status) or (permanent and reason in (Reason.MAILBOX_UNKNOWN, Reason.DOMAIN_UNKNOWN)):
