@@ -6,8 +6,8 @@ Decision order, first match wins:
 1. bounce: a delivery-status report (RFC 3464); or the signs of a free-text bounce (inbound/bounce_signs):
    a mail system's or the null sender with a bounce Subject or wording (or at the bounce address, unless
    it is a null-sender auto-reply), or a bounce Subject with bounce wording;
-2. complaint: an ARF feedback report (RFC 5965), or Microsoft's older JMRP format (the reported message
-   carrying X-HmXmrOriginalRecipient);
+2. complaint: an ARF feedback report (RFC 5965; its parts in any order, its fields even in a text/plain
+   part), or Microsoft's older JMRP format (the reported message carrying X-HmXmrOriginalRecipient);
 3. auto_reply (inbound/auto_reply): RFC 3834 Auto-Submitted, Exchange/Lotus markers, Precedence, vacation
    Subjects and texts, MDNs; a challenge-response request before anything else (some come as DSNs);
 4. by role address: bounce (failed addresses with a status code near them, else other), unsubscribe,
@@ -68,6 +68,7 @@ _BREAK = re.compile(r"<br\s*/?>|</(?:p|div|tr|li)>", re.I)
 _TAG = re.compile(r"<(?:[a-z/!][^<>]*)>", re.I)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _LEADING_BLANKS = re.compile(rb"\A(?:[ \t]*\r?\n)+")
+_ARF_FIELDS = {"feedback-type", "user-agent", "version"}     # RFC 5965 3.1: required in every report
 _JMRP = "x-hmxmroriginalrecipient"          # Microsoft JMRP: the complainant's address, in the reported message
 
 
@@ -271,6 +272,10 @@ def _walk(msg: Message, wrapper: bool) -> _Parts:
             text = mime.part_text(part)
             parts.texts.append(text)
             parts.headers.extend(_pasted(text))
+            if "feedback-type" in text[:8192].lower():     # a feedback report sent as text/plain
+                blocks = [b for b in dsn.parse_fields(text[:8192], max_blocks=5) if _ARF_FIELDS <= b.keys()]
+                parts.feedback.extend(blocks)
+                parts.headers.extend(blocks)
         elif ctype == "text/html":          # an HTML-only bounce's text; headers pasted into a webmail reply
             text = _TAG.sub("\n", _BREAK.sub("\n", mime.part_text(part)))
             parts.html.append(html.unescape(text))

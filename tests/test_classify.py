@@ -296,6 +296,37 @@ def test_read_receipt_is_an_auto_reply():
 
 # --- ARF details -----------------------------------------------------------------------------------
 
+def arf(parts: list[tuple[str, str]], outer: str = "multipart/report; report-type=feedback-report") -> bytes:
+    body = "".join(f"--a\nContent-Type: {ctype}\n\n{text}\n" for ctype, text in parts)
+    return (f"From: fbl@isp.example\nSubject: FW: offers\nMIME-Version: 1.0\nContent-Type: {outer}; boundary=a\n\n"
+            f"{body}--a--\n").encode()
+
+
+FEEDBACK = "Feedback-Type: {}\nUser-Agent: ISP-FBL/1.0\nVersion: 1\nOriginal-Rcpt-To: <Ann@X.example>"
+ORIGINAL = "From: news@shop.example\nTo: ann@x.example\nSubject: offers\n\nbuy"
+
+
+@pytest.mark.parametrize("parts, outer", [
+    ([("message/rfc822", ORIGINAL), ("message/feedback-report", FEEDBACK), ("text/plain", "A complaint.")],
+     "multipart/report; report-type=feedback-report"),                       # parts out of order
+    ([("text/plain", "A complaint."), ("message/feedback-report", FEEDBACK), ("message/rfc822", ORIGINAL)],
+     "multipart/mixed"),                                                     # no report-type
+    ([("text/plain", "A complaint."), ("text/plain", FEEDBACK), ("message/rfc822", ORIGINAL)],
+     "multipart/mixed"),                                                     # the report's fields as text/plain
+])
+@pytest.mark.parametrize("feedback_type", ["abuse", "auth-failure", "opt-out", "Virus", "dmarc"])
+def test_arf_in_unusual_shapes(parts, outer, feedback_type):
+    parts = [(c, t.format(feedback_type)) for c, t in parts]
+    got = classify(arf(parts, outer), ["abuse"], [None])
+    assert (got.kind, got.recipients) == ("complaint", ("ann@x.example",))
+    assert got.evidence == f"feedback-report: Feedback-Type {feedback_type.lower()}"
+
+
+def test_a_person_quoting_a_feedback_type_is_no_arf_report():
+    raw = b"From: kim@example.net\nSubject: spam\n\nWhat does Feedback-Type: abuse mean? Stop mailing me.\n"
+    assert classify(raw, ["abuse"], [None]).kind == "human_complaint"
+
+
 def test_arf_feedback_type_in_evidence_and_rfc2231_report_type():
     raw = corpus("arf_headers_only.eml").replace(b"Feedback-Type: abuse", b"Feedback-Type: Fraud").replace(
         b'report-type="feedback-report"', b"report-type*=us-ascii''feedback-report")
