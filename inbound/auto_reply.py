@@ -21,6 +21,7 @@ _AWAY = re.compile(r"\bI (?:am|'m|will be) (?:currently )?(?:out of (?:the )?off
                    r"|on (?:vacation|holiday|annual leave|leave|maternity leave))|\bich bin (?:bis|vom) .{0,40}abwesend"
                    r"|je suis absent", re.I)
 _CHALLENGE_FIELDS = ("x-bluebottle-request", "x-boxbe-notice", "x-spamarrest-noauth", "x-challenge")
+_CHALLENGE_WORDS = ("list", "click", "pre-approved", "waitlisted", "human")     # one of them is in every match
 _CHALLENGE = re.compile(
     r"add yourself to my .{0,30}(?:list|contacts)|(?:guest|allowed|approved senders?|white) ?list.{0,120}(?:click|link)"
     r"|click .{0,120}(?:(?:guest|allowed|approved senders?|white) ?list|to be added|verif\w* (?:that )?you"
@@ -59,6 +60,8 @@ def challenge(head: Fields, text: str) -> str | None:
     """How a challenge-response request shows itself (a header of the known services, or its wording)."""
     if name := next((n for n in _CHALLENGE_FIELDS if n in head), None):
         return f"challenge-response request ({name})"
-    if m := _CHALLENGE.search(text[:4000]):
+    text = text[:4000]
+    low = text.lower()
+    if any(word in low for word in _CHALLENGE_WORDS) and (m := _CHALLENGE.search(text)):
         return f"challenge-response request: {m.group(0)[:60]}"
     return None

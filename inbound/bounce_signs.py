@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+WORDING_CHARS = 8192
 _DELAY_SUBJECT = re.compile(
     r"delivery status notification \(delay\)|warning: message \S+ delayed|delayed mail|delivery delayed"
     r"|warning: could not send message for past|not yet been delivered|(?:mail )?delivery warning"
@@ -75,7 +76,9 @@ def sender(from_: str, return_path: str) -> str | None:
 
 
 def wording(text: str) -> str | None:
-    """'delay' or 'failure' when a message's own text reports mail it could not deliver, else None."""
+    """'delay' or 'failure' when a message's own text reports mail it could not deliver, else None.
+    Reports say so at their start: the first WORDING_CHARS are read."""
+    text = text[:WORDING_CHARS]
     if _DELAY_WORDS.search(text):
         return "delay"
     return "failure" if _FAIL_WORDS.search(text) else None

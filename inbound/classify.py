@@ -186,8 +186,10 @@ def _bounce_signs(m: _Read, roles: list[str], marker: str | None) -> tuple[str |
     address unless it is an auto-reply from the null sender (RFC 3834 replies go there); or, except at
     the abuse and privacy desks (where people forward bounces as evidence), a bounce Subject with bounce
     wording from any sender. None otherwise."""
-    sender = m.sender
-    by_subject, by_words = bounce_signs.subject(m.subject), bounce_signs.wording(m.text)
+    sender, by_subject = m.sender, bounce_signs.subject(m.subject)
+    if not (sender or by_subject):
+        return None
+    by_words = bounce_signs.wording(m.text)
     told = by_subject if by_subject == "delay" else by_words or by_subject
     if sender and (told or ("bounce" in roles and not (marker and sender.startswith("null")))):
         return sender, told
