@@ -148,16 +148,18 @@ def failure(recipient: str, status: str, diagnostic: str, fallback: bool, more_t
 
 def permanence(codes: tuple[str, str], reason: Reason, text: str, fallback: bool) -> bool:
     """Hard or soft, the specific meaning first: a full mailbox, greylisting or a rate limit is soft whatever
-    its code; an unknown mailbox or domain or a policy refusal with a 5 code (the status's or the reply's)
-    is hard; then a temporary cause (time-out, dropped connection, "try again") is soft; then the class of
-    the status, else of the reply; then `fallback`, unless the reason is an unknown mailbox or domain,
-    which is hard (a report of one is final)."""
+    its code; a policy refusal with a 5 code (the status's or the reply's) is hard, and so is an unknown
+    mailbox or domain unless the text calls it temporary ("mailbox temporarily unavailable", "host not
+    found, try again"); then a temporary cause (time-out, dropped connection, retries exhausted) is soft;
+    then the class of the status, else of the reply; then `fallback`, unless the reason is an unknown
+    mailbox or domain, which is hard (a report of one is final)."""
     if reason == Reason.MAILBOX_FULL or _SOFT.search(text):
         return False
-    if "5" in codes and reason in _HARD_REASONS:
+    temporary = _TEMPORARY_CAUSE.search(text)
+    if "5" in codes and (reason == Reason.POLICY or (reason in _HARD_REASONS and not temporary)):
         return True
     code = codes[0] or codes[1]
-    if _TEMPORARY_CAUSE.search(text):
+    if temporary:
         return False
     if code:
         return code == "5"

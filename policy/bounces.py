@@ -47,8 +47,8 @@ def bounce_class(status: str, permanent: bool, reason: str = "") -> Class:
         return SOFT
     if status.startswith(("5.7.", "4.7.")) or reason == Reason.POLICY:
         return POLICY
-    if _RECIPIENT_STATUS.match(status) or (permanent and reason in (Reason.MAILBOX_UNKNOWN, Reason.DOMAIN_UNKNOWN)):
-        return HARD
+    if permanent and (_RECIPIENT_STATUS.match(status) or reason in (Reason.MAILBOX_UNKNOWN, Reason.DOMAIN_UNKNOWN)):
+        return HARD             # a report that says it is temporary ("mailbox temporarily unavailable"): soft
     if not permanent or status == "5.2.2" or reason == Reason.MAILBOX_FULL:
         return SOFT
     return OTHER

@@ -78,6 +78,8 @@ def test_a_report_saved_with_blank_lines_before_its_header():
     ("4.7.1", "451 4.7.1 temporarily deferred, try again later", False),
     ("", "You sent mail to a@x.example. That's not a valid user here.", True),
     ("", "No such user", True),
+    ("5.1.1", "550 5.1.1 Mailbox temporarily unavailable", False),
+    ("5.0.0", "550 Requested action not taken: mailbox unavailable", True),
 ])
 def test_hard_or_soft_by_meaning(status, diagnostic, permanent):
     assert failure("a@x.example", status, diagnostic, True).permanent is permanent

@@ -23,6 +23,7 @@ def store(any_store):
     ("5.7.1", True, "", "policy"), ("4.7.1", False, "", "policy"), ("5.7.26", True, "policy", "policy"),
     ("5.1.7", True, "", "other"), ("5.3.4", True, "message_too_large", "other"),
     ("5.7.0", False, "mailbox_full", "soft"),           # the words beat the status: "maildir over quota"
+    ("5.1.1", False, "mailbox_unknown", "soft"),        # "550 5.1.1 Mailbox temporarily unavailable"
 ])
 def test_classes(status, permanent, reason, expected):
     assert bounces.bounce_class(status, permanent, reason) == expected
