@@ -9,7 +9,7 @@ kinds; never addresses. Queue depth and age and the tenants' rates are read at s
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 received = Counter("websofttt_messages_received", "Messages accepted by submission (250 after DATA).", ["tenant"])
 rejected = Counter("websofttt_messages_rejected", "Submission commands refused, by stage and reason.",
@@ -29,6 +29,13 @@ inbound_messages = Counter("websofttt_inbound_messages", "Messages received by t
 auth_failures = Counter("websofttt_auth_failures", "Failed or refused SMTP AUTH attempts.", ["reason"])
 auth_logins = Counter("websofttt_auth_logins", "Successful SMTP AUTH logins, by how they were checked "
                       "(generated: SHA-256, password: scrypt, remembered: a login this worker verified).", ["check"])
+shaping_sent = Counter("websofttt_shaping_sent", "Copies let through to a site with a message rate.", ["site"])
+shaping_waits = Counter("websofttt_shaping_waits", "Copies held back because their site's rate was used up.", ["site"])
+shaping_throttled = Counter("websofttt_shaping_throttled", "Replies that matched an automation rule (throttling).",
+                            ["site"])
+shaping_suspensions = Counter("websofttt_shaping_suspensions", "Suspensions of a site by automation.", ["site"])
+shaping_rate = Gauge("websofttt_shaping_rate_per_minute", "A site's message rate in force (after reductions).",
+                     ["site"], multiprocess_mode="max")
 dkim_signing = Histogram("websofttt_dkim_signing_seconds", "Time to DKIM-sign one copy (all its signatures).",
                          buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1))
 

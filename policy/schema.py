@@ -102,6 +102,12 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
            author TEXT NOT NULL, action TEXT NOT NULL, text TEXT)""",
         "CREATE INDEX idx_case_history_case ON case_history (case_id)",
     )),
+    ("0018_shaping_actions", (
+        """CREATE TABLE shaping_actions (id INTEGER PRIMARY KEY, site TEXT NOT NULL, kind TEXT NOT NULL,
+           factor REAL NOT NULL DEFAULT 1, until REAL NOT NULL, reason TEXT NOT NULL, rule TEXT NOT NULL,
+           created TEXT NOT NULL)""",
+        "CREATE INDEX idx_shaping_actions_until ON shaping_actions (until)",
+    )),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

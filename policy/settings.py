@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from policy import business_days, config_keys
+from policy import business_days, config_keys, shaping_rules
 from policy.config_keys import key
 # Listen, Rate and the parsers are re-exported: callers import them from here
 from policy.values import (Listen, Rate, parse_address, parse_bool, parse_count, parse_country, parse_dir, parse_domain,
@@ -141,6 +141,7 @@ class Delivery:
     connect_timeout: float = key(parse_duration, 30.0)
     command_timeout: float = key(parse_duration, 300.0)               # RFC 5321 4.5.3.2: 5 minutes for greeting, MAIL, RCPT
     data_timeout: float = key(parse_duration, 600.0)                  # RFC 5321 4.5.3.2: 10 minutes for the end of DATA
+    shaping_file: Path | None = key(parse_str, None, path=True)       # per-site limits and automation; empty: shipped
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,10 @@ def _finish(s: Settings, source: str) -> Settings:
         raise ConfigError(f"{source}: [submission] listen and tls_listen are both empty")
     _distinct_listeners(s, source)
     _notice_periods(s.provider, source)
+    try:
+        shaping_rules.load(d.shaping_file)
+    except shaping_rules.RulesError as e:
+        raise ConfigError(f"{source}: [delivery] shaping_file: {e}") from None
     name = s.node.name or re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:63] or "node"
     workers = s.node.workers or os.cpu_count() or 1
     return replace(s, node=Node(name=name, workers=workers))

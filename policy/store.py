@@ -140,15 +140,15 @@ class Store(ABC):
 
     # -- counters: one atomic upsert per hit, shared by all workers and nodes
 
-    def hit(self, key: str, window: float, now: float | None = None) -> int:
-        """Count one event for `key` in a window that starts at its first event; return the count."""
+    def hit(self, key: str, window: float, now: float | None = None, n: int = 1) -> int:
+        """Count `n` events for `key` in a window that starts at its first event; return the count."""
         now = time.time() if now is None else now
         row = self.execute(
-            "INSERT INTO counters (key, started, count) VALUES (?, ?, 1) "
+            "INSERT INTO counters (key, started, count) VALUES (?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET "
-            "count = CASE WHEN ? - counters.started >= ? THEN 1 ELSE counters.count + 1 END, "
+            "count = CASE WHEN ? - counters.started >= ? THEN excluded.count ELSE counters.count + excluded.count END, "
             "started = CASE WHEN ? - counters.started >= ? THEN excluded.started ELSE counters.started END "
-            "RETURNING count", [key, now, now, window, now, window]).fetchone()
+            "RETURNING count", [key, now, n, now, window, now, window]).fetchone()
         assert row is not None            # an upsert RETURNING gives its row
         return row[0]
 

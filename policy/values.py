@@ -18,6 +18,7 @@ class Rate:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNIT_WORDS = {"sec": "s", "second": "s", "min": "m", "minute": "m", "hour": "h", "day": "d", "week": "w"}
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
@@ -31,12 +32,12 @@ def parse_duration(value: Any) -> float:
 
 
 def parse_rate(value: Any) -> Rate:
-    """'10000/1h' or '100/60s' -> Rate; also accepts a bare period unit ('100/h')."""
+    """'10000/1h' or '100/60s' -> Rate; also accepts a bare period unit ('100/h', '500/min')."""
     expected = "a rate such as \"10000/1h\" (messages/period)"
     if not isinstance(value, str) or "/" not in value:
         raise ValueError(expected)
     count, _, period = value.partition("/")
-    period = period.strip()
+    period = _UNIT_WORDS.get(period.strip().lower(), period.strip())
     if period and period[0].isalpha():
         period = "1" + period
     try:

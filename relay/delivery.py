@@ -2,7 +2,9 @@
 
 `deliver` is the whole outbound path for one recipient, in order: hold, expiry, suppression re-check (for
 mail read back from the spool: a retry, or mail that waited there; mail handed over in memory was looked up at
-its RCPT a moment before), token, per-recipient headers, DKIM (relay/signer.py), route, send, record.
+its RCPT a moment before), route and shaping (relay/shaping.py: a copy whose site is suspended or at its rate
+waits without using up an attempt), token, per-recipient headers, DKIM (relay/signer.py), send, what the reply
+teaches the shaping, record.
 Everything it decides is recorded in the spool (state, attempts, next attempt) and as an event in the store.
 
 Mail of a suspended tenant is held: not tried, not expired, kept until `tenant resume` (re-checked every
@@ -38,6 +40,7 @@ from policy.store import Store, StoreError, epoch
 from policy.tokens import TokenKeys
 from relay.eightbit import ConversionError, to_7bit
 from relay.routing import RouteError, Router
+from relay.shaping import Shaper, waiting
 from relay.signer import Signer
 from relay.signing import SigningError
 from relay.smtp_out import Courier, Outcome
@@ -59,7 +62,8 @@ class Verdict:
     state: State
     reply: str
     token: str | None
-    held: bool = False            # DEFERRED without an attempt: the tenant is suspended
+    held: bool = False            # DEFERRED without an attempt: the tenant or the site is held
+    until: float = 0.0            # held: when to look again (0: HOLD_RECHECK from now)
 
     @classmethod
     def of(cls, outcome: Outcome, token: str | None) -> Verdict:
@@ -93,11 +97,11 @@ class Fresh:
 
 class DeliveryLoop:
     def __init__(self, settings: Settings, store: Store, writes: GroupCommit, spool: Spool, signer: Signer,
-                 tokens: TokenKeys, router: Router, courier: Courier):
+                 tokens: TokenKeys, router: Router, courier: Courier, shaper: Shaper):
         self.settings = settings
         self.store, self.writes, self.spool = store, writes, spool
         self.signer, self.tokens = signer, tokens
-        self.router, self.courier = router, courier
+        self.router, self.courier, self.shaper = router, courier, shaper
         self.wake = asyncio.Event()
         self._inflight: set[tuple[str, str]] = set()     # claimed: an attempt runs, or its outcome is not committed
         self._fresh: deque[Fresh] = deque()               # handed over, in order, recipients not yet started
@@ -143,6 +147,10 @@ class DeliveryLoop:
             try:
                 await self._take_outbox()
                 await self.signer.refresh()
+                for site in await self.shaper.refresh():      # a suspension ended: its held copies go now
+                    await self.spool.wake(waiting(site))
+                    self._scan_at = 0.0
+                    self.wake.set()
                 if self._erased:
                     self._erased = False
                     await asyncio.get_running_loop().run_in_executor(None, self.spool.checkpoint)
@@ -308,6 +316,16 @@ class DeliveryLoop:
             body = self.spool.body(due.queue_id)
             if body is None:
                 return None                           # dropped by the operator meanwhile
+        domain = due.recipient.rpartition("@")[2]
+        try:
+            destinations = await self.router.route(domain)
+        except RouteError as e:
+            return Verdict.of(Outcome(False, e.permanent, f"{'550' if e.permanent else '451'} {e.status} {e.text}"),
+                              due.token)
+        site = self.shaper.site(domain, destinations, self.router.routed(domain))
+        wait = await self.shaper.admit(site)
+        if wait is not None:          # not an attempt: the copy waits in the spool, never bounced for it
+            return Verdict(State.DEFERRED, wait.reply, due.token, held=True, until=wait.until)
         provider = due.tenant == outbox.PROVIDER
         if provider:
             token, copy = None, body
@@ -318,17 +336,14 @@ class DeliveryLoop:
             signed = await self.signer.sign(due.tenant, due.from_domain, copy)
         except SigningError as e:
             return Verdict(State.DEFERRED, f"451 4.7.5 DKIM signing failed: {e}", token)
-        domain = due.recipient.rpartition("@")[2]
-        try:
-            destinations = await self.router.route(domain)
-        except RouteError as e:
-            return Verdict.of(Outcome(False, e.permanent, f"{'550' if e.permanent else '451'} {e.status} {e.text}"),
-                              token)
         envelope_from = "" if provider else f"bounce+{token}@{self.settings.provider.bounce_domain}"
         logs.event("attempt", queue_id=due.queue_id, tenant=due.tenant, recipient=due.recipient,
-                   attempt=due.attempts + 1, hosts=len(destinations))
+                   attempt=due.attempts + 1, hosts=len(destinations), site=site.name)
         seven_bit = partial(self._seven_bit, due, copy) if due.eightbit or not body.isascii() else None
-        return Verdict.of(await self.courier.send(destinations, envelope_from, due.recipient, signed, seven_bit), token)
+        outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed, seven_bit)
+        if not outcome.delivered and not outcome.local and await self.shaper.observe(site, outcome.reply):
+            outcome = Outcome(False, False, outcome.reply)         # a throttle: retried, never bounced for it
+        return Verdict.of(outcome, token)
 
     async def _seven_bit(self, due: Due, copy: bytes) -> bytes | Outcome:
         """The copy for a next hop without 8BITMIME: converted, then signed, so the signatures cover what is sent.
@@ -371,8 +386,8 @@ class DeliveryLoop:
         (a lock held too long) without turning a delivered copy into a retry, that is a duplicate."""
         state, reply, token = verdict.state, verdict.reply, verdict.token
         if verdict.held:              # not an attempt: looked at again later, nothing counted
-            await self.spool.record(due.queue_id, due.recipient, state, due.attempts, time.time() + HOLD_RECHECK,
-                                    reply, token)
+            await self.spool.record(due.queue_id, due.recipient, state, due.attempts,
+                                    verdict.until or time.time() + HOLD_RECHECK, reply, token)
             return
         if state is State.DEFERRED:
             schedule = self.settings.delivery.retry_schedule

@@ -66,6 +66,10 @@ class Router:
         self._next_sweep = clock() + NEGATIVE_TTL  # when to drop expired entries
         self._inflight: dict[str, asyncio.Task[Records | RouteError]] = {}
 
+    def routed(self, domain: str) -> bool:
+        """The domain goes to a static route or the smarthost, not to its MX hosts."""
+        return self._smarthost is not None or _normalize(domain) in self._routes
+
     async def route(self, domain: str) -> list[Destination]:
         """Candidates in the order to try; raises RouteError when there are none."""
         key = _normalize(domain)

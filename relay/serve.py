@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import dns.asyncresolver
 
-from policy import logs, retention, terms, terms_notices
+from policy import logs, retention, shaping_rules, terms, terms_notices
 from policy.groupcommit import GroupCommit
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
@@ -41,6 +41,7 @@ from policy.tokens import TokenKeys
 from relay import eventloop, webhooks
 from relay.delivery import DeliveryLoop
 from relay.intake import Intake
+from relay.shaping import Shaper
 from relay.routing import Router
 from relay.signer import Signer
 from relay.smtp_out import Courier
@@ -213,7 +214,8 @@ def delivery_loop(settings: Settings, store: Store, writes: GroupCommit, spool: 
     return DeliveryLoop(settings, store, writes, spool, Signer(settings, store),
                         TokenKeys.load(store, settings.tokens.secret_file),
                         Router(settings.delivery, resolver, smarthost_auth=smarthost_auth(settings)),
-                        Courier(settings.delivery, settings.provider.hostname))
+                        Courier(settings.delivery, settings.provider.hostname),
+                        Shaper(shaping_rules.load(settings.delivery.shaping_file), store, store.call))
 
 
 async def housekeeping_loop(settings: Settings, store: Store, spools: list[Spool], stop: asyncio.Event) -> None:

@@ -200,6 +200,13 @@ class Spool:
                 erase_finished(conn, queue_id)
         return self._submit(update) if wait else self._submit_later(update)
 
+    def wake(self, reply_prefix: str) -> asyncio.Future:
+        """Recipients held with a reply that starts with `reply_prefix` (a suspended site's) are due now."""
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE recipients SET next_attempt = 0 WHERE state = 'deferred' AND "
+                         "substr(last_reply, 1, ?) = ?", (len(reply_prefix), reply_prefix))
+        return self._submit(update)
+
     def due(self, now: float, limit: int, leased_before: float = 0.0) -> list[Due]:
         """Recipients to try, oldest first; never-tried ones leased before `leased_before` too (the leases of a
         loop that ran before this one: nothing of theirs is in memory any more)."""

@@ -1,0 +1,260 @@
+"""Delivery shaping: the rules file, site rates shared by every worker and node through the store, automation
+that reacts to a site's throttling replies, `websofttt shaping`, and a real relay settling under a next hop
+that throttles (policy/shaping_rules.py, policy/shaping.py, relay/shaping.py)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from policy import shaping, shaping_rules
+from policy.shaping_rules import RulesError
+from policy.values import Rate
+from relay.routing import Destination
+from relay.shaping import Shaper
+from tests.conftest import Sink, message, run_cli, serve_sink
+
+GMAIL_MX = [Destination("aspmx.l.google.com", 25), Destination("alt1.aspmx.l.google.com", 25)]
+
+
+def rules_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "shaping.toml"
+    path.write_text(text)
+    return path
+
+
+# --- the rules file ----------------------------------------------------------------------------------
+
+def test_the_shipped_rules_load_and_roll_up_mx_hosts():
+    rules = shaping_rules.load(None)
+    assert rules.source.endswith("config/shaping.toml")
+    assert rules.site_for("gmail.com", []).name == "gmail"
+    assert rules.site_for("corp.example", ["ASPMX.L.GOOGLE.COM."]).name == "gmail"      # Google Workspace
+    assert rules.site_for("contoso.example", ["contoso-example.mail.protection.outlook.com"]).name == "microsoft"
+    assert rules.site_for("example.net", ["mx.example.net"]) is None
+    assert rules.limits("gmail").max_message_rate == Rate(1000, 60.0)
+    gmail = next(r for r in rules.automation if r.name == "gmail-rate-limited")
+    assert gmail.matches("gmail", "4.7.28", "421 4.7.28 Our system has detected an unusual rate of unsolicited mail")
+    assert not gmail.matches("gmail", "4.7.0", "421 4.7.0 Try again later")
+
+
+@pytest.mark.parametrize("text, named", [
+    ('[sites.gmail]\nmatch = ["gmail.com"]\nmax_rate = "1/s"\n', "[sites.gmail] unknown key 'max_rate'"),
+    ('[sites.gmail]\nmatch = ["gmail.com"]\nmax_message_rate = "fast"\n', "[sites.gmail] max_message_rate: a rate"),
+    ('[sites.gmail]\nmax_message_rate = "5/s"\n', "[sites.gmail] match: a list"),
+    ('[default]\nmax_message_rate = "5/fortnight"\n', "[default] max_message_rate: a rate"),
+    ('[sitez.gmail]\n', "unknown section [sitez]"),
+    ('[[automation]]\nname = "x"\nstatus = "4.7.28"\naction = "reduce"\nfactor = 2\nfor = "1m"\n',
+     "[[automation]] x factor: a number between 0 and 1"),
+    ('[[automation]]\nname = "x"\ntext = "(unclosed"\naction = "suspend"\nfor = "1m"\n',
+     "[[automation]] x text: not a regular expression"),
+    ('[[automation]]\nname = "x"\nstatus = "4.7.28"\nsites = ["nowhere"]\naction = "suspend"\nfor = "1m"\n',
+     "[[automation]] x sites: names of [sites.*] sections"),
+    ('[[automation]]\nname = "x"\nstatus = "4.7.28"\naction = "bounce"\nfor = "1m"\n', "[[automation]] x action:"),
+    ('[[automation]]\nname = "x"\nstatus = "4.7.28"\naction = "suspend"\nfor = "soon"\n', "[[automation]] x for:"),
+    ('[[automation]]\nname = "x"\naction = "suspend"\nfor = "1m"\n', "status or text is required"),
+])
+def test_a_bad_rules_file_is_refused_naming_file_section_and_key(tmp_path, text, named):
+    path = rules_file(tmp_path, text)
+    with pytest.raises(RulesError) as e:
+        shaping_rules.load(path)
+    assert str(e.value).startswith(str(path)) and named in str(e.value)
+
+
+def test_the_command_line_exits_2_naming_the_shaping_file(tmp_path):
+    bad = rules_file(tmp_path, '[sites.gmail]\nmatch = ["gmail.com"]\nmax_message_rate = "fast"\n')
+    config = tmp_path / "websofttt.toml"
+    config.write_text(f'[paths]\ndata_dir = "var"\n\n[delivery]\nshaping_file = "{bad}"\n')
+    result = run_cli("--config", str(config), "shaping", "status", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"[delivery] shaping_file: {bad}: [sites.gmail] max_message_rate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- rates and actions shared through the store --------------------------------------------------------
+
+def test_claims_never_exceed_the_rate_whoever_claims(any_store):
+    rate = Rate(100, 3600)
+    granted = [shaping.claim(any_store, "gmail", rate, 7) for _ in range(20)]
+    assert sum(granted) == 100 and granted[-1] == 0
+    assert shaping.sent_in_window(any_store, "gmail", rate) >= 100
+
+
+def test_two_nodes_claiming_at_once_share_one_limit(postgres, pg_url):
+    """Two engines on one PostgreSQL store, eight threads each claiming as fast as they can."""
+    from policy.store_postgres import PostgresStore
+    stores = [PostgresStore(pg_url) for _ in range(2)]
+    stores[0].migrate()
+    rate, totals, lock = Rate(500, 3600), [], threading.Lock()
+
+    def node(store):
+        got = 0
+        for _ in range(60):
+            got += shaping.claim(store, "yahoo", rate, 10)
+        with lock:
+            totals.append(got)
+    threads = [threading.Thread(target=node, args=(stores[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(totals) == 500
+    for store in stores:
+        store.close()
+
+
+def test_an_action_is_extended_not_stacked_and_resume_ends_it(any_store):
+    now = time.time()
+    shaping.act(any_store, "gmail", shaping.REDUCE, 0.5, now + 60, "421 4.7.28 slow down", "gmail-rate-limited")
+    shaping.act(any_store, "gmail", shaping.REDUCE, 0.5, now + 120, "421 4.7.28 again", "gmail-rate-limited")
+    active = shaping.active(any_store)
+    assert [(a.kind, a.factor, round(a.until - now), a.reason) for a in active] == [
+        ("reduce", 0.5, 120, "421 4.7.28 again")]
+    assert shaping.active(any_store, now + 121) == []                 # ended: gone
+    shaping.act(any_store, "gmail", shaping.SUSPEND, 1, now + 60, "by hand", shaping.OPERATOR)
+    assert shaping.resume(any_store, "gmail") == 1 and shaping.active(any_store) == []
+
+
+def test_the_shaper_reduces_and_suspends_as_the_rules_say(tmp_path, any_store):
+    rules = shaping_rules.load(rules_file(tmp_path, """
+[sites.gmail]
+match = ["gmail.com", "*.google.com"]
+max_message_rate = "100/1h"
+[[automation]]
+name = "slow"
+status = "4.7.28"
+action = "reduce"
+factor = 0.5
+for = "10m"
+[[automation]]
+name = "stop"
+text = "(?i)too many connections"
+action = "suspend"
+for = "5m"
+"""))
+
+    async def call(fn, *args):
+        return fn(*args)
+
+    async def scenario():
+        shaper = Shaper(rules, any_store, call)
+        site = shaper.site("corp.example", GMAIL_MX, routed=False)
+        assert site.name == "gmail" and shaper.rate(site) == Rate(100, 3600)
+        assert await shaper.admit(site) is None
+        assert await shaper.observe(site, "421 4.7.28 unusual rate of unsolicited mail") is True
+        assert shaper.rate(site) == Rate(50, 3600)
+        assert await shaper.observe(site, "250 2.0.0 ok") is False
+        assert await shaper.observe(site, "421 4.7.0 Too many connections from your IP") is True
+        wait = await shaper.admit(site)
+        assert wait is not None and "suspended" in wait.reason and wait.until > time.time() + 250
+        other = shaper.site("example.net", [Destination("mx.example.net", 25)], routed=False)
+        assert other.name == "mx.example.net" and await shaper.admit(other) is None     # no rate: free
+    asyncio.run(scenario())
+
+
+# --- a real relay against a next hop that throttles ----------------------------------------------------
+
+class Throttling(Sink):
+    """A next hop that answers 421 4.7.28 once more than `per_window` copies reached it in `window` seconds."""
+
+    def __init__(self, per_window: int, window: float):
+        super().__init__()
+        self.per_window, self.window = per_window, window
+        self.accepted_at: list[float] = []
+        self.throttled_at: list[float] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        now = time.monotonic()
+        with self.lock:
+            recent = [t for t in self.accepted_at if now - t < self.window]
+            if len(recent) >= self.per_window:
+                self.throttled_at.append(now)
+                return "421 4.7.28 [127.0.0.1] Our system has detected an unusual rate of unsolicited mail"
+            self.accepted_at.append(now)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def throttling():
+    yield from serve_sink(Throttling(per_window=25, window=2.0))
+
+
+@pytest.mark.parametrize("shaped", [True, False])
+def test_a_relay_settles_under_a_throttling_next_hop(relay_factory, throttling, tmp_path, shaped):
+    """The next hop takes 25 copies per 2 s; the rules start the site at 40 per 2 s and halve its rate on
+    421 4.7.28. Without shaping (no rules) the relay sends as fast as it can."""
+    site = f"127.0.0.1:{throttling.port}"
+    rules = (f'[sites.sink]\nmatch = ["{site}"]\nmax_message_rate = "40/2s"\n[[automation]]\nname = "slow"\n'
+             'status = "4.7.28"\naction = "reduce"\nfactor = 0.5\nfor = "1h"\n') if shaped else "[default]\n"
+    relay = relay_factory(roles=("submission", "delivery"), delivery={
+        "routes": {"example.net": ("127.0.0.1", throttling.port)}, "retry_schedule": (0.5,),
+        "command_timeout": 2.0, "data_timeout": 2.0, "shaping_file": rules_file(tmp_path, rules)})
+    relay.add_tenant(rate="100000/1h")
+    started = time.monotonic()
+    client = relay.connect()
+    for i in range(12):
+        client.mail("app@example.com")
+        for n in range(10):
+            assert client.rcpt(f"r{i}-{n}@example.net")[0] == 250
+        assert client.data(message(subject=f"batch {i}"))[0] == 250
+    client.quit()
+    deadline = time.monotonic() + 60
+    while len(throttling.received) < 120 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(throttling.received) == 120                     # every copy delivered in the end
+    bounced = relay.spool_rows("SELECT count(*) FROM recipients WHERE state IN ('failed', 'expired')")
+    assert bounced == [(0,)]                                    # none bounced for throttling
+    late = started + 4.0                                        # after the first windows: settled or not
+    attempts = len([t for t in throttling.accepted_at + throttling.throttled_at if t > late])
+    throttled = len([t for t in throttling.throttled_at if t > late])
+    if shaped:
+        assert throttled / attempts < 0.10, (throttled, attempts)
+        status = json.loads(run_cli("--config", str(_config(relay, tmp_path)), "shaping", "status", "--json",
+                                    cwd=tmp_path).stdout)
+        sink_row = next(r for r in status if r["site"] == "sink")
+        assert sink_row["max_message_rate"] == "40/2s" and sink_row["rate_in_force"] in ("20/2s", "10/2s", "5/2s")
+        assert sink_row["actions"][0]["rule"] == "slow" and "4.7.28" in sink_row["actions"][0]["reason"]
+    else:
+        assert throttled / attempts > 0.25, (throttled, attempts)
+
+
+def _config(relay, tmp_path: Path) -> Path:
+    """A config file for the command line that points at the running relay's store and shaping file."""
+    path = tmp_path / "cli.toml"
+    d = relay.settings.delivery
+    path.write_text(f'[paths]\ndata_dir = "{relay.settings.paths.data_dir}"\n\n'
+                    f'[delivery]\nshaping_file = "{d.shaping_file}"\n')
+    return path
+
+
+def test_suspend_and_resume_by_hand(relay_factory, sink, tmp_path):
+    relay = relay_factory(roles=("submission", "delivery"), delivery={
+        "routes": {"example.net": ("127.0.0.1", sink.port)}, "retry_schedule": (0.5,),
+        "shaping_file": rules_file(tmp_path, f'[sites.sink]\nmatch = ["127.0.0.1:{sink.port}"]\n')})
+    relay.add_tenant()
+    config = _config(relay, tmp_path)
+    done = run_cli("--config", str(config), "shaping", "suspend", "sink", "--for", "1h", "--reason", "incident 7",
+                   cwd=tmp_path)
+    assert done.returncode == 0 and "site sink suspended until" in done.stdout
+    bad = run_cli("--config", str(config), "shaping", "suspend", "sink", "--for", "soon", cwd=tmp_path)
+    assert bad.returncode == 2 and "--for" in bad.stderr
+    time.sleep(1.2)                                             # every worker reads the actions each second
+    client = relay.connect()
+    client.sendmail("app@example.com", ["held@example.net"], message())
+    client.quit()
+    time.sleep(1.5)
+    assert sink.received == []
+    rows = relay.spool_rows("SELECT state, attempts, last_reply FROM recipients")
+    assert rows == [("deferred", 0, "451 4.7.0 Shaped: site sink suspended: incident 7")]    # no attempt used
+    shown = run_cli("--config", str(config), "shaping", "status", cwd=tmp_path).stdout
+    assert "sink" in shown and "SUSPENDED until" in shown and "incident 7" in shown
+    assert run_cli("--config", str(config), "shaping", "resume", "sink", cwd=tmp_path).stdout.strip() == \
+        "site sink: 1 action(s) ended"
+    deadline = time.monotonic() + 10
+    while not sink.received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [r[1] for r in sink.received] == [["held@example.net"]]
