@@ -108,6 +108,7 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
            created TEXT NOT NULL)""",
         "CREATE INDEX idx_shaping_actions_until ON shaping_actions (until)",
     )),
+    ("0019_webhook_claimed_by", ("ALTER TABLE webhooks ADD COLUMN claimed_by TEXT",)),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

@@ -116,8 +116,8 @@ def rotate(store: Store, tenant_id: str, hook_id: int) -> str:
     return secret
 
 
-def claim(store: Store, lease: float, now: float | None = None) -> list[Webhook]:
-    """The endpoints due now that no node holds, held by the caller for `lease` seconds."""
+def claim(store: Store, lease: float, now: float | None = None, node: str = "") -> list[Webhook]:
+    """The endpoints due now that no node holds, held by the caller (`node`) for `lease` seconds."""
     now = time.time() if now is None else now
     due = "SELECT * FROM webhooks WHERE next_attempt <= ? AND claimed_until <= ? ORDER BY id"
     if not store.one(due, [now, now]):          # the usual case: nothing to send, and no lock taken for it
@@ -125,8 +125,16 @@ def claim(store: Store, lease: float, now: float | None = None) -> list[Webhook]
     with store.exclusive():
         rows = store.all(due, [now, now])
         for row in rows:
-            store.execute("UPDATE webhooks SET claimed_until = ? WHERE id = ?", [now + lease, row["id"]])
+            store.execute("UPDATE webhooks SET claimed_until = ?, claimed_by = ? WHERE id = ?",
+                          [now + lease, node, row["id"]])
     return [_from_row(r, now) for r in rows]
+
+
+def release_node(store: Store, node: str) -> int:
+    """At a node's start: the endpoints its previous run still held (killed while sending) are free again,
+    without waiting for their lease to end; how many."""
+    return store.execute("UPDATE webhooks SET claimed_until = 0 WHERE claimed_by = ? AND claimed_until > 0",
+                         [node]).rowcount
 
 
 def pending(store: Store, hook: Webhook, limit: int = 100) -> list[dict]:

@@ -56,10 +56,16 @@ def session(settings: Settings) -> aiohttp.ClientSession:
 
 
 async def dispatch_loop(settings: Settings, store: Store, stop: asyncio.Event) -> None:
+    """Worker 0 of the delivery role, on every node: endpoints are claimed by node (one sends to an endpoint
+    at a time, in order); at start the node takes back what its previous run held when it was killed."""
+    node = settings.node.name
+    with contextlib.suppress(Exception):       # a busy store: the lease ends on its own
+        if freed := await store.call(webhooks.release_node, store, node):
+            log.info("took back %d webhook endpoint(s) held by this node's previous run", freed)
     async with session(settings) as client:
         while not stop.is_set():
             try:
-                due = await store.call(webhooks.claim, store, LEASE)
+                due = await store.call(webhooks.claim, store, LEASE, None, node)
                 await asyncio.gather(*(_send_due(settings, store, client, hook) for hook in due))
             except Exception:          # a busy store: the next round catches up
                 log.exception("webhook round failed")

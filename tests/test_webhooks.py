@@ -160,6 +160,10 @@ def test_an_endpoint_is_claimed_by_one_node_at_a_time(any_store):
     assert webhooks.claim(any_store, lease=120) == []                          # the other node
     assert webhooks.claim(any_store, lease=120, now=time.time() + 121) != []   # a node that died: the lease ends
     webhooks.release(any_store, hook)
+    assert [h.id for h in webhooks.claim(any_store, lease=120, node="n1")] == [hook.id]
+    assert webhooks.release_node(any_store, "n2") == 0                         # not n2's to give back
+    assert webhooks.claim(any_store, lease=120) == []
+    assert webhooks.release_node(any_store, "n1") == 1                         # n1 restarted after a kill
     assert [h.id for h in webhooks.claim(any_store, lease=120)] == [hook.id]
 
 
