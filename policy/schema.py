@@ -109,6 +109,7 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
         "CREATE INDEX idx_shaping_actions_until ON shaping_actions (until)",
     )),
     ("0019_webhook_claimed_by", ("ALTER TABLE webhooks ADD COLUMN claimed_by TEXT",)),
+    ("0020_tenant_pools", ("ALTER TABLE tenants ADD COLUMN pool TEXT",)),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from policy import business_days, config_keys, shaping_rules
+from policy import business_days, config_keys, egress, shaping_rules
 from policy.config_keys import key
 # Listen, Rate and the parsers are re-exported: callers import them from here
 from policy.values import (Listen, Rate, parse_address, parse_bool, parse_count, parse_country, parse_dir, parse_domain,
@@ -172,6 +172,18 @@ class Webhooks:
 
 
 @dataclass(frozen=True)
+class Egress:
+    sources: dict[str, egress.Source] = key(egress.parse_sources, factory=dict)   # [egress.sources.NAME]
+    pools: dict[str, egress.Pool] = key(egress.parse_pools, factory=dict)         # [egress.pools.NAME]
+
+    def pool(self, name: str | None) -> egress.Pool:
+        return self.pools.get(name or egress.DEFAULT) or egress.DEFAULT_POOL
+
+    def source(self, name: str) -> egress.Source:
+        return self.sources.get(name) or egress.DEFAULT_SOURCE
+
+
+@dataclass(frozen=True)
 class Settings:
     provider: Provider = Provider()
     node: Node = Node()
@@ -187,6 +199,7 @@ class Settings:
     policy: Policy = Policy()
     privacy: Privacy = Privacy()
     webhooks: Webhooks = Webhooks()
+    egress: Egress = Egress()
     source: str = "<defaults>"
 
     @property
@@ -340,6 +353,10 @@ def _finish(s: Settings, source: str) -> Settings:
         raise ConfigError(f"{source}: [submission] listen and tls_listen are both empty")
     _distinct_listeners(s, source)
     _notice_periods(s.provider, source)
+    try:
+        egress.check(s.egress.sources, s.egress.pools)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
     try:
         shaping_rules.load(d.shaping_file)
     except shaping_rules.RulesError as e:

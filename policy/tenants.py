@@ -38,6 +38,7 @@ class Tenant:
     name: str | None = None         # display name shown to recipients (unsubscribe page)
     resumed: str | None = None      # when it was last resumed: its rates count from then
     contact: str | None = None      # where the provider writes to the tenant (notices of changes)
+    pool: str | None = None         # the egress pool its copies leave from (None: the default pool)
 
     @property
     def active(self) -> bool:
@@ -59,7 +60,7 @@ def _from_row(row: dict) -> Tenant:
     return Tenant(id=row["id"], status=row["status"], reason=row["reason"], terms_version=row["terms_version"],
                   allowed_from=tuple(json.loads(row["allowed_from"])), networks=tuple(json.loads(row["networks"])),
                   rate=row["rate"], created=row["created"], name=row["name"], resumed=row["resumed"],
-                  contact=row.get("contact"))
+                  contact=row.get("contact"), pool=row.get("pool"))
 
 
 def check_id(tenant_id: str) -> str:
@@ -90,6 +91,12 @@ def check_rate(rate: str) -> str:
     return rate
 
 
+def check_pool(pool: str, pools: set[str] | None) -> str:
+    if pools is not None and pool not in pools:
+        raise TenantError(f"--pool: no egress pool {pool!r} is configured (known: {', '.join(sorted(pools))})")
+    return pool
+
+
 def check_contact(address: str) -> str:
     """A mailbox such as ops@acme.example (where notices to the tenant go)."""
     local, at, domain = address.strip().rpartition("@")
@@ -99,14 +106,17 @@ def check_contact(address: str) -> str:
 
 
 def add(store: Store, tenant_id: str, allowed_from: list[str], networks: list[str], rate: str | None,
-        name: str | None = None, contact: str | None = None) -> Tenant:
+        name: str | None = None, contact: str | None = None, pool: str | None = None,
+        pools: set[str] | None = None) -> Tenant:
+    """`pools`: the egress pools configured (`pool` must be one of them)."""
     check_id(tenant_id)
     row = {"id": tenant_id, "status": Status.ACTIVE.value, "reason": None, "terms_version": None,
            "allowed_from": json.dumps(sorted({normalise_domain(d) for d in allowed_from})),
            "networks": json.dumps(sorted({normalise_network(n) for n in networks})),
            "rate": check_rate(rate) if rate is not None else None, "created": utcnow(),
            "name": (name or "").strip()[:100] or None, "resumed": None,
-           "contact": check_contact(contact) if contact else None}
+           "contact": check_contact(contact) if contact else None,
+           "pool": check_pool(pool, pools) if pool else None}
     with store.exclusive():
         if get(store, tenant_id):
             raise TenantError(f"tenant {tenant_id!r} already exists")
@@ -199,6 +209,8 @@ class Change:
     rate: str | None = None
     name: str | None = None
     contact: str | None = None
+    pool: str | None = None
+    pools: set[str] | None = None     # the egress pools configured
 
 
 def change(store: Store, tenant_id: str, c: Change) -> tuple[Tenant, list[str]]:
@@ -222,7 +234,8 @@ def change(store: Store, tenant_id: str, c: Change) -> tuple[Tenant, list[str]]:
             values["networks"] = json.dumps(nets)
             said.append(f"networks {','.join(nets) or '-'}")
         for field, value in (("rate", c.rate and check_rate(c.rate)), ("name", c.name and c.name.strip()[:100]),
-                             ("contact", c.contact and check_contact(c.contact))):
+                             ("contact", c.contact and check_contact(c.contact)),
+                             ("pool", c.pool and check_pool(c.pool, c.pools))):
             if value and value != getattr(t, field):
                 values[field] = value
                 said.append(f"{field} {value}")

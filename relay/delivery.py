@@ -3,8 +3,8 @@
 `deliver` is the whole outbound path for one recipient, in order: hold, expiry, suppression re-check (for
 mail read back from the spool: a retry, or mail that waited there; mail handed over in memory was looked up at
 its RCPT a moment before), route and shaping (relay/shaping.py: a copy whose site is suspended or at its rate
-waits without using up an attempt), token, per-recipient headers, DKIM (relay/signer.py), send, what the reply
-teaches the shaping, record.
+waits without using up an attempt), the egress source of the tenant's pool (relay/egress.py), token,
+per-recipient headers, DKIM (relay/signer.py), send, what the reply teaches the shaping, record.
 Everything it decides is recorded in the spool (state, attempts, next attempt) and as an event in the store.
 
 Mail of a suspended tenant is held: not tried, not expired, kept until `tenant resume` (re-checked every
@@ -40,7 +40,8 @@ from policy.store import Store, StoreError, epoch
 from policy.tokens import TokenKeys
 from relay.eightbit import ConversionError, to_7bit
 from relay.routing import RouteError, Router
-from relay.shaping import Shaper, waiting
+from relay.egress import Sources
+from relay.shaping import Shaper, Wait, waiting
 from relay.signer import Signer
 from relay.signing import SigningError
 from relay.smtp_out import Courier, Outcome
@@ -97,11 +98,11 @@ class Fresh:
 
 class DeliveryLoop:
     def __init__(self, settings: Settings, store: Store, writes: GroupCommit, spool: Spool, signer: Signer,
-                 tokens: TokenKeys, router: Router, courier: Courier, shaper: Shaper):
+                 tokens: TokenKeys, router: Router, courier: Courier, shaper: Shaper, sources: Sources):
         self.settings = settings
         self.store, self.writes, self.spool = store, writes, spool
         self.signer, self.tokens = signer, tokens
-        self.router, self.courier, self.shaper = router, courier, shaper
+        self.router, self.courier, self.shaper, self.sources = router, courier, shaper, sources
         self.wake = asyncio.Event()
         self._inflight: set[tuple[str, str]] = set()     # claimed: an attempt runs, or its outcome is not committed
         self._fresh: deque[Fresh] = deque()               # handed over, in order, recipients not yet started
@@ -326,6 +327,9 @@ class DeliveryLoop:
         wait = await self.shaper.admit(site)
         if wait is not None:          # not an attempt: the copy waits in the spool, never bounced for it
             return Verdict(State.DEFERRED, wait.reply, due.token, held=True, until=wait.until)
+        source = await self.sources.choose(tenant.pool if tenant is not None else None)
+        if isinstance(source, Wait):
+            return Verdict(State.DEFERRED, source.reply, due.token, held=True, until=source.until)
         provider = due.tenant == outbox.PROVIDER
         if provider:
             token, copy = None, body
@@ -340,7 +344,10 @@ class DeliveryLoop:
         logs.event("attempt", queue_id=due.queue_id, tenant=due.tenant, recipient=due.recipient,
                    attempt=due.attempts + 1, hosts=len(destinations), site=site.name)
         seven_bit = partial(self._seven_bit, due, copy) if due.eightbit or not body.isascii() else None
-        outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed, seven_bit)
+        outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed, seven_bit, source)
+        if outcome.source_unusable:   # not this copy's fault: out of the pool, and the copy tries another at once
+            self.sources.down(source, outcome.reply)
+            return Verdict(State.DEFERRED, outcome.reply, token, held=True, until=time.time() + 1)
         if not outcome.delivered and not outcome.local and await self.shaper.observe(site, outcome.reply):
             outcome = Outcome(False, False, outcome.reply)         # a throttle: retried, never bounced for it
         return Verdict.of(outcome, token)

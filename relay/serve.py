@@ -41,6 +41,7 @@ from policy.tokens import TokenKeys
 from relay import eventloop, webhooks
 from relay.delivery import DeliveryLoop
 from relay.intake import Intake
+from relay.egress import Sources
 from relay.shaping import Shaper
 from relay.routing import Router
 from relay.signer import Signer
@@ -215,7 +216,8 @@ def delivery_loop(settings: Settings, store: Store, writes: GroupCommit, spool: 
                         TokenKeys.load(store, settings.tokens.secret_file),
                         Router(settings.delivery, resolver, smarthost_auth=smarthost_auth(settings)),
                         Courier(settings.delivery, settings.provider.hostname),
-                        Shaper(shaping_rules.load(settings.delivery.shaping_file), store, store.call))
+                        Shaper(shaping_rules.load(settings.delivery.shaping_file), store, store.call),
+                        Sources(settings.egress, store, store.call))
 
 
 async def housekeeping_loop(settings: Settings, store: Store, spools: list[Spool], stop: asyncio.Event) -> None:

@@ -12,6 +12,7 @@ offers only once connected, and the conversion must come before signing.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 import time
@@ -21,9 +22,12 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from policy import replies
+from policy.egress import DEFAULT_SOURCE, Source
 from policy.settings import Delivery
 from relay.pipelining import PipeliningSMTP
 from relay.routing import Destination
+
+_Key = tuple[Destination, Source]          # idle connections are kept per next hop and egress source
 
 log = logging.getLogger("websofttt.delivery")
 IDLE_SECONDS = 10.0
@@ -35,6 +39,7 @@ class Outcome:
     permanent: bool
     reply: str          # the remote reply, or what went wrong locally
     local: bool = False  # no SMTP answer (refused, dropped, timed out): the next destination may do better
+    source_unusable: bool = False     # the egress source's address is not on this host (EADDRNOTAVAIL)
 
     @property
     def status(self) -> str:
@@ -59,7 +64,7 @@ class Courier:
         self.hostname = hostname
         self._all = asyncio.Semaphore(delivery.concurrency)
         self._slots: dict[Destination, asyncio.Semaphore] = {}
-        self._idle: dict[Destination, list[_Connection]] = {}
+        self._idle: dict[_Key, list[_Connection]] = {}     # by next hop and egress source
         self._tls = ssl.create_default_context()
         self._tls.check_hostname = False           # opportunistic TLS (RFC 7435): encrypt, do not authenticate
         self._tls.verify_mode = ssl.CERT_NONE
@@ -67,41 +72,44 @@ class Courier:
         self._verified_tls = ssl.create_default_context(cafile=str(ca) if ca else None)   # required TLS: verify
 
     async def send(self, destinations: list[Destination], mail_from: str, recipient: str, data: bytes,
-                   seven_bit: SevenBit | None = None) -> Outcome:
+                   seven_bit: SevenBit | None = None, source: Source = DEFAULT_SOURCE) -> Outcome:
         """Try each destination in order until one gives an SMTP answer; connection faults move on.
-        `seven_bit`: `data` is 8-bit, and this makes the copy for a next hop without 8BITMIME."""
+        `seven_bit`: `data` is 8-bit, and this makes the copy for a next hop without 8BITMIME. `source`: the
+        egress source the connection leaves from (its address and EHLO name)."""
         outcome = Outcome(False, False, "451 4.4.1 No destination to try", local=True)
         async with self._all:
             for dest in destinations:
                 slot = self._slots.setdefault(dest, asyncio.Semaphore(self.settings.per_destination))
                 async with slot:
-                    outcome = await self._send_to(dest, mail_from, recipient, data, seven_bit)
-                if not outcome.local:
+                    outcome = await self._send_to(dest, source, mail_from, recipient, data, seven_bit)
+                if not outcome.local or outcome.source_unusable:
                     return outcome
         return outcome
 
-    async def _send_to(self, dest: Destination, mail_from: str, recipient: str, data: bytes,
+    async def _send_to(self, dest: Destination, source: Source, mail_from: str, recipient: str, data: bytes,
                        seven_bit: SevenBit | None) -> Outcome:
-        conn = self._reuse(dest)
+        conn = self._reuse((dest, source))
         if conn is not None:
             try:
-                return await self._transaction(dest, conn, mail_from, recipient, data, seven_bit)
+                return await self._transaction((dest, source), conn, mail_from, recipient, data, seven_bit)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
                 pass                                  # the idle connection was closed by the peer: a new one
         try:
-            conn = _Connection(await self._connect(dest))
-            return await self._transaction(dest, conn, mail_from, recipient, data, seven_bit)
+            conn = _Connection(await self._connect(dest, source))
+            return await self._transaction((dest, source), conn, mail_from, recipient, data, seven_bit)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as e:
-            return Outcome(False, False, f"451 4.4.1 {dest.host}:{dest.port}: {_describe(e)}", local=True)
+            unusable = _not_here(e)
+            where = f"egress source {source.name} ({source.address})" if unusable else f"{dest.host}:{dest.port}"
+            return Outcome(False, False, f"451 4.4.1 {where}: {_describe(e)}", local=True, source_unusable=unusable)
 
-    async def _connect(self, dest: Destination) -> PipeliningSMTP:
+    async def _connect(self, dest: Destination, source: Source) -> PipeliningSMTP:
         """A ready session: TLS verified where required; otherwise STARTTLS when offered and, when its
         handshake fails, a new session in clear (RFC 7435: encrypt when possible, deliver anyway)."""
         s = self.settings
         if dest.tls_required:
-            smtp = await self._open(dest, start_tls=True, context=self._verified_tls)
+            smtp = await self._open(dest, source, start_tls=True, context=self._verified_tls)
         else:
-            smtp = await self._open(dest, start_tls=False, context=self._tls)
+            smtp = await self._open(dest, source, start_tls=False, context=self._tls)
             await smtp.ehlo(timeout=s.command_timeout)
             if smtp.supports_extension("starttls"):
                 try:
@@ -110,7 +118,7 @@ class Courier:
                     smtp.close()
                     log.warning("STARTTLS to %s:%s failed (%s); delivering without TLS", dest.host, dest.port,
                                 _describe(e))
-                    smtp = await self._open(dest, start_tls=False, context=self._tls)
+                    smtp = await self._open(dest, source, start_tls=False, context=self._tls)
         if dest.auth:
             try:
                 await smtp.login(*dest.auth, timeout=s.command_timeout)
@@ -119,15 +127,16 @@ class Courier:
                 raise
         return smtp
 
-    async def _open(self, dest: Destination, start_tls: bool, context: ssl.SSLContext) -> PipeliningSMTP:
+    async def _open(self, dest: Destination, source: Source, start_tls: bool, context: ssl.SSLContext) -> PipeliningSMTP:
         s = self.settings
-        smtp = PipeliningSMTP(hostname=dest.host, port=dest.port, local_hostname=self.hostname,
+        smtp = PipeliningSMTP(hostname=dest.host, port=dest.port, local_hostname=source.ehlo or self.hostname,
                                timeout=s.command_timeout, start_tls=start_tls, tls_context=context,
-                               validate_certs=dest.tls_required)
+                               validate_certs=dest.tls_required,
+                               source_address=(source.address, 0) if source.address else None)
         await asyncio.wait_for(smtp.connect(), s.connect_timeout + s.command_timeout)
         return smtp
 
-    async def _transaction(self, dest: Destination, conn: _Connection, mail_from: str, recipient: str,
+    async def _transaction(self, dest: _Key, conn: _Connection, mail_from: str, recipient: str,
                            data: bytes, seven_bit: SevenBit | None) -> Outcome:
         s, smtp = self.settings, conn.smtp
         try:
@@ -153,7 +162,7 @@ class Courier:
         await self._release(dest, conn, reset=False)
         return Outcome(True, False, f"{response.code} {_one_line(response.message)}")
 
-    def _reuse(self, dest: Destination) -> _Connection | None:
+    def _reuse(self, dest: _Key) -> _Connection | None:
         idle = self._idle.get(dest, [])
         while idle:
             conn = idle.pop()
@@ -162,7 +171,7 @@ class Courier:
             conn.smtp.close()
         return None
 
-    async def _release(self, dest: Destination, conn: _Connection, reset: bool) -> None:
+    async def _release(self, dest: _Key, conn: _Connection, reset: bool) -> None:
         """Keep the connection for the next copy to this destination, unless it is used up or broken."""
         conn.used += 1
         try:
@@ -186,6 +195,17 @@ class Courier:
                 except (aiosmtplib.SMTPException, OSError):
                     conn.smtp.close()
         self._idle.clear()
+
+
+def _not_here(e: BaseException) -> bool:
+    """The connection could not bind its egress address: it is not configured on this host (aiosmtplib
+    raises SMTPConnectError from the OSError)."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRNOTAVAIL:
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _one_line(text: str) -> str:

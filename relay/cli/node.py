@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from policy import dkimkeys, terms
+from policy import dkimkeys, egress, tenants, terms
 from policy.engines import is_set_up
 from policy.keys import check_tls_files, generate_dkim_key, generate_tls_cert
-from policy.settings import ROLES, Settings
+from policy.settings import ROLES, ConfigError, Settings
 from policy.tokens import ensure_secret
 from relay import eventloop
 from relay.cli.common import command_store, migrated_store, with_settings
@@ -87,6 +87,12 @@ def serve(settings: Settings, role: str | None) -> None:
     with closing(migrated_store(settings)) as store:     # closed before the workers fork
         provider_keys(settings, store)
         terms.seed(store, settings.provider.terms_version)   # a changed terms_version is refused: it needs notice
+        unknown = sorted({t.pool for t in tenants.all_tenants(store) if t.pool}
+                         - egress.pool_names(settings.egress.pools))
+        if unknown:               # a pool removed from the configuration while tenants still use it
+            users = [t.id for t in tenants.all_tenants(store) if t.pool == unknown[0]]
+            raise ConfigError(f"{settings.source}: [egress.pools.{unknown[0]}] is not configured, but tenant(s) "
+                              f"{', '.join(users)} send through it (websofttt tenant set ID --pool NAME)")
     prepare_metrics(settings)
     from relay import serve as serve_mod     # the servers' imports cost a second: only `serve` pays for them
     serve_mod.smarthost_auth(settings)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from policy import audit, dkimkeys, holds, standing, tenants, terms
+from policy import audit, dkimkeys, egress, holds, standing, tenants, terms
 from relay import spool_files
 from relay.cli.common import emit, json_option, with_settings, with_store
 
@@ -55,17 +55,19 @@ def _tenant_json(store, tenant: tenants.Tenant, rules) -> dict:
 @click.option("--rate", default=None, metavar="N/PERIOD", help="Message limit, e.g. 500/1h (default: policy).")
 @click.option("--name", default=None, help="Display name recipients see (unsubscribe page); default: the id.")
 @click.option("--contact", default=None, metavar="EMAIL", help="Where the provider writes to the tenant.")
+@click.option("--pool", default=None, metavar="NAME", help="The egress pool its copies leave from ([egress.pools.NAME]).")
 @json_option
 @with_settings
 @with_store
-def tenant_add(settings, store, tenant_id, allow_from, network, rate, name, contact, as_json) -> None:
+def tenant_add(settings, store, tenant_id, allow_from, network, rate, name, contact, pool, as_json) -> None:
     """Add a tenant (it must still accept the terms).
 
     \b
     Example:
         websofttt tenant add acme --name "Acme Inc." --allow-from acme.example --network 10.1.0.0/16
     """
-    t = tenants.add(store, tenant_id, list(allow_from), list(network), rate, name, contact)
+    t = tenants.add(store, tenant_id, list(allow_from), list(network), rate, name, contact, pool,
+                    egress.pool_names(settings.egress.pools))
     emit(_tenant_json(store, t, settings.policy), as_json, lambda d: [f"added tenant {d['id']}; it must accept the terms: "
                                           f"websofttt tenant accept-terms {d['id']}"])
 
@@ -79,12 +81,13 @@ def tenant_add(settings, store, tenant_id, allow_from, network, rate, name, cont
 @click.option("--rate", default=None, metavar="N/PERIOD", help="Its message limit, e.g. 500/1h.")
 @click.option("--name", default=None, help="Display name recipients see (unsubscribe page).")
 @click.option("--contact", default=None, metavar="EMAIL", help="Where the provider writes to the tenant.")
+@click.option("--pool", default=None, metavar="NAME", help="The egress pool its copies leave from ([egress.pools.NAME]).")
 @json_option
 @with_settings
 @with_store
 def tenant_set(settings, store, tenant_id, add_from, remove_from, add_network, remove_network, rate, name, contact,
-               as_json) -> None:
-    """Change a tenant: From domains, networks, rate, display name, contact (all or nothing, an event row).
+               pool, as_json) -> None:
+    """Change a tenant: From domains, networks, rate, display name, contact, egress pool (all or nothing, an event row).
     Running workers and other nodes see it within submission.trust_cache_ttl (5 s).
 
     \b
@@ -92,7 +95,8 @@ def tenant_set(settings, store, tenant_id, add_from, remove_from, add_network, r
         websofttt tenant set acme --add-from mail.acme.example --rate 2000/1h --contact ops@acme.example
     """
     t, changed = tenants.change(store, tenant_id, tenants.Change(add_from, remove_from, add_network, remove_network,
-                                                                 rate, name, contact))
+                                                                 rate, name, contact, pool,
+                                                                 egress.pool_names(settings.egress.pools)))
     emit(_tenant_json(store, t, settings.policy) | {"changed": changed}, as_json,
          lambda d: [f"tenant {d['id']}: " + ("; ".join(d["changed"]) or "nothing to change")])
 
