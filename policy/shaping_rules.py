@@ -18,7 +18,7 @@ bad one stops it, naming the file, the section and the key:
     status = "4.7.28"                          # the reply's enhanced status (a prefix), and/or
     text = "(?i)unusual rate"                  # a regular expression over the reply
     sites = ["gmail"]                          # empty or absent: every site
-    action = "reduce"                          # reduce | suspend
+    action = "reduce"                          # reduce | suspend | suspend_source (the egress source it came from)
     factor = 0.5                               # reduce: the rate is multiplied by it while the action lasts
     for = "30m"
 """
@@ -34,7 +34,7 @@ from typing import Any
 from policy.values import Rate, parse_duration, parse_rate
 
 SHIPPED = Path(__file__).resolve().parents[1] / "config" / "shaping.toml"
-ACTIONS = ("reduce", "suspend")
+ACTIONS = ("reduce", "suspend", "suspend_source")
 _LIMIT_KEYS = ("max_message_rate",)
 _SITE_KEYS = {"match", *_LIMIT_KEYS}
 _AUTOMATION_KEYS = {"name", "status", "text", "sites", "action", "factor", "for"}
@@ -65,7 +65,7 @@ class Automation:
     status: str                               # prefix of the reply's enhanced status, "" for any
     text: re.Pattern[str] | None              # searched in the reply, None for any
     sites: tuple[str, ...]                    # () for every site
-    action: str                               # "reduce" | "suspend"
+    action: str                               # "reduce" | "suspend" | "suspend_source"
     factor: float
     duration: float
 

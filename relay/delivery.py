@@ -327,7 +327,8 @@ class DeliveryLoop:
         wait = await self.shaper.admit(site)
         if wait is not None:          # not an attempt: the copy waits in the spool, never bounced for it
             return Verdict(State.DEFERRED, wait.reply, due.token, held=True, until=wait.until)
-        source = await self.sources.choose(tenant.pool if tenant is not None else None)
+        source = await self.sources.choose(tenant.pool if tenant is not None else None, self.shaper.held_sources(site),
+                                           site.name)
         if isinstance(source, Wait):
             return Verdict(State.DEFERRED, source.reply, due.token, held=True, until=source.until)
         provider = due.tenant == outbox.PROVIDER
@@ -348,7 +349,7 @@ class DeliveryLoop:
         if outcome.source_unusable:   # not this copy's fault: out of the pool, and the copy tries another at once
             self.sources.down(source, outcome.reply)
             return Verdict(State.DEFERRED, outcome.reply, token, held=True, until=time.time() + 1)
-        if not outcome.delivered and not outcome.local and await self.shaper.observe(site, outcome.reply):
+        if not outcome.delivered and not outcome.local and await self.shaper.observe(site, outcome.reply, source.name):
             outcome = Outcome(False, False, outcome.reply)         # a throttle: retried, never bounced for it
         return Verdict.of(outcome, token)
 

@@ -33,10 +33,17 @@ class Sources:
             log.error("egress source %s (%s) taken out of its pools until the next start: %s", source.name,
                       source.address, error)
 
-    async def choose(self, pool_name: str | None) -> egress.Source | Wait:
-        """A source of the pool for one copy, or why the copy waits (every source out or over its cap)."""
+    async def choose(self, pool_name: str | None, held: dict[str, float] | None = None,
+                     site: str = "") -> egress.Source | Wait:
+        """A source of the pool for one copy, or why the copy waits (every source out, over its cap, or `held`:
+        suspended for the copy's `site`, with when that ends)."""
         pool = self.settings.pool(pool_name)
-        candidates = [(self.settings.source(n), w) for n, w in pool.sources if n not in self._down]
+        held = held or {}
+        usable = [(self.settings.source(n), w) for n, w in pool.sources if n not in self._down]
+        candidates = [(s, w) for s, w in usable if s.name not in held]
+        if not candidates and usable:
+            return Wait(f"site {site} suspended for every source of egress pool {pool.name}",
+                        min(held[s.name] for s, _ in usable))
         if not candidates:
             return Wait(f"no usable source in egress pool {pool.name} ({'; '.join(self._down.values())})",
                         self.clock() + 300)

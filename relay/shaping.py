@@ -82,10 +82,17 @@ class Shaper:
         factor = math.prod(a.factor for a in self._actions.get(site.name, ()) if a.kind == shaping.REDUCE)
         return Rate(max(1, int(rate.count * factor)), rate.period) if factor < 1 else rate
 
+    def held_sources(self, site: Site) -> dict[str, float]:
+        """The egress sources that may not send to the site now, with when that ends."""
+        now = self.clock()
+        return {a.source: a.until for a in self._actions.get(site.name, ())
+                if a.kind == shaping.SUSPEND and a.source and a.until > now}
+
     async def admit(self, site: Site) -> Wait | None:
         """None: the copy may go (one copy of the site's rate is used); else why and until when it waits."""
         now = self.clock()
-        suspended = [a for a in self._actions.get(site.name, ()) if a.kind == shaping.SUSPEND and a.until > now]
+        suspended = [a for a in self._actions.get(site.name, ())
+                     if a.kind == shaping.SUSPEND and not a.source and a.until > now]
         if suspended:
             return Wait(f"site {site.name} suspended: {suspended[-1].reason}", max(a.until for a in suspended))
         rate = self.rate(site)
@@ -108,9 +115,9 @@ class Shaper:
         metrics.shaping_waits.labels(site.name).inc()
         return Wait(f"site {site.name} at its rate of {rate.count} per {rate.period:g} s", until)
 
-    async def observe(self, site: Site, reply: str) -> bool:
-        """Apply the automation rules that the reply matches; True when one did (the reply was a throttle:
-        the copy is retried, never bounced for it)."""
+    async def observe(self, site: Site, reply: str, source: str = "") -> bool:
+        """Apply the automation rules that the reply (to a copy sent from egress `source`) matches; True when
+        one did (the reply was a throttle: the copy is retried, never bounced for it)."""
         status = replies.status(reply)
         matched = [r for r in self.rules.automation if r.matches(site.name, status, reply)]
         if not matched:
@@ -118,9 +125,10 @@ class Shaper:
         metrics.shaping_throttled.labels(site.name).inc()
         now = self.clock()
         for rule in matched:
-            await self.call(shaping.act, self.store, site.name, rule.action, rule.factor, now + rule.duration,
-                            reply[:300], rule.name)
-            if rule.action == shaping.SUSPEND:
+            kind, only = (shaping.SUSPEND, source) if rule.action == "suspend_source" else (rule.action, "")
+            await self.call(shaping.act, self.store, site.name, kind, rule.factor, now + rule.duration,
+                            reply[:300], rule.name, only)
+            if kind == shaping.SUSPEND:
                 metrics.shaping_suspensions.labels(site.name).inc()
             log.warning("shaping: %s on site %s for %g s (rule %s): %s", rule.action, site.name, rule.duration,
                         rule.name, reply[:200])

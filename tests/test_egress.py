@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from policy import credentials, egress, tenants
+from policy import credentials, egress, shaping, tenants
 from policy.settings import ConfigError, load_settings
 from tests.conftest import RunningRelay, Sink, make_settings, message, prepare, run_cli, serve_sink
 
@@ -169,3 +169,35 @@ def test_the_example_configuration_loads_its_pools(tmp_path):
         ("::1", 2500, None)
     assert settings.egress.pool("bulk").sources == (("mta2", 3),)
     assert settings.egress.pool(None) == egress.DEFAULT_POOL
+
+
+def test_a_site_suspended_for_one_source_does_not_hold_the_other_sources_mail(tmp_path, recording):
+    """Automation's `suspend_source` (here by hand, `shaping suspend SITE --source`): the copies of the tenant
+    on mta2 wait, those of the tenant on mta3 go; resume releases the held ones."""
+    relay = start(tmp_path, recording, SOURCES, {"transactional": {"sources": [{"name": "mta2"}]},
+                                                 "bulk": {"sources": [{"name": "mta3"}]}})
+    try:
+        names = {"transactional", "bulk", "default"}
+        relay.add_tenant("acme", username="app1")
+        tenants.change(relay.store, "acme", tenants.Change(pool="transactional", pools=names))
+        relay.add_tenant("blast", username=None)
+        tenants.change(relay.store, "blast", tenants.Change(pool="bulk", pools=names))
+        credentials.add(relay.store, "blast", "app2", "pw-blast-123456")
+        site = f"127.0.0.1:{recording.port}"
+        shaping.act(relay.store, site, shaping.SUSPEND, 1, time.time() + 3600, "421 4.7.0 mta2 listed", "test", "mta2")
+        time.sleep(1.2)                                       # every worker reads the actions each second
+        send(relay, ["a1@example.net"])
+        client = relay.connect(login=("app2", "pw-blast-123456"))
+        client.sendmail("app@example.com", ["b1@example.net"], message())
+        client.quit()
+        wait_for(lambda: recording.origins)
+        time.sleep(1.0)
+        assert recording.origins == [("b1@example.net", "127.0.0.3", "mta3.relay.test")]
+        held = relay.spool_rows("SELECT recipient, attempts, last_reply FROM recipients WHERE state = 'deferred'")
+        assert held == [("a1@example.net", 0, f"451 4.7.0 Shaped: site {site} suspended for every source of "
+                                               "egress pool transactional")]
+        assert shaping.resume(relay.store, site) == 1
+        wait_for(lambda: len(recording.origins) == 2, timeout=15)
+        assert recording.origins[1] == ("a1@example.net", "127.0.0.2", "mta2.relay.test")
+    finally:
+        relay.stop()

@@ -258,3 +258,29 @@ def test_suspend_and_resume_by_hand(relay_factory, sink, tmp_path):
     while not sink.received and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [r[1] for r in sink.received] == [["held@example.net"]]
+
+
+def test_suspend_source_holds_one_egress_source_only(tmp_path, any_store):
+    rules = shaping_rules.load(rules_file(tmp_path, """
+[sites.microsoft]
+match = ["*.protection.outlook.com"]
+[[automation]]
+name = "listed"
+text = "(?i)blocked using spamhaus"
+action = "suspend_source"
+for = "1h"
+"""))
+
+    async def call(fn, *args):
+        return fn(*args)
+
+    async def scenario():
+        shaper = Shaper(rules, any_store, call)
+        site = shaper.site("contoso.example", [Destination("contoso.mail.protection.outlook.com", 25)], routed=False)
+        assert await shaper.observe(site, "550 5.7.1 Service unavailable; blocked using Spamhaus", "mta2") is True
+        assert await shaper.admit(site) is None                     # the site is not suspended as a whole
+        held = shaper.held_sources(site)
+        assert list(held) == ["mta2"] and held["mta2"] > time.time() + 3500
+        [action] = shaping.active(any_store)
+        assert (action.kind, action.source, action.rule) == ("suspend", "mta2", "listed")
+    asyncio.run(scenario())

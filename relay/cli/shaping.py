@@ -47,32 +47,37 @@ def shaping_status(settings, store, as_json) -> None:
         rows.append({"site": name, "rules": rules.source, "max_message_rate": _rate(rate),
                      "rate_in_force": _rate(Rate(max(1, int(rate.count * factor)), rate.period) if rate else None),
                      "counted_in_window": shaping.sent_in_window(store, name, rate) if rate else None,
-                     "suspended_until": _time(max((a.until for a in mine if a.kind == shaping.SUSPEND), default=0)),
+                     "suspended_until": _time(max((a.until for a in mine if a.kind == shaping.SUSPEND and not a.source),
+                                                  default=0)),
                      "actions": [{"kind": a.kind, "factor": a.factor, "until": _time(a.until), "rule": a.rule,
-                                  "reason": a.reason} for a in mine]})
+                                  "reason": a.reason, "source": a.source or None} for a in mine]})
     emit(rows, as_json, _lines)
 
 
 @shaping_group.command("suspend")
 @click.argument("site")
 @click.option("--for", "duration", required=True, help="How long, a duration such as 30m, 1h, 2d.")
+@click.option("--source", default="", metavar="NAME", help="Only copies from this egress source ([egress.sources.NAME]).")
 @click.option("--reason", default="suspended by hand", show_default=True, help="Shown by shaping status.")
 @with_settings
 @with_store
-def shaping_suspend(settings, store, site, duration, reason) -> None:
-    """Hold SITE's copies (they wait without using up attempts) for a while, on every node.
+def shaping_suspend(settings, store, site, duration, source, reason) -> None:
+    """Hold SITE's copies (they wait without using up attempts) for a while, on every node; with --source,
+    only the copies leaving from that egress source (the pool's other sources go on).
 
     \b
     Example:
-        websofttt shaping suspend gmail --for 1h --reason "reputation incident"
+        websofttt shaping suspend gmail --for 1h --source mta2 --reason "mta2 listed at Spamhaus"
     """
+    if source and source not in settings.egress.sources:
+        raise click.BadParameter(f"no [egress.sources.{source}] is configured", param_hint="--source")
     try:
         seconds = parse_duration(duration)
     except ValueError as e:
         raise click.BadParameter(f"{e}, got {duration!r}", param_hint="--for") from None
     until = time.time() + seconds
-    shaping.act(store, site, shaping.SUSPEND, 1.0, until, reason, shaping.OPERATOR)
-    click.echo(f"site {site} suspended until {_time(until)} on every node")
+    shaping.act(store, site, shaping.SUSPEND, 1.0, until, reason, shaping.OPERATOR, source)
+    click.echo(f"site {site} suspended{f' for source {source}' if source else ''} until {_time(until)} on every node")
 
 
 @shaping_group.command("resume")
@@ -104,8 +109,9 @@ def _lines(rows: list[dict]) -> list[str]:
         rate = f"rate {r['rate_in_force']} (of {r['max_message_rate']}), {r['counted_in_window']} in this window" \
             if r["max_message_rate"] else "no rate limit"
         out.append(f"{r['site']:<16} {rate}" + (f"; SUSPENDED until {r['suspended_until']}" if r["suspended_until"] else ""))
-        out.extend(f"    {a['kind']}{' x' + format(a['factor'], 'g') if a['kind'] == shaping.REDUCE else ''} until "
-                   f"{a['until']} ({a['rule']}): {a['reason']}" for a in r["actions"])
+        out.extend(f"    {a['kind']}{' x' + format(a['factor'], 'g') if a['kind'] == shaping.REDUCE else ''}"
+                   f"{' source ' + a['source'] if a['source'] else ''} until {a['until']} ({a['rule']}): {a['reason']}"
+                   for a in r["actions"])
     return out or ["no site is named by the rules and no action is in force"]
 
 
