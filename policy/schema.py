@@ -111,6 +111,7 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
     ("0019_webhook_claimed_by", ("ALTER TABLE webhooks ADD COLUMN claimed_by TEXT",)),
     ("0020_tenant_pools", ("ALTER TABLE tenants ADD COLUMN pool TEXT",)),
     ("0021_shaping_action_source", ("ALTER TABLE shaping_actions ADD COLUMN source TEXT NOT NULL DEFAULT ''",)),
+    ("0022_shaping_pace", ("CREATE TABLE shaping_pace (site TEXT PRIMARY KEY, tat REAL NOT NULL)",)),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

@@ -2,9 +2,9 @@
 
 An action is what automation (or an operator) decided about a site for a while: `reduce` its message
 rate by a factor, or `suspend` it, for every egress source or for one. Actions are rows with an end
-(`until`, epoch seconds); each node reads the active ones every second. A site's message rate is counted
-in the store's counters, in blocks that each worker claims (`claim`), so that all nodes together never
-send more than the limit.
+(`until`, epoch seconds); each node reads the active ones every second. A site's message rate is paced
+through the store (`pace`): workers claim small blocks, one block per its share of the period for all
+nodes together, so no window of the period ever holds more copies than the rate allows.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 
 from policy.store import Store, utcnow
-from policy.values import Rate
 
 REDUCE, SUSPEND = "reduce", "suspend"
 OPERATOR = "operator"            # the rule name of an action taken by `websofttt shaping suspend`
+COUNTED_WINDOW = 60.0            # seconds over which `shaping status` counts the copies let through
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,21 @@ def resume(store: Store, site: str) -> int:
     return store.execute("DELETE FROM shaping_actions WHERE site = ?", [site]).rowcount
 
 
-def claim(store: Store, site: str, rate: Rate, block: int) -> int:
-    """Claim up to `block` copies of the site's rate in its current window; how many were granted (0: the
-    window is used up). A refused claim still counts, so the window stays used up for every node."""
-    count = store.hit(f"shape:{site}", rate.period, n=block)
-    return max(0, min(block, rate.count - (count - block)))
+def pace(store: Store, site: str, interval: float, n: int, now: float | None = None) -> float:
+    """Claim `n` copies of the site's rate now, at most one claim of n per n * `interval` seconds for all
+    nodes together (a shared "theoretical arrival time", GCRA without burst); 0.0 when granted, else the
+    seconds until a claim can be granted. Granted copies are counted for `shaping status`."""
+    now = time.time() if now is None else now
+    granted = store.execute(
+        "INSERT INTO shaping_pace (site, tat) VALUES (?, ?) ON CONFLICT(site) DO UPDATE SET tat = excluded.tat "
+        "WHERE shaping_pace.tat <= ? RETURNING tat", [site, now + n * interval, now]).fetchone()
+    if granted is None:
+        row = store.one("SELECT tat FROM shaping_pace WHERE site = ?", [site])
+        return max(0.001, (row["tat"] if row else now) - now)
+    store.hit(f"shape:{site}", COUNTED_WINDOW, now, n)
+    return 0.0
 
 
-def sent_in_window(store: Store, site: str, rate: Rate) -> int:
-    """Copies claimed for the site in its current window (for `shaping status`)."""
-    return store.count(f"shape:{site}", rate.period)
+def sent_recently(store: Store, site: str) -> int:
+    """Copies let through to the site in its current minute of counting (for `shaping status`)."""
+    return store.count(f"shape:{site}", COUNTED_WINDOW)

@@ -55,6 +55,7 @@ HOUSEKEEPING_INTERVAL = 1.0   # seconds between looks at the outbox, the DKIM ke
 HOLD_RECHECK = 60.0           # seconds between looks at a suspended tenant's held mail
 FRESH_RECIPIENTS = 4096       # recipients handed over in memory and not yet started, at most
 FRESH_BYTES = 32 * 1024 * 1024    # bodies of those, at most (one copy per message, whatever its recipients)
+SHAPED_IN_MEMORY = 1.0        # a copy whose site's rate allows it within this many seconds waits for it here
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,9 @@ class DeliveryLoop:
                               due.token)
         site = self.shaper.site(domain, destinations, self.router.routed(domain))
         wait = await self.shaper.admit(site)
+        while wait is not None and wait.until - time.time() <= SHAPED_IN_MEMORY:    # the site's next turn is near
+            await asyncio.sleep(max(0.0, wait.until - time.time()))
+            wait = await self.shaper.admit(site)
         if wait is not None:          # not an attempt: the copy waits in the spool, never bounced for it
             return Verdict(State.DEFERRED, wait.reply, due.token, held=True, until=wait.until)
         source = await self.sources.choose(tenant.pool if tenant is not None else None, self.shaper.held_sources(site),

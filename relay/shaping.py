@@ -3,8 +3,10 @@ teaches (policy/shaping_rules for the rules, policy/shaping for what the nodes s
 
 `admit` runs before every attempt and costs no store round trip in the common case: the active actions
 are read once a second (`refresh`, from the loop's housekeeping) and a site's message rate is claimed
-from the store in blocks of about 1/BLOCKS of it, spaced evenly over its period (a worker sends no burst
-at the edge of a window, so a next hop that counts over a sliding minute sees the rate, not twice it).
+from the store in blocks of about 1/BLOCKS of it, paced for all nodes together (policy/shaping.pace):
+a block of n copies may be claimed once per n/(rate - n) of the period, so that no span of one period,
+wherever it starts, holds more copies than the rate (a next hop counting over a sliding minute sees
+the rate, never a burst at a window's edge).
 A copy that may not go now waits in the spool without using up an attempt (`Wait`), and is never bounced
 for it; `max_queue_lifetime` still applies.
 """
@@ -54,8 +56,7 @@ class Shaper:
     def __init__(self, rules: Rules, store: Store, call: Callable, clock: Callable[[], float] = time.time):
         self.rules, self.store, self.call, self.clock = rules, store, call, clock
         self._actions: dict[str, list[shaping.Action]] = {}
-        self._tokens: dict[str, int] = {}         # copies claimed from a site's rate and not yet used
-        self._next_claim: dict[str, float] = {}   # when this worker may claim the site's next block
+        self._tokens: dict[str, tuple[int, float]] = {}   # copies claimed from a site's rate, until when
         self._sites: dict[tuple[str, tuple[str, ...]], Site] = {}
         self._limited: dict[str, Site] = {}       # the sites met that have a message rate (for the gauge)
 
@@ -98,16 +99,15 @@ class Shaper:
         rate = self.rate(site)
         if rate is None:
             return None
-        if self._tokens.get(site.name, 0) <= 0:
+        tokens, until = self._tokens.get(site.name, (0, 0.0))
+        if tokens <= 0 or now >= until:   # a block is spent at once or not at all: unused copies lapse
             block = max(1, rate.count // BLOCKS)
-            paced = self._next_claim.get(site.name, 0.0)
-            if now < paced:           # blocks are claimed evenly over the period: no burst at a window's edge
-                return self._wait(site, rate, paced)
-            self._tokens[site.name] = await self.call(shaping.claim, self.store, site.name, rate, block)
-            self._next_claim[site.name] = now + block * rate.period / rate.count
-            if self._tokens[site.name] <= 0:
-                return self._wait(site, rate, now + min(MAX_WAIT, rate.period / BLOCKS))
-        self._tokens[site.name] -= 1
+            interval = rate.period / (rate.count - block) if rate.count > block else rate.period / rate.count
+            wait = await self.call(shaping.pace, self.store, site.name, interval, block, now)
+            if wait > 0:
+                return self._wait(site, rate, now + min(MAX_WAIT, wait))
+            tokens, until = block, now + block * interval
+        self._tokens[site.name] = (tokens - 1, until)
         metrics.shaping_sent.labels(site.name).inc()
         return None
 

@@ -183,11 +183,11 @@ def test_no_recipient_is_attempted_twice_under_load(relay_factory, paced_sink, m
     sending = Counter()
     send = Courier.send
 
-    async def counting_send(self, destinations, envelope_from, recipient, data, seven_bit=None):
+    async def counting_send(self, destinations, envelope_from, recipient, data, *more):
         sending["now"] += 1
         sending["peak"] = max(sending["peak"], sending["now"])
         try:
-            return await send(self, destinations, envelope_from, recipient, data, seven_bit)
+            return await send(self, destinations, envelope_from, recipient, data, *more)
         finally:
             sending["now"] -= 1
     monkeypatch.setattr(Courier, "send", counting_send)

@@ -77,32 +77,38 @@ def test_the_command_line_exits_2_naming_the_shaping_file(tmp_path):
 
 # --- rates and actions shared through the store --------------------------------------------------------
 
-def test_claims_never_exceed_the_rate_whoever_claims(any_store):
-    rate = Rate(100, 3600)
-    granted = [shaping.claim(any_store, "gmail", rate, 7) for _ in range(20)]
-    assert sum(granted) == 100 and granted[-1] == 0
-    assert shaping.sent_in_window(any_store, "gmail", rate) >= 100
+def test_pace_spaces_the_claims_of_everyone(any_store):
+    now = 1_000_000.0
+    assert shaping.pace(any_store, "gmail", 0.1, 5, now) == 0.0           # 5 copies now ...
+    assert shaping.pace(any_store, "gmail", 0.1, 5, now) == pytest.approx(0.5)   # ... the next 5 in 0.5 s
+    assert shaping.pace(any_store, "gmail", 0.1, 5, now + 0.5) == 0.0
+    assert shaping.pace(any_store, "gmail", 0.1, 5, now + 0.9) == pytest.approx(0.1)
+    assert shaping.pace(any_store, "yahoo", 0.1, 5, now + 0.9) == 0.0      # sites are paced apart
+    assert shaping.sent_recently(any_store, "gmail") == 0                  # counted at `now`, long ago
+    shaping.pace(any_store, "msn", 0.1, 3)
+    assert shaping.sent_recently(any_store, "msn") == 3
 
 
-def test_two_nodes_claiming_at_once_share_one_limit(postgres, pg_url):
-    """Two engines on one PostgreSQL store, eight threads each claiming as fast as they can."""
+def test_two_nodes_claiming_at_once_share_one_pace(postgres, pg_url):
+    """Two engines on one PostgreSQL store, eight threads claiming as fast as they can for a second:
+    no more than one claim per interval went through, all of them together."""
     from policy.store_postgres import PostgresStore
     stores = [PostgresStore(pg_url) for _ in range(2)]
     stores[0].migrate()
-    rate, totals, lock = Rate(500, 3600), [], threading.Lock()
+    interval, granted, lock = 0.02, [], threading.Lock()
+    started = time.time()
 
     def node(store):
-        got = 0
-        for _ in range(60):
-            got += shaping.claim(store, "yahoo", rate, 10)
-        with lock:
-            totals.append(got)
+        while time.time() < started + 1.0:
+            if shaping.pace(store, "yahoo", interval, 1) == 0.0:
+                with lock:
+                    granted.append(time.time())
     threads = [threading.Thread(target=node, args=(stores[i % 2],)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sum(totals) == 500
+    assert 20 <= len(granted) <= 1 + (max(granted) - started) / interval
     for store in stores:
         store.close()
 
@@ -217,6 +223,7 @@ def test_a_relay_settles_under_a_throttling_next_hop(relay_factory, throttling, 
                                     cwd=tmp_path).stdout)
         sink_row = next(r for r in status if r["site"] == "sink")
         assert sink_row["max_message_rate"] == "40/2s" and sink_row["rate_in_force"] in ("20/2s", "10/2s", "5/2s")
+        assert sink_row["sent_last_minute"] > 0
         assert sink_row["actions"][0]["rule"] == "slow" and "4.7.28" in sink_row["actions"][0]["reason"]
     else:
         assert throttled / attempts > 0.25, (throttled, attempts)
@@ -284,3 +291,56 @@ for = "1h"
         [action] = shaping.active(any_store)
         assert (action.kind, action.source, action.rule) == ("suspend", "mta2", "listed")
     asyncio.run(scenario())
+
+
+class Timing(Sink):
+    """A next hop that records when each copy arrived."""
+
+    def __init__(self):
+        super().__init__()
+        self.times: list[float] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.times.append(time.monotonic())
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def timing():
+    yield from serve_sink(Timing())
+
+
+def test_two_nodes_of_two_workers_share_a_sites_rate(tmp_path, pg_url, timing):
+    """Two `websofttt serve` nodes, two delivery workers each, one PostgreSQL store: 120 copies to a site
+    limited to 30 per 2 s. Over any 2 s the next hop never sees more than the rate allows."""
+    from tests.conftest import PASSWORD
+    from tests.test_nodes import Node
+    rules = rules_file(tmp_path, f'[sites.sink]\nmatch = ["127.0.0.1:{timing.port}"]\nmax_message_rate = "30/2s"\n')
+    nodes = [Node(tmp_path, name, pg_url, timing.port) for name in ("a", "b")]
+    for node in nodes:
+        config = node.dir / "websofttt.toml"
+        config.write_text(config.read_text().replace("workers = 1", "workers = 2")
+                          .replace("[delivery]\n", f'[delivery]\nshaping_file = "{rules}"\n'))
+        node.cli("init")
+    nodes[0].cli("tenant", "add", "acme", "--allow-from", "example.com", "--rate", "100000/1h")
+    nodes[0].cli("tenant", "accept-terms", "acme")
+    nodes[0].cli("credential", "add", "acme", "app1", stdin=PASSWORD + "\n")
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            with node.client() as client:
+                for batch in range(6):
+                    client.sendmail("app@example.com", [f"{node.dir.name}{batch}-{i}@example.net" for i in range(10)],
+                                    message())
+        deadline = time.monotonic() + 60
+        while len(timing.times) < 120 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(timing.times) == 120
+        times = sorted(timing.times)
+        busiest = max(sum(1 for t in times if start <= t < start + 2.0) for start in times)
+        assert busiest <= 30, busiest
+        assert times[-1] - times[0] >= 2.0 * (120 / 30 - 1), times[-1] - times[0]
+    finally:
+        for node in nodes:
+            node.stop()

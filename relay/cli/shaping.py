@@ -28,8 +28,8 @@ def shaping_group() -> None:
 @with_store
 def shaping_status(settings, store, as_json) -> None:
     """Every site the rules name (and any other with an action in force): its rate, the rate in force after
-    automation's reductions, the copies counted in its current window (all nodes), and the actions in force
-    with why and until when.
+    automation's reductions, the copies let through in about the last minute (all nodes), and the actions
+    in force with why and until when.
 
     \b
     Example:
@@ -46,7 +46,7 @@ def shaping_status(settings, store, as_json) -> None:
         factor = math.prod(a.factor for a in mine if a.kind == shaping.REDUCE)
         rows.append({"site": name, "rules": rules.source, "max_message_rate": _rate(rate),
                      "rate_in_force": _rate(Rate(max(1, int(rate.count * factor)), rate.period) if rate else None),
-                     "counted_in_window": shaping.sent_in_window(store, name, rate) if rate else None,
+                     "sent_last_minute": shaping.sent_recently(store, name) if rate else None,
                      "suspended_until": _time(max((a.until for a in mine if a.kind == shaping.SUSPEND and not a.source),
                                                   default=0)),
                      "actions": [{"kind": a.kind, "factor": a.factor, "until": _time(a.until), "rule": a.rule,
@@ -106,7 +106,7 @@ def _time(epoch: float) -> str | None:
 def _lines(rows: list[dict]) -> list[str]:
     out = []
     for r in rows:
-        rate = f"rate {r['rate_in_force']} (of {r['max_message_rate']}), {r['counted_in_window']} in this window" \
+        rate = f"rate {r['rate_in_force']} (of {r['max_message_rate']}), {r['sent_last_minute']} sent in the last minute" \
             if r["max_message_rate"] else "no rate limit"
         out.append(f"{r['site']:<16} {rate}" + (f"; SUSPENDED until {r['suspended_until']}" if r["suspended_until"] else ""))
         out.extend(f"    {a['kind']}{' x' + format(a['factor'], 'g') if a['kind'] == shaping.REDUCE else ''}"
