@@ -3,8 +3,9 @@
 An action is what automation (or an operator) decided about a site for a while: `reduce` its message
 rate by a factor, or `suspend` it, for every egress source or for one. Actions are rows with an end
 (`until`, epoch seconds); each node reads the active ones every second. A site's message rate is paced
-through the store (`pace`): workers claim small blocks, one block per its share of the period for all
-nodes together, so no window of the period ever holds more copies than the rate allows.
+through the store (`pace`): workers claim small blocks of one shared schedule, a little ahead of time so
+that several send at once, and relay/shaping.py sizes both so that no span of one period ever holds more
+copies than the rate allows.
 """
 from __future__ import annotations
 
@@ -56,17 +57,19 @@ def resume(store: Store, site: str) -> int:
     return store.execute("DELETE FROM shaping_actions WHERE site = ?", [site]).rowcount
 
 
-def pace(store: Store, site: str, interval: float, n: int, now: float | None = None) -> float:
-    """Claim `n` copies of the site's rate now, at most one claim of n per n * `interval` seconds for all
-    nodes together (a shared "theoretical arrival time", GCRA without burst); 0.0 when granted, else the
-    seconds until a claim can be granted. Granted copies are counted for `shaping status`."""
+def pace(store: Store, site: str, interval: float, n: int, ahead: float = 0.0, now: float | None = None) -> float:
+    """Claim `n` copies of the site's rate: the site's schedule (its "theoretical arrival time", shared by
+    every node: GCRA) moves on by n * `interval`, as long as it is no more than `ahead` seconds in the future;
+    0.0 when granted, else the seconds until a claim can be. Granted copies are counted for `shaping status`."""
     now = time.time() if now is None else now
     granted = store.execute(
-        "INSERT INTO shaping_pace (site, tat) VALUES (?, ?) ON CONFLICT(site) DO UPDATE SET tat = excluded.tat "
-        "WHERE shaping_pace.tat <= ? RETURNING tat", [site, now + n * interval, now]).fetchone()
+        "INSERT INTO shaping_pace (site, tat) VALUES (?, ?) ON CONFLICT(site) DO UPDATE SET "
+        "tat = CASE WHEN shaping_pace.tat > ? THEN shaping_pace.tat ELSE ? END + ? "
+        "WHERE shaping_pace.tat <= ? RETURNING tat",
+        [site, now + n * interval, now, now, n * interval, now + ahead]).fetchone()
     if granted is None:
         row = store.one("SELECT tat FROM shaping_pace WHERE site = ?", [site])
-        return max(0.001, (row["tat"] if row else now) - now)
+        return max(0.001, (row["tat"] if row else now) - ahead - now)
     store.hit(f"shape:{site}", COUNTED_WINDOW, now, n)
     return 0.0
 

@@ -3,10 +3,10 @@ teaches (policy/shaping_rules for the rules, policy/shaping for what the nodes s
 
 `admit` runs before every attempt and costs no store round trip in the common case: the active actions
 are read once a second (`refresh`, from the loop's housekeeping) and a site's message rate is claimed
-from the store in blocks of about 1/BLOCKS of it, paced for all nodes together (policy/shaping.pace):
-a block of n copies may be claimed once per n/(rate - n) of the period, so that no span of one period,
-wherever it starts, holds more copies than the rate (a next hop counting over a sliding minute sees
-the rate, never a burst at a window's edge).
+from the store in blocks of BLOCK_SECONDS of it, on one schedule for all nodes together
+(policy/shaping.pace, `pacing`), so that no span of one period, wherever it starts, holds more copies
+than the rate (a next hop counting over a sliding minute sees the rate, never a burst at a window's
+edge); the schedule runs a few per cent below the rate to leave room for copies sent a little early.
 A copy that may not go now waits in the spool without using up an attempt (`Wait`), and is never bounced
 for it; `max_queue_lifetime` still applies.
 """
@@ -25,7 +25,8 @@ from policy.values import Rate
 from relay.routing import Destination
 
 log = logging.getLogger("websofttt.delivery")
-BLOCKS = 50                   # a worker claims a site's rate in blocks of rate / BLOCKS copies
+BLOCK_SECONDS = 0.05          # a worker claims a site's rate in blocks of this much of it (at least one copy)
+AHEAD = 0.02                  # of a site's period: how far ahead of its schedule claims are granted
 MAX_WAIT = 5.0                # seconds before a copy held by a used-up rate is looked at again
 
 
@@ -50,6 +51,19 @@ class Wait:
 def waiting(site: str) -> str:
     """The start of the reply recorded for the copies that a suspension of `site` holds."""
     return Wait(f"site {site} suspended", 0).reply
+
+
+def pacing(rate: Rate) -> tuple[int, float, float, float]:
+    """(block, interval, ahead, lapse) of a rate: copies per claim, seconds of schedule per copy, how far
+    ahead of time a claim may be granted (AHEAD of the period: several workers send at once), and how long a
+    claimed copy may wait to be sent. A copy goes out at most `drift` = ahead + lapse away from its place in
+    the schedule, so the schedule runs at count copies per period + 2 * drift: no span of one period holds
+    more than `count`, wherever it starts, whoever sends."""
+    nominal = rate.period / rate.count
+    block = max(1, min(rate.count // 2, int(BLOCK_SECONDS / nominal)))
+    ahead = AHEAD * rate.period
+    lapse = block * nominal
+    return block, (rate.period + 2 * (ahead + lapse)) / rate.count, ahead, lapse
 
 
 class Shaper:
@@ -100,13 +114,12 @@ class Shaper:
         if rate is None:
             return None
         tokens, until = self._tokens.get(site.name, (0, 0.0))
-        if tokens <= 0 or now >= until:   # a block is spent at once or not at all: unused copies lapse
-            block = max(1, rate.count // BLOCKS)
-            interval = rate.period / (rate.count - block) if rate.count > block else rate.period / rate.count
-            wait = await self.call(shaping.pace, self.store, site.name, interval, block, now)
+        if tokens <= 0 or now >= until:   # claimed copies not sent within `lapse` of their claim are lost
+            block, interval, ahead, lapse = pacing(rate)
+            wait = await self.call(shaping.pace, self.store, site.name, interval, block, ahead, now)
             if wait > 0:
                 return self._wait(site, rate, now + min(MAX_WAIT, wait))
-            tokens, until = block, now + block * interval
+            tokens, until = block, now + lapse
         self._tokens[site.name] = (tokens - 1, until)
         metrics.shaping_sent.labels(site.name).inc()
         return None

@@ -15,7 +15,7 @@ from policy import shaping, shaping_rules
 from policy.shaping_rules import RulesError
 from policy.values import Rate
 from relay.routing import Destination
-from relay.shaping import Shaper
+from relay.shaping import Shaper, pacing
 from tests.conftest import Sink, message, run_cli, serve_sink
 
 GMAIL_MX = [Destination("aspmx.l.google.com", 25), Destination("alt1.aspmx.l.google.com", 25)]
@@ -79,14 +79,26 @@ def test_the_command_line_exits_2_naming_the_shaping_file(tmp_path):
 
 def test_pace_spaces_the_claims_of_everyone(any_store):
     now = 1_000_000.0
-    assert shaping.pace(any_store, "gmail", 0.1, 5, now) == 0.0           # 5 copies now ...
-    assert shaping.pace(any_store, "gmail", 0.1, 5, now) == pytest.approx(0.5)   # ... the next 5 in 0.5 s
-    assert shaping.pace(any_store, "gmail", 0.1, 5, now + 0.5) == 0.0
-    assert shaping.pace(any_store, "gmail", 0.1, 5, now + 0.9) == pytest.approx(0.1)
-    assert shaping.pace(any_store, "yahoo", 0.1, 5, now + 0.9) == 0.0      # sites are paced apart
-    assert shaping.sent_recently(any_store, "gmail") == 0                  # counted at `now`, long ago
+    assert shaping.pace(any_store, "gmail", 0.1, 5, 0.0, now) == 0.0                # 5 copies now ...
+    assert shaping.pace(any_store, "gmail", 0.1, 5, 0.0, now) == pytest.approx(0.5)   # ... the next 5 in 0.5 s
+    assert shaping.pace(any_store, "gmail", 0.1, 5, 0.0, now + 0.5) == 0.0
+    assert shaping.pace(any_store, "gmail", 0.1, 5, 0.0, now + 0.9) == pytest.approx(0.1)
+    assert shaping.pace(any_store, "gmail", 0.1, 5, 1.0, now + 0.9) == 0.0           # granted ahead of time ...
+    assert shaping.pace(any_store, "gmail", 0.1, 5, 1.0, now + 0.9) == 0.0           # (the schedule at +2.0 s)
+    assert shaping.pace(any_store, "gmail", 0.1, 5, 1.0, now + 0.9) == pytest.approx(0.1)   # ... up to 1 s ahead
+    assert shaping.pace(any_store, "yahoo", 0.1, 5, 0.0, now + 0.9) == 0.0          # sites are paced apart
+    assert shaping.sent_recently(any_store, "gmail") == 0                            # counted long ago
     shaping.pace(any_store, "msn", 0.1, 3)
     assert shaping.sent_recently(any_store, "msn") == 3
+
+
+@pytest.mark.parametrize("rate, block", [(Rate(100000, 60), 83), (Rate(30, 2), 1), (Rate(1000, 3600), 1)])
+def test_pacing_keeps_any_period_under_the_rate(rate, block):
+    got_block, interval, ahead, lapse = pacing(rate)
+    assert got_block == block
+    drift = ahead + lapse
+    assert (rate.period + 2 * drift) / interval <= rate.count + 1e-6         # what a period can hold
+    assert rate.count * interval / rate.period < 1.12                         # at most ~10 % below the rate
 
 
 def test_two_nodes_claiming_at_once_share_one_pace(postgres, pg_url):
@@ -100,7 +112,7 @@ def test_two_nodes_claiming_at_once_share_one_pace(postgres, pg_url):
 
     def node(store):
         while time.time() < started + 1.0:
-            if shaping.pace(store, "yahoo", interval, 1) == 0.0:
+            if shaping.pace(store, "yahoo", interval, 1, 0.0) == 0.0:
                 with lock:
                     granted.append(time.time())
     threads = [threading.Thread(target=node, args=(stores[i % 2],)) for i in range(8)]

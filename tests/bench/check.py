@@ -13,7 +13,8 @@ from pathlib import Path
 import dkim
 
 EXPECTED_SIGNER = {"a": None, "b": None, "c": "example.com", "d": "websofttt.com", "e": "websofttt.com",
-                   "f": "example.com", "g": "websofttt.com", "d-pg": "websofttt.com", "d-pg1ms": "websofttt.com"}
+                   "f": "example.com", "g": "websofttt.com", "d-pg": "websofttt.com", "d-pg1ms": "websofttt.com",
+                   "d-shaped": "websofttt.com"}
 
 
 def strip_sink_headers(raw: bytes) -> bytes:

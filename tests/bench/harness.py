@@ -50,7 +50,11 @@ PATHS = {
     "g": "loadgen TLS+AUTH generated -> relay -> sink",
     "d-pg": "smtp-source -> relay (PostgreSQL store) -> sink",
     "d-pg1ms": "smtp-source -> relay (PostgreSQL +1 ms) -> sink",
+    "d-shaped": "smtp-source -> relay (the sink a shaped site) -> sink",
 }
+# d-shaped: a relay node of its own whose shaping rules are the shipped ones plus a site for the sink, with a
+# rate above what the relay reaches (it is claimed through the store every SHAPED_CLAIM_SECONDS, not a limit).
+SHAPED_RATE = "100000/60s"
 RELAY_PATHS = ("d", "e", "g")   # the paths whose server is the relay node with its store in SQLite
 # The paths whose relay node keeps its store in PostgreSQL (a node and a database each): the milliseconds
 # the latency proxy adds to each of the store's round trips, or None for a direct connection.
@@ -140,6 +144,13 @@ class Bench:
                 log(f"path g: no generated credential: {self.relay.generated_error}")
         if any(p in PG_DELAY_MS for p in paths):
             self._start_postgres()
+        if "d-shaped" in paths:
+            rules = self.root / "shaping-bench.toml"
+            rules.write_text((REPO / "config" / "shaping.toml").read_text() + f'\n[sites.bench]\nmatch = '
+                             f'["127.0.0.1:{self.sink_port}"]\nmax_message_rate = "{SHAPED_RATE}"\n')
+            self.pg_nodes["d-shaped"] = node = RelayNode(self.root, self.sink_port, self.args.workers,
+                                                         name="relay-shaped", extra_config=f'shaping_file = "{rules}"\n')
+            log(f"relay with a shaped site on 127.0.0.1:{node.port} (rules {rules})")
 
     def _start_postgres(self) -> None:
         """The d-pg paths: a private PostgreSQL server, a database and a relay node for each path, d-pg1ms's
@@ -223,7 +234,7 @@ class Bench:
 
     def node(self, path: str) -> RelayNode | None:
         """The relay node that serves `path` (None for the Postfix paths and a)."""
-        return self.pg_nodes.get(path) if path in PG_DELAY_MS else self.relay if path in RELAY_PATHS else None
+        return self.pg_nodes.get(path) if path in self.pg_nodes else self.relay if path in RELAY_PATHS else None
 
     def port(self, path: str) -> int:
         return {"a": self.sink_port, "b": getattr(self.postfix, "port", 0),
@@ -236,6 +247,8 @@ class Bench:
         for the d-pg paths; none for a."""
         if path in PG_DELAY_MS:
             return {"relay": [self.pg_nodes[path].daemon.pid], "postgres": [self.postgres.process.pid]}
+        if path == "d-shaped":
+            return {"relay": [self.pg_nodes[path].daemon.pid]}
         relay = {"relay": [self.relay.daemon.pid]} if self.relay else {}
         return {"a": {}, "b": {"postfix": [self.postfix.daemon.pid]} if self.postfix else {},
                 "c": {"postfix": [self.postfix_dkim.daemon.pid], "opendkim": [self.opendkim.daemon.pid]}

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from measure import percentile, summary
 
-RATIOS = (("d", "b"), ("d", "c"), ("e", "d"), ("e", "f"), ("g", "d"), ("d-pg", "d"), ("d-pg1ms", "d"))
+RATIOS = (("d", "b"), ("d", "c"), ("e", "d"), ("e", "f"), ("g", "d"), ("d-pg", "d"), ("d-pg1ms", "d"),
+          ("d-shaped", "d"))
 PROBE = {"a": "loadgen -> smtp-sink (the probe's floor, at d's rate)", "b": "loadgen -> Postfix -> sink",
          "c": "loadgen -> Postfix+OpenDKIM -> sink", "d": "loadgen -> relay (trusted net) -> sink",
          "e": "loadgen TLS+AUTH password -> relay -> sink",
@@ -23,7 +24,8 @@ PROBE = {"a": "loadgen -> smtp-sink (the probe's floor, at d's rate)", "b": "loa
          "g": "loadgen TLS+AUTH generated -> relay -> sink"}
 SERVER = {"b": "Postfix", "c": "Postfix+OpenDKIM", "d": "relay (trusted net)", "e": "relay (TLS+AUTH password)",
           "f": "Postfix+Dovecot+OpenDKIM (TLS+AUTH)", "g": "relay (TLS+AUTH generated)",
-          "d-pg": "relay + PostgreSQL (trusted net)", "d-pg1ms": "relay + PostgreSQL 1 ms away"}
+          "d-pg": "relay + PostgreSQL (trusted net)", "d-pg1ms": "relay + PostgreSQL 1 ms away",
+          "d-shaped": "relay, the sink a shaped site"}
 HEARTBEAT_TARGET_MS = 20        # the heartbeat's p99 a relay whose store never blocks its event loop stays under
 WIDTH = 56
 

@@ -12,13 +12,15 @@ messages per connection ("reuse"):
   g  loadgen STARTTLS + AUTH PLAIN, a generated credential (`credential add --generate`) -> relay -> smtp-sink
   d-pg     as d, the relay node's store on PostgreSQL (a private server started here, a database of its own)
   d-pg1ms  as d-pg, the store reached through tests/latency_proxy.py, 1 ms added to each round trip
+  d-shaped as d, a node whose shaping rules (the shipped ones) have a site for the sink with a rate it does not
+           reach: what shaping costs on the hot path (a site's lookup, its actions, its rate claimed in the store)
 Each run sends N messages (--messages), except f with one connection per message, where every message
 pays a ~0.1 s password check (Dovecot checks the Argon2id hash at every login, see dovecot.py): it
 sends --auth-messages (default N/10, at least 100); the report says which count each run had. (The
 relay checks a person's password with scrypt once per worker and then remembers the verified login,
-submission.auth_cache_ttl, so e runs the full N.) Rounds interleave the paths (a b c d e f g d-pg d-pg1ms,
-a b c ..., ...) so that drift of the machine hits all alike, and the ratios (d/b, d/c, e/d, e/f, g/d,
-d-pg/d, d-pg1ms/d) are taken within each round. A run's clock starts when the injector starts and stops
+submission.auth_cache_ttl, so e runs the full N.) Rounds interleave the paths (a b c d e f g d-pg d-pg1ms
+d-shaped, a b c ..., ...) so that drift of the machine hits all alike, and the ratios (d/b, d/c, e/d, e/f,
+g/d, d-pg/d, d-pg1ms/d, d-shaped/d) are taken within each round. A run's clock starts when the injector starts and stops
 when the sink has counted all of its messages. During the runs of d, d-pg and d-pg1ms the heartbeat
 probe (heartbeat.py) times a NOOP every 50 ms on a connection of its own: a store that blocks the
 relay's event loop shows there. After the rounds: the latency probe, the EHLO reply time (relay after STARTTLS,
@@ -28,7 +30,7 @@ Everything runs on 127.0.0.1 (and 127.0.0.2-51 for the flood) only.
 
 Usage (as root; `make bench BENCH_ARGS="..."` runs the same):
   .venv/bin/python tests/bench/run.py [--quick] [--messages N] [--auth-messages N] [--workers W] [--rounds R]
-        [--paths a,b,c,d,e,f,g,d-pg,d-pg1ms] [--concurrency 10,50] [--modes new,reuse] [--skip PATH:MODE,...]
+        [--paths a,b,c,d,e,f,g,d-pg,d-pg1ms,d-shaped] [--concurrency 10,50] [--modes new,reuse] [--skip PATH:MODE,...]
         [--latency-seconds S] [--floor-messages N] [--flood-seconds S] [--flood-only] [--keep] [--output FILE]
 The modules: harness.py (the runs), postfix.py, dovecot.py, relay_node.py, sink.py, loadgen.py, flood.py,
 floor.py, heartbeat.py, measure.py, check.py, message.py, report.py; tests/postgres.py (the PostgreSQL
