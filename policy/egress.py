@@ -81,13 +81,19 @@ def pool_names(pools: dict[str, Pool]) -> set[str]:
     return set(pools) | {DEFAULT}
 
 
-def _source(name: str, spec: Any) -> Source:
-    where = f"[egress.sources.{name}]"
+def _section(kind: str, name: str, spec: Any, keys: set[str]) -> str:
+    """`[egress.KIND.NAME]` when it is a well-named table of known keys, else ValueError naming it."""
+    where = f"[egress.{kind}.{name}]"
     if not _NAME.match(name) or not isinstance(spec, dict):
-        raise ValueError(f"{where}: a source is a table named with lower-case letters, digits, '-' and '_'")
-    unknown = set(spec) - _SOURCE_KEYS
+        raise ValueError(f"{where}: a table named with lower-case letters, digits, '-' and '_'")
+    unknown = set(spec) - keys
     if unknown:
-        raise ValueError(f"{where} unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_SOURCE_KEYS))})")
+        raise ValueError(f"{where} unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(keys))})")
+    return where
+
+
+def _source(name: str, spec: Any) -> Source:
+    where = _section("sources", name, spec, _SOURCE_KEYS)
     try:
         address = str(ipaddress.ip_address(spec.get("address", "")))
     except ValueError:
@@ -113,12 +119,7 @@ def _source(name: str, spec: Any) -> Source:
 
 
 def _pool(name: str, spec: Any) -> Pool:
-    where = f"[egress.pools.{name}]"
-    if not _NAME.match(name) or not isinstance(spec, dict):
-        raise ValueError(f"{where}: a pool is a table named with lower-case letters, digits, '-' and '_'")
-    unknown = set(spec) - _POOL_KEYS
-    if unknown:
-        raise ValueError(f"{where} unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_POOL_KEYS))})")
+    where = _section("pools", name, spec, _POOL_KEYS)
     members = spec.get("sources")
     if not isinstance(members, list) or not members:
         raise ValueError(f"{where} sources: a list such as [{{ name = \"mta2\", weight = 1 }}]")

@@ -13,6 +13,7 @@ import pytest
 from policy import credentials, egress, shaping, tenants
 from policy.settings import ConfigError, load_settings
 from tests.conftest import RunningRelay, Sink, make_settings, message, prepare, run_cli, serve_sink
+from tests.test_abuse import wait_for
 
 
 class Recording(Sink):
@@ -41,39 +42,37 @@ def start(tmp_path, sink, sources: dict, pools: dict) -> RunningRelay:
     return RunningRelay(settings, ("submission", "delivery"))
 
 
-def send(relay, recipients: list[str]) -> None:
-    client = relay.connect()
-    client.sendmail("app@example.com", recipients, message())
-    client.quit()
-
-
-def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition never became true")
-
-
 SOURCES = {"mta2": {"address": "127.0.0.2", "ehlo": "mta2.relay.test"},
            "mta3": {"address": "127.0.0.3", "ehlo": "mta3.relay.test"}}
 
 
+BLAST = ("app2", "pw-blast-123456")        # the login of tenant blast (two_pools)
+
+
+def send(relay, recipients: list[str], login: tuple[str, str] | None = None) -> None:
+    client = relay.connect(login=login) if login else relay.connect()
+    client.sendmail("app@example.com", recipients, message())
+    client.quit()
+
+
+def two_pools(tmp_path, sink) -> RunningRelay:
+    """Tenant acme (login app1) on pool transactional (mta2, 127.0.0.2), tenant blast (BLAST) on bulk (mta3)."""
+    relay = start(tmp_path, sink, SOURCES, {"transactional": {"sources": [{"name": "mta2"}]},
+                                            "bulk": {"sources": [{"name": "mta3", "weight": 1}]}})
+    names = {"transactional", "bulk", "default"}
+    relay.add_tenant("acme", username="app1")
+    tenants.change(relay.store, "acme", tenants.Change(pool="transactional", pools=names))
+    relay.add_tenant("blast", username=None)
+    tenants.change(relay.store, "blast", tenants.Change(pool="bulk", pools=names))
+    credentials.add(relay.store, "blast", *BLAST)
+    return relay
+
+
 def test_each_tenant_leaves_from_its_pools_address_and_ehlo_name(tmp_path, recording):
-    relay = start(tmp_path, recording, SOURCES, {"transactional": {"sources": [{"name": "mta2"}]},
-                                                 "bulk": {"sources": [{"name": "mta3", "weight": 1}]}})
+    relay = two_pools(tmp_path, recording)
     try:
-        names = {"transactional", "bulk", "default"}
-        relay.add_tenant("acme", username="app1")
-        tenants.change(relay.store, "acme", tenants.Change(pool="transactional", pools=names))
-        relay.add_tenant("blast", username=None)
-        tenants.change(relay.store, "blast", tenants.Change(pool="bulk", pools=names))
         send(relay, ["a1@example.net", "a2@example.net"])
-        credentials.add(relay.store, "blast", "app2", "pw-blast-123456")
-        client = relay.connect(login=("app2", "pw-blast-123456"))
-        client.sendmail("app@example.com", ["b1@example.net"], message())
-        client.quit()
+        send(relay, ["b1@example.net"], BLAST)
         wait_for(lambda: len(recording.origins) == 3)
         assert sorted(recording.origins) == [("a1@example.net", "127.0.0.2", "mta2.relay.test"),
                                              ("a2@example.net", "127.0.0.2", "mta2.relay.test"),
@@ -174,22 +173,13 @@ def test_the_example_configuration_loads_its_pools(tmp_path):
 def test_a_site_suspended_for_one_source_does_not_hold_the_other_sources_mail(tmp_path, recording):
     """Automation's `suspend_source` (here by hand, `shaping suspend SITE --source`): the copies of the tenant
     on mta2 wait, those of the tenant on mta3 go; resume releases the held ones."""
-    relay = start(tmp_path, recording, SOURCES, {"transactional": {"sources": [{"name": "mta2"}]},
-                                                 "bulk": {"sources": [{"name": "mta3"}]}})
+    relay = two_pools(tmp_path, recording)
     try:
-        names = {"transactional", "bulk", "default"}
-        relay.add_tenant("acme", username="app1")
-        tenants.change(relay.store, "acme", tenants.Change(pool="transactional", pools=names))
-        relay.add_tenant("blast", username=None)
-        tenants.change(relay.store, "blast", tenants.Change(pool="bulk", pools=names))
-        credentials.add(relay.store, "blast", "app2", "pw-blast-123456")
         site = f"127.0.0.1:{recording.port}"
         shaping.act(relay.store, site, shaping.SUSPEND, 1, time.time() + 3600, "421 4.7.0 mta2 listed", "test", "mta2")
         time.sleep(1.2)                                       # every worker reads the actions each second
         send(relay, ["a1@example.net"])
-        client = relay.connect(login=("app2", "pw-blast-123456"))
-        client.sendmail("app@example.com", ["b1@example.net"], message())
-        client.quit()
+        send(relay, ["b1@example.net"], BLAST)
         wait_for(lambda: recording.origins)
         time.sleep(1.0)
         assert recording.origins == [("b1@example.net", "127.0.0.3", "mta3.relay.test")]
