@@ -12,7 +12,10 @@ bad one stops it, naming the file, the section and the key:
     max_message_rate = "2000/min"
     [sites.gmail]
     match = ["gmail.com", "googlemail.com", "*.google.com"]
-    max_message_rate = "500/min"               # shared by every node (counted in the store)
+    max_message_rate = "500/min"               # shared by every node (paced through the store)
+    max_connections = 20                       # per node: open at once
+    max_messages_per_connection = 100          # then a new connection
+    max_connection_rate = "60/min"             # per node: new connections
     [[automation]]
     name = "gmail-rate-limited"
     status = "4.7.28"                          # the reply's enhanced status (a prefix), and/or
@@ -35,7 +38,7 @@ from policy.values import Rate, parse_duration, parse_rate
 
 SHIPPED = Path(__file__).resolve().parents[1] / "config" / "shaping.toml"
 ACTIONS = ("reduce", "suspend", "suspend_source")
-_LIMIT_KEYS = ("max_message_rate",)
+_LIMIT_KEYS = ("max_message_rate", "max_connections", "max_messages_per_connection", "max_connection_rate")
 _SITE_KEYS = {"match", *_LIMIT_KEYS}
 _AUTOMATION_KEYS = {"name", "status", "text", "sites", "action", "factor", "for"}
 _STATUS = re.compile(r"^[245](?:\.\d{1,3}){0,2}$")
@@ -49,6 +52,9 @@ class RulesError(ValueError):
 @dataclass(frozen=True)
 class Limits:
     max_message_rate: Rate | None = None      # copies per period to the site, all nodes together
+    max_connections: int | None = None        # connections open to the site at once, per node
+    max_messages_per_connection: int | None = None   # then the connection is closed (else delivery's setting)
+    max_connection_rate: Rate | None = None   # new connections per period to the site, per node
 
 
 @dataclass(frozen=True)
@@ -132,11 +138,22 @@ def _limits(spec: dict, where: str, section: str, allowed: set[str]) -> Limits:
     unknown = set(spec) - allowed
     if unknown:
         raise RulesError(f"{where}: {section} unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(allowed))})")
-    rate = spec.get("max_message_rate")
-    try:
-        return Limits(max_message_rate=parse_rate(rate) if rate not in (None, "") else None)
-    except ValueError as e:
-        raise RulesError(f"{where}: {section} max_message_rate: {e}, got {rate!r}") from None
+    values: dict[str, Any] = {}
+    for name in allowed & set(_LIMIT_KEYS):
+        value = spec.get(name)
+        if value in (None, ""):
+            continue
+        try:
+            values[name] = parse_rate(value) if name.endswith("_rate") else _count(value)
+        except ValueError as e:
+            raise RulesError(f"{where}: {section} {name}: {e}, got {value!r}") from None
+    return Limits(**values)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("a whole number of at least 1")
+    return value
 
 
 def _site(name: str, spec: dict, where: str) -> SiteRule:

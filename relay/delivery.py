@@ -349,7 +349,7 @@ class DeliveryLoop:
         logs.event("attempt", queue_id=due.queue_id, tenant=due.tenant, recipient=due.recipient,
                    attempt=due.attempts + 1, hosts=len(destinations), site=site.name)
         seven_bit = partial(self._seven_bit, due, copy) if due.eightbit or not body.isascii() else None
-        outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed, seven_bit, source)
+        outcome = await self.courier.send(destinations, envelope_from, due.recipient, signed, seven_bit, source, site)
         if outcome.source_unusable:   # not this copy's fault: out of the pool, and the copy tries another at once
             self.sources.down(source, outcome.reply)
             return Verdict(State.DEFERRED, outcome.reply, token, held=True, until=time.time() + 1)

@@ -215,7 +215,7 @@ def delivery_loop(settings: Settings, store: Store, writes: GroupCommit, spool: 
     return DeliveryLoop(settings, store, writes, spool, Signer(settings, store),
                         TokenKeys.load(store, settings.tokens.secret_file),
                         Router(settings.delivery, resolver, smarthost_auth=smarthost_auth(settings)),
-                        Courier(settings.delivery, settings.provider.hostname),
+                        Courier(settings.delivery, settings.provider.hostname, settings.node.workers),
                         Shaper(shaping_rules.load(settings.delivery.shaping_file), store, store.call),
                         Sources(settings.egress, store, store.call))
 

@@ -12,11 +12,14 @@ offers only once connected, and the conversion must come before signing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from collections import deque
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -26,6 +29,7 @@ from policy.egress import DEFAULT_SOURCE, Source
 from policy.settings import Delivery
 from relay.pipelining import PipeliningSMTP
 from relay.routing import Destination
+from relay.shaping import Site
 
 _Key = tuple[Destination, Source]          # idle connections are kept per next hop and egress source
 
@@ -54,14 +58,19 @@ SevenBit = Callable[[], Awaitable[bytes | Outcome]]
 @dataclass
 class _Connection:
     smtp: PipeliningSMTP
+    limit: int                    # copies it carries before it is closed (the site's, else delivery's)
     used: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
 
 class Courier:
-    def __init__(self, delivery: Delivery, hostname: str):
+    def __init__(self, delivery: Delivery, hostname: str, workers: int = 1):
+        """`workers`: the node's delivery workers, which share a site's per-node limits."""
         self.settings = delivery
         self.hostname = hostname
+        self.workers = workers
+        self._site_slots: dict[str, asyncio.Semaphore] = {}      # a site's max_connections, this worker's share
+        self._site_connects: dict[str, deque[float]] = {}       # a site's recent new connections (monotonic)
         self._all = asyncio.Semaphore(delivery.concurrency)
         self._slots: dict[Destination, asyncio.Semaphore] = {}
         self._idle: dict[_Key, list[_Connection]] = {}     # by next hop and egress source
@@ -72,22 +81,47 @@ class Courier:
         self._verified_tls = ssl.create_default_context(cafile=str(ca) if ca else None)   # required TLS: verify
 
     async def send(self, destinations: list[Destination], mail_from: str, recipient: str, data: bytes,
-                   seven_bit: SevenBit | None = None, source: Source = DEFAULT_SOURCE) -> Outcome:
+                   seven_bit: SevenBit | None = None, source: Source = DEFAULT_SOURCE,
+                   site: Site | None = None) -> Outcome:
         """Try each destination in order until one gives an SMTP answer; connection faults move on.
         `seven_bit`: `data` is 8-bit, and this makes the copy for a next hop without 8BITMIME. `source`: the
-        egress source the connection leaves from (its address and EHLO name)."""
+        egress source the connection leaves from (its address and EHLO name). `site`: its limits on
+        connections (relay/shaping.py), shared by the node's workers."""
         outcome = Outcome(False, False, "451 4.4.1 No destination to try", local=True)
-        async with self._all:
+        async with self._all, self._site_slot(site):
             for dest in destinations:
                 slot = self._slots.setdefault(dest, asyncio.Semaphore(self.settings.per_destination))
                 async with slot:
-                    outcome = await self._send_to(dest, source, mail_from, recipient, data, seven_bit)
+                    outcome = await self._send_to(dest, source, mail_from, recipient, data, seven_bit, site)
                 if not outcome.local or outcome.source_unusable:
                     return outcome
         return outcome
 
+    def _site_slot(self, site: Site | None) -> asyncio.Semaphore | contextlib.nullcontext:
+        """At most the site's max_connections in use at once on this node (this worker's share of them)."""
+        if site is None or site.limits.max_connections is None:
+            return contextlib.nullcontext()
+        share = max(1, math.ceil(site.limits.max_connections / self.workers))
+        return self._site_slots.setdefault(site.name, asyncio.Semaphore(share))
+
+    async def _connection_turn(self, site: Site | None) -> None:
+        """Wait until a new connection to the site keeps within its max_connection_rate (this worker's share)."""
+        rate = site.limits.max_connection_rate if site else None
+        if site is None or rate is None:
+            return
+        share = max(1, rate.count // self.workers)
+        recent = self._site_connects.setdefault(site.name, deque())
+        while True:
+            now = time.monotonic()
+            while recent and now - recent[0] >= rate.period:
+                recent.popleft()
+            if len(recent) < share:
+                recent.append(now)
+                return
+            await asyncio.sleep(recent[0] + rate.period - now)
+
     async def _send_to(self, dest: Destination, source: Source, mail_from: str, recipient: str, data: bytes,
-                       seven_bit: SevenBit | None) -> Outcome:
+                       seven_bit: SevenBit | None, site: Site | None = None) -> Outcome:
         conn = self._reuse((dest, source))
         if conn is not None:
             try:
@@ -95,7 +129,9 @@ class Courier:
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
                 pass                                  # the idle connection was closed by the peer: a new one
         try:
-            conn = _Connection(await self._connect(dest, source))
+            await self._connection_turn(site)
+            limit = (site.limits.max_messages_per_connection if site else None) or self.settings.messages_per_connection
+            conn = _Connection(await self._connect(dest, source), limit)
             return await self._transaction((dest, source), conn, mail_from, recipient, data, seven_bit)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as e:
             unusable = _not_here(e)
@@ -177,7 +213,7 @@ class Courier:
         try:
             if reset:
                 await conn.smtp.rset(timeout=self.settings.command_timeout)
-            if conn.used >= self.settings.messages_per_connection:
+            if conn.used >= conn.limit:
                 await conn.smtp.quit(timeout=self.settings.command_timeout)
                 return
         except (aiosmtplib.SMTPException, OSError):
