@@ -34,6 +34,7 @@ def act(store: Store, site: str, kind: str, factor: float, until: float, reason:
         source: str = "") -> None:
     """Record an action; one of the same rule, kind and source on the same site is extended, not stacked."""
     now = time.time()
+    store.execute("DELETE FROM shaping_actions WHERE until <= ?", [now])     # ended ones go here, not at every read
     row = store.execute("SELECT id FROM shaping_actions WHERE site = ? AND rule = ? AND kind = ? AND source = ? "
                         "AND until > ?", [site, rule, kind, source, now]).fetchone()
     if row:
@@ -45,10 +46,10 @@ def act(store: Store, site: str, kind: str, factor: float, until: float, reason:
 
 
 def active(store: Store, now: float | None = None) -> list[Action]:
-    """Actions in force, soonest to end first; ended ones are deleted on the way."""
+    """Actions in force, soonest to end first (a read only: every worker of every node asks each second)."""
     now = time.time() if now is None else now
-    store.execute("DELETE FROM shaping_actions WHERE until <= ?", [now])
-    rows = store.all("SELECT site, kind, factor, until, reason, rule, source FROM shaping_actions ORDER BY until")
+    rows = store.all("SELECT site, kind, factor, until, reason, rule, source FROM shaping_actions WHERE until > ? "
+                     "ORDER BY until", [now])
     return [Action(r["site"], r["kind"], r["factor"], r["until"], r["reason"], r["rule"], r["source"]) for r in rows]
 
 
