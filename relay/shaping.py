@@ -27,6 +27,8 @@ from relay.routing import Destination
 log = logging.getLogger("websofttt.delivery")
 BLOCK_SECONDS = 0.05          # a worker claims a site's rate in blocks of this much of it (at least one copy)
 AHEAD = 0.02                  # of a site's period: how far ahead of its schedule claims are granted
+LAPSE_BLOCKS = 10             # a claimed block may be used for up to this many blocks' time (at most AHEAD):
+                              # a worker sending a share of a fast site's rate uses its block before it lapses
 MAX_WAIT = 5.0                # seconds before a copy held by a used-up rate is looked at again
 
 
@@ -62,7 +64,7 @@ def pacing(rate: Rate) -> tuple[int, float, float, float]:
     nominal = rate.period / rate.count
     block = max(1, min(rate.count // 2, int(BLOCK_SECONDS / nominal)))
     ahead = AHEAD * rate.period
-    lapse = block * nominal
+    lapse = min(ahead, LAPSE_BLOCKS * block * nominal) or block * nominal     # time for a worker to use it
     return block, (rate.period + 2 * (ahead + lapse)) / rate.count, ahead, lapse
 
 
