@@ -47,8 +47,9 @@ class Sources:
         if not candidates:
             return Wait(f"no usable source in egress pool {pool.name} ({'; '.join(self._down.values())})",
                         self.clock() + 300)
-        now = self.clock()
-        today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+        if len(candidates) == 1 and not candidates[0][0].warmup:     # the usual pool: no choice, no cap to count
+            return candidates[0][0]
+        today = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC).date()
         tomorrow = datetime.datetime.combine(today + datetime.timedelta(days=1), datetime.time(), datetime.UTC)
         while candidates:
             source = random.choices([s for s, _ in candidates], [w for _, w in candidates])[0]
