@@ -112,6 +112,16 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
     ("0020_tenant_pools", ("ALTER TABLE tenants ADD COLUMN pool TEXT",)),
     ("0021_shaping_action_source", ("ALTER TABLE shaping_actions ADD COLUMN source TEXT NOT NULL DEFAULT ''",)),
     ("0022_shaping_pace", ("CREATE TABLE shaping_pace (site TEXT PRIMARY KEY, tat REAL NOT NULL)",)),
+    ("0023_transport_security", (
+        """CREATE TABLE mta_sts_policies (domain TEXT PRIMARY KEY, policy_id TEXT NOT NULL, mode TEXT NOT NULL,
+           mx TEXT NOT NULL, max_age INTEGER NOT NULL, fetched REAL NOT NULL)""",
+        """CREATE TABLE tls_sessions (day TEXT NOT NULL, domain TEXT NOT NULL, policy_type TEXT NOT NULL,
+           policy TEXT NOT NULL, mx_host TEXT NOT NULL, address TEXT NOT NULL, result TEXT NOT NULL,
+           sending_ip TEXT NOT NULL, sessions INTEGER NOT NULL,
+           PRIMARY KEY (day, domain, policy_type, policy, mx_host, address, result, sending_ip))""",
+        """CREATE TABLE tls_reports_sent (day TEXT NOT NULL, domain TEXT NOT NULL, node TEXT NOT NULL,
+           PRIMARY KEY (day, domain))""",
+    )),
 ]
 
 _TYPES = re.compile(r"\b(INTEGER PRIMARY KEY|INTEGER|REAL|BLOB)\b")

@@ -18,7 +18,8 @@ from policy.config_keys import key
 # Listen, Rate and the parsers are re-exported: callers import them from here
 from policy.values import (Listen, Rate, parse_address, parse_bool, parse_count, parse_country, parse_dir, parse_domain,
                            parse_duration, parse_fraction, parse_listen_list, parse_mode, parse_node_name,
-                           parse_optional_listen, parse_rate, parse_routes, parse_schedule, parse_selector, parse_store_url,
+                           parse_nameservers, parse_optional_listen, parse_port, parse_rate, parse_routes, parse_schedule,
+                           parse_selector, parse_store_url,
                            parse_str, parse_url, parse_workers)
 
 DEFAULT_CONFIG_NAME = "websofttt.toml"
@@ -142,6 +143,19 @@ class Delivery:
     command_timeout: float = key(parse_duration, 300.0)               # RFC 5321 4.5.3.2: 5 minutes for greeting, MAIL, RCPT
     data_timeout: float = key(parse_duration, 600.0)                  # RFC 5321 4.5.3.2: 10 minutes for the end of DATA
     shaping_file: Path | None = key(parse_str, None, path=True)       # per-site limits and automation; empty: shipped
+    mx_port: int = key(parse_port, 25)                                # the port of MX hosts
+    tls_ca_file: Path | None = key(parse_str, None, path=True)        # CAs for MX certificates and MTA-STS hosts; empty: system's
+    mta_sts: bool = key(parse_bool, True)                             # apply recipient domains' MTA-STS policies (RFC 8461)
+    mta_sts_https_port: int = key(parse_port, 443)                    # where policies are fetched from
+    mta_sts_private_hosts: bool = key(parse_bool, False)              # may policy hosts be private/loopback addresses
+    dane: bool = key(parse_bool, True)                                # DANE TLSA (RFC 7672), with dns.dnssec only
+    tls_report: bool = key(parse_bool, True)                          # TLS-RPT (RFC 8460): count sessions, send daily reports
+
+
+@dataclass(frozen=True)
+class Dns:
+    nameservers: tuple[Listen, ...] = key(parse_nameservers, ())      # every lookup goes to these; empty: the system's
+    dnssec: bool = key(parse_bool, False)                             # trust their AD bit (a validating resolver)
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,7 @@ class Settings:
     dkim: Dkim = Dkim()
     tokens: Tokens = Tokens()
     delivery: Delivery = Delivery()
+    dns: Dns = Dns()
     policy: Policy = Policy()
     privacy: Privacy = Privacy()
     webhooks: Webhooks = Webhooks()

@@ -3,6 +3,7 @@ ValueError(what is expected), which the loader turns into a message naming the f
 of policy/settings.py name theirs: `key(parse_count, 100)`."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,39 @@ def parse_listen(value: Any) -> Listen:
     elif ":" in host:
         raise ValueError(expected + " (IPv6 addresses in brackets)")
     return (host or "0.0.0.0", int(port))
+
+
+def parse_port(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        raise ValueError("a port number from 1 to 65535")
+    return value
+
+
+def parse_nameservers(value: Any) -> tuple[Listen, ...]:
+    """["127.0.0.1:5353", "[::1]:53", "9.9.9.9"] -> ((address, port), ...); addresses only, no names (the
+    resolver needs them to look names up)."""
+    expected = "a list of nameserver addresses such as \"127.0.0.1\", \"127.0.0.1:5353\" or \"[::1]:53\""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(expected)
+    servers = []
+    for text in value:
+        bare = text.strip("[]") if text.startswith("[") and text.endswith("]") else text
+        try:
+            host, port = (bare, 53) if _ip(bare) else parse_listen(text)
+        except ValueError:
+            raise ValueError(expected) from None
+        if not _ip(host):
+            raise ValueError(expected)
+        servers.append((host, port))
+    return tuple(servers)
+
+
+def _ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_listen_list(value: Any) -> tuple[Listen, ...]:

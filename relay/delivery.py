@@ -4,7 +4,8 @@
 mail read back from the spool: a retry, or mail that waited there; mail handed over in memory was looked up at
 its RCPT a moment before), route and shaping (relay/shaping.py: a copy whose site is suspended or at its rate
 waits without using up an attempt), the egress source of the tenant's pool (relay/egress.py), token,
-per-recipient headers, DKIM (relay/signer.py), send, what the reply teaches the shaping, record.
+per-recipient headers, DKIM (relay/signer.py), send, what the reply teaches the shaping, record. The route
+goes through the domain's transport security (relay/transport.py: MTA-STS and DANE) first.
 Everything it decides is recorded in the spool (state, attempts, next attempt) and as an event in the store.
 
 Mail of a suspended tenant is held: not tried, not expired, kept until `tenant resume` (re-checked every
@@ -45,6 +46,7 @@ from relay.shaping import Shaper, Wait, waiting
 from relay.signer import Signer
 from relay.signing import SigningError
 from relay.smtp_out import Courier, Outcome
+from relay.transport import Refused, Transport
 from relay.spool import LEASE, Due, Message, Queued, Spool, SpoolError, State
 
 log = logging.getLogger("websofttt.delivery")
@@ -66,12 +68,18 @@ class Verdict:
     token: str | None
     held: bool = False            # DEFERRED without an attempt: the tenant or the site is held
     until: float = 0.0            # held: when to look again (0: HOLD_RECHECK from now)
+    tls: str = ""                 # the session's TLS (Outcome.tls), shown with the event
 
     @classmethod
     def of(cls, outcome: Outcome, token: str | None) -> Verdict:
         if outcome.delivered:
-            return cls(State.DELIVERED, outcome.reply, token)
-        return cls(State.FAILED if outcome.permanent else State.DEFERRED, outcome.reply, token)
+            return cls(State.DELIVERED, outcome.reply, token, tls=outcome.tls)
+        return cls(State.FAILED if outcome.permanent else State.DEFERRED, outcome.reply, token, tls=outcome.tls)
+
+    @property
+    def detail(self) -> str:
+        """What the event row says: the reply, and the TLS it came over."""
+        return f"{self.reply} [TLS: {self.tls}]" if self.tls else self.reply
 
     @property
     def status(self) -> str:
@@ -99,11 +107,12 @@ class Fresh:
 
 class DeliveryLoop:
     def __init__(self, settings: Settings, store: Store, writes: GroupCommit, spool: Spool, signer: Signer,
-                 tokens: TokenKeys, router: Router, courier: Courier, shaper: Shaper, sources: Sources):
+                 tokens: TokenKeys, router: Router, transport: Transport, courier: Courier, shaper: Shaper,
+                 sources: Sources):
         self.settings = settings
         self.store, self.writes, self.spool = store, writes, spool
         self.signer, self.tokens = signer, tokens
-        self.router, self.courier, self.shaper, self.sources = router, courier, shaper, sources
+        self.router, self.transport, self.courier, self.shaper, self.sources = router, transport, courier, shaper, sources
         self.wake = asyncio.Event()
         self._inflight: set[tuple[str, str]] = set()     # claimed: an attempt runs, or its outcome is not committed
         self._fresh: deque[Fresh] = deque()               # handed over, in order, recipients not yet started
@@ -140,6 +149,7 @@ class DeliveryLoop:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.delivery.data_timeout)
         await self.courier.close()
+        await self.transport.close()
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """Every HOUSEKEEPING_INTERVAL: provider mail from the store's outbox into the spool, the DKIM keys kept
@@ -320,10 +330,12 @@ class DeliveryLoop:
                 return None                           # dropped by the operator meanwhile
         domain = due.recipient.rpartition("@")[2]
         try:
-            destinations = await self.router.route(domain)
+            destinations = await self.transport.secure(domain, await self.router.route(domain))
         except RouteError as e:
             return Verdict.of(Outcome(False, e.permanent, f"{'550' if e.permanent else '451'} {e.status} {e.text}"),
                               due.token)
+        except Refused as e:          # MTA-STS or DANE leaves no MX host to try: later, never in clear
+            return Verdict.of(Outcome(False, False, e.reply), due.token)
         site = self.shaper.site(domain, destinations, self.router.routed(domain))
         wait = await self.shaper.admit(site)
         while wait is not None and wait.until - time.time() <= SHAPED_IN_MEMORY:    # the site's next turn is near
@@ -407,7 +419,7 @@ class DeliveryLoop:
             await self.spool.record(due.queue_id, due.recipient, state, due.attempts + 1, time.time() + delay,
                                     reply, token)
             metrics.deferred.labels(due.tenant, replies.label(reply)).inc()
-            return self._event(state, due, reply)
+            return self._event(state, due, verdict.detail)
         if state is State.FAILED:
             await self.store.call(bounces.record, self.store, self.settings.policy, due.tenant, due.recipient,
                                   verdict.status, True, "", f"delivery {due.queue_id}")
@@ -425,7 +437,7 @@ class DeliveryLoop:
         elif state in (State.FAILED, State.EXPIRED):
             kind = "expired" if state is State.EXPIRED else bounces.bounce_class(replies.label(reply), True)
             metrics.bounced.labels(due.tenant, kind).inc()
-        self._event(state, due, reply)
+        self._event(state, due, verdict.detail)
 
     def _recorded(self, recording: asyncio.Future) -> None:
         if recording.cancelled():

@@ -3,6 +3,10 @@
 Delivery asks for every due recipient, so MX answers are cached for their DNS TTL and concurrent
 lookups of one domain share a single query. Failures carry an enhanced status code and say whether
 retrying can help: a domain that does not exist is bounced now, a DNS outage is retried later.
+
+Lookups go to `[dns] nameservers` when set (relay/resolver.py), the MX hosts' addresses included (they are
+looked up with the MX answer and cached with it); otherwise to the system's resolver, and the connection
+looks the MX host up itself. Each destination says whether the MX answer was DNSSEC-secure (DANE needs it).
 """
 from __future__ import annotations
 
@@ -19,20 +23,42 @@ import dns.message
 import dns.name
 import dns.resolver
 
-from policy.settings import Delivery
+from policy.settings import Delivery, Dns
+from relay import resolver as relay_dns
 
-SMTP_PORT = 25
 NEGATIVE_TTL = 300.0  # permanent failures are remembered at most this long, whatever the SOA says
 
-Records = tuple[tuple[int, str], ...]  # (preference, host); shuffled on every route() call
+# (preference, host, its addresses: () when the connection looks the host up); shuffled on every route() call
+Records = tuple[tuple[int, str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class MxAnswer:
+    records: Records
+    secure: bool                     # the MX RRset validated (DNSSEC, relay/resolver.py)
+
+
+@dataclass(frozen=True)
+class TlsPolicy:
+    """What a next hop's TLS must prove, from the recipient domain's MTA-STS policy or the MX host's TLSA
+    records (relay/transport.py)."""
+    kind: str                        # "mta-sts" | "dane"
+    domain: str                      # the policy domain: the recipient domain
+    enforce: bool = True             # False (MTA-STS "testing"): deliver anyway, report the failure
+    tlsa: tuple[tuple[int, int, int, bytes], ...] = ()     # DANE: the usable (usage, selector, matching type, data)
+    text: tuple[str, ...] = ()       # the policy as TLS-RPT reports it: the MTA-STS policy's lines or TLSA records
 
 
 @dataclass(frozen=True)
 class Destination:
-    host: str  # hostname or IP to connect to
+    host: str  # hostname or IP to connect to; the name a certificate is checked against
     port: int
     tls_required: bool = False       # STARTTLS with a verified certificate, or no delivery
     auth: tuple[str, str] | None = None   # (username, password) for a smarthost that wants AUTH
+    address: str | None = None       # where to connect, when the relay's own resolver looked the host up
+    mx: bool = False                 # one of the domain's MX hosts (not a route or the smarthost)
+    mx_secure: bool = False          # ... from a DNSSEC-secure MX answer
+    tls_policy: TlsPolicy | None = None     # set per recipient domain by relay/transport.py
 
 
 class RouteError(Exception):
@@ -52,7 +78,8 @@ class Router:
     """Chooses destinations per `[delivery]`; one instance per delivery worker (it holds the cache)."""
 
     def __init__(self, delivery: Delivery, resolver: dns.asyncresolver.Resolver | None = None,
-                 clock: Callable[[], float] = time.monotonic, smarthost_auth: tuple[str, str] | None = None):
+                 clock: Callable[[], float] = time.monotonic, smarthost_auth: tuple[str, str] | None = None,
+                 dns_settings: Dns | None = None):
         self._smarthost: Destination | None = None
         if delivery.mode == "smarthost":
             if delivery.smarthost is None:
@@ -60,11 +87,20 @@ class Router:
             self._smarthost = Destination(*delivery.smarthost, tls_required=delivery.smarthost_tls,
                                           auth=smarthost_auth)
         self._routes = {_normalize(d): hp for d, hp in delivery.routes.items()}
-        self._resolver = resolver  # created on first MX lookup: smarthost-only nodes need no resolv.conf
+        self._mx_port = delivery.mx_port
+        self._dns = dns_settings or Dns()
+        self._resolver = resolver  # created on first lookup: smarthost-only nodes need no resolv.conf
         self._clock = clock
-        self._cache: dict[str, tuple[float, Records | RouteError]] = {}  # domain -> (expiry, outcome)
+        self._cache: dict[str, tuple[float, MxAnswer | RouteError]] = {}  # domain -> (expiry, outcome)
         self._next_sweep = clock() + NEGATIVE_TTL  # when to drop expired entries
-        self._inflight: dict[str, asyncio.Task[Records | RouteError]] = {}
+        self._inflight: dict[str, asyncio.Task[MxAnswer | RouteError]] = {}
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        """The worker's resolver (`[dns]`), for the other lookups of delivery too (relay/transport.py)."""
+        if self._resolver is None:
+            self._resolver = relay_dns.make_resolver(self._dns)
+        return self._resolver
 
     def routed(self, domain: str) -> bool:
         """The domain goes to a static route or the smarthost, not to its MX hosts."""
@@ -78,13 +114,15 @@ class Router:
         if self._smarthost:
             return [self._smarthost]
         if key.startswith("["):
-            return [Destination(_literal(key), SMTP_PORT)]
-        records = list(await self._lookup(key))
+            return [Destination(_literal(key), self._mx_port)]
+        answer = await self._lookup(key)
+        records = list(answer.records)
         random.shuffle(records)  # spread load over equal preferences (RFC 5321 §5.1) ...
         records.sort(key=lambda r: r[0])  # ... the sort is stable, so the shuffle survives within a group
-        return [Destination(host, SMTP_PORT) for _, host in records]
+        return [Destination(host, self._mx_port, address=address, mx=True, mx_secure=answer.secure)
+                for _, host, addresses in records for address in addresses or (None,)]
 
-    async def _lookup(self, domain: str) -> Records:
+    async def _lookup(self, domain: str) -> MxAnswer:
         """Cached or shared answer; a fresh RouteError per caller so tracebacks never pile up."""
         cached = self._cache.get(domain)
         if cached and cached[0] > self._clock():
@@ -99,7 +137,7 @@ class Router:
             raise RouteError(result.permanent, result.status, result.text)
         return result
 
-    async def _fetch(self, domain: str) -> Records | RouteError:
+    async def _fetch(self, domain: str) -> MxAnswer | RouteError:
         """Resolve and cache in the shared task, so the answer is kept even if every caller went away."""
         ttl, result = await self._resolve(domain)
         now = self._clock()
@@ -110,44 +148,51 @@ class Router:
             self._cache[domain] = (now + ttl, result)
         return result
 
-    async def _resolve(self, domain: str) -> tuple[float, Records | RouteError]:
+    async def _resolve(self, domain: str) -> tuple[float, MxAnswer | RouteError]:
         """(seconds to cache, outcome); temporary failures get 0 so the next attempt asks again."""
         try:
             name = dns.name.from_text(domain)
         except dns.exception.DNSException:
             return NEGATIVE_TTL, RouteError(True, "5.1.2", f"{domain} is not a valid domain name")
         try:
-            if self._resolver is None:
-                self._resolver = dns.asyncresolver.Resolver()
             try:
-                answer = await self._resolver.resolve(name, "MX")
+                answer = await self.resolver.resolve(name, "MX")
             except dns.resolver.NoAnswer as e:
                 return await self._implicit_mx(name, domain, _negative_ttl(e.response()))
             ttl = answer.chaining_result.minimum_ttl
-            records = tuple((r.preference, r.exchange.to_text(omit_final_dot=True))
-                            for r in answer if r.exchange != dns.name.root)
-            if not records:
+            hosts = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer
+                     if r.exchange != dns.name.root]
+            if not hosts:
                 return min(ttl, NEGATIVE_TTL), RouteError(
                     True, "5.1.10", f"{domain} has a null MX (RFC 7505): it accepts no mail")
-            return ttl, records
+            return ttl, MxAnswer(await self._addressed(hosts), relay_dns.secure(answer, self._dns))
         except dns.resolver.NXDOMAIN as e:
             return (_negative_ttl(*e.responses().values()),
                     RouteError(True, "5.1.2", f"{domain}: domain does not exist"))
         except dns.exception.DNSException as e:  # SERVFAIL, timeout, no nameservers, no resolv.conf
             return 0, RouteError(False, "4.4.3", f"{domain}: DNS lookup failed: {e}")
 
+    async def _addressed(self, hosts: list[tuple[int, str]]) -> Records:
+        """With `[dns] nameservers`, each host's addresses from them (a host with none is left out, as the
+        connection would fail); otherwise () and the connection asks the system."""
+        if not self._dns.nameservers:
+            return tuple((pref, host, ()) for pref, host in hosts)
+        found = [(pref, host, tuple(await relay_dns.addresses(self.resolver, host))) for pref, host in hosts]
+        return tuple(r for r in found if r[2])
+
     async def _implicit_mx(self, name: dns.name.Name, domain: str,
-                           ttl: float) -> tuple[float, Records | RouteError]:
+                           ttl: float) -> tuple[float, MxAnswer | RouteError]:
         """No MX: the domain itself is the mail host if it has an address (RFC 5321 §5.1)."""
-        assert self._resolver is not None
         for rdtype in ("A", "AAAA"):
             try:
-                answer = await self._resolver.resolve(name, rdtype)
+                answer = await self.resolver.resolve(name, rdtype)
             except dns.resolver.NoAnswer as e:
                 ttl = min(ttl, _negative_ttl(e.response()))
                 continue
             # an MX record added later must be noticed: keep this no longer than the MX absence
-            return min(ttl, answer.chaining_result.minimum_ttl), ((0, domain),)
+            addresses = tuple(r.address for r in answer) if self._dns.nameservers else ()
+            return (min(ttl, answer.chaining_result.minimum_ttl),
+                    MxAnswer(((0, domain, addresses),), relay_dns.secure(answer, self._dns)))
         return min(ttl, NEGATIVE_TTL), RouteError(True, "5.1.2", f"{domain} has no MX, A or AAAA record")
 
 

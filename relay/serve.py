@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import dns.asyncresolver
 
-from policy import logs, retention, shaping_rules, terms, terms_notices
+from policy import logs, retention, shaping_rules, terms, terms_notices, tls_reports
 from policy.groupcommit import GroupCommit
 from policy.keys import server_ssl_context
 from policy.settings import ConfigError, Listen, Settings
@@ -44,6 +44,7 @@ from relay.intake import Intake
 from relay.egress import Sources
 from relay.shaping import Shaper
 from relay.routing import Router
+from relay.transport import Transport
 from relay.signer import Signer
 from relay.smtp_out import Courier
 from relay.sdnotify import notify
@@ -210,12 +211,21 @@ def smarthost_auth(settings: Settings) -> tuple[str, str] | None:
     return d.smarthost_username, password
 
 
+def tls_sessions(settings: Settings, writes: GroupCommit) -> Callable[[tls_reports.Session], None] | None:
+    """Each MX session counted for TLS-RPT with the store's next group commit (`delivery.tls_report`)."""
+    if not settings.delivery.tls_report:
+        return None
+    return lambda session: writes.later(tls_reports.count, terms.utc_today().isoformat(), session)
+
+
 def delivery_loop(settings: Settings, store: Store, writes: GroupCommit, spool: Spool,
                   resolver: dns.asyncresolver.Resolver | None = None) -> DeliveryLoop:
+    router = Router(settings.delivery, resolver, smarthost_auth=smarthost_auth(settings), dns_settings=settings.dns)
     return DeliveryLoop(settings, store, writes, spool, Signer(settings, store),
-                        TokenKeys.load(store, settings.tokens.secret_file),
-                        Router(settings.delivery, resolver, smarthost_auth=smarthost_auth(settings)),
-                        Courier(settings.delivery, settings.provider.hostname, settings.node.workers),
+                        TokenKeys.load(store, settings.tokens.secret_file), router,
+                        Transport(settings, router, store, store.call),
+                        Courier(settings.delivery, settings.provider.hostname, settings.node.workers,
+                                sessions=tls_sessions(settings, writes)),
                         Shaper(shaping_rules.load(settings.delivery.shaping_file), store, store.call),
                         Sources(settings.egress, store, store.call))
 

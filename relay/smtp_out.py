@@ -8,9 +8,15 @@ failure that is `permanent` (bounce) or not.
 An 8-bit copy goes with BODY=8BITMIME where the next hop offers it; where it does not, the copy is replaced,
 on that connection, by the 7-bit one that `SevenBit` makes (RFC 6152 §3): the courier learns what the next hop
 offers only once connected, and the conversion must come before signing.
+
+A destination with a TLS policy (relay/transport.py: MTA-STS or DANE) gets STARTTLS and a certificate that
+proves it, or nothing is sent: the session ends after EHLO or the handshake and the outcome is a `451 4.7.5`
+naming the failure (the next MX host is tried). An MTA-STS `testing` policy only reports the failure and
+delivers as before. Every outcome says what TLS the copy had (`Outcome.tls`).
 """
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import contextlib
 import errno
@@ -24,11 +30,12 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
-from policy import replies
+from policy import replies, tls_reports
 from policy.egress import DEFAULT_SOURCE, Source
 from policy.settings import Delivery
 from relay.pipelining import PipeliningSMTP
-from relay.routing import Destination
+from relay import dane
+from relay.routing import Destination, TlsPolicy
 from relay.shaping import Site
 
 _Key = tuple[Destination, Source]          # idle connections are kept per next hop and egress source
@@ -44,6 +51,7 @@ class Outcome:
     reply: str          # the remote reply, or what went wrong locally
     local: bool = False  # no SMTP answer (refused, dropped, timed out): the next destination may do better
     source_unusable: bool = False     # the egress source's address is not on this host (EADDRNOTAVAIL)
+    tls: str = ""                     # the session's TLS: "TLSv1.3 TLS_AES_256_GCM_SHA384 verified by mta-sts", "none"
 
     @property
     def status(self) -> str:
@@ -59,14 +67,18 @@ SevenBit = Callable[[], Awaitable[bytes | Outcome]]
 class _Connection:
     smtp: PipeliningSMTP
     limit: int                    # copies it carries before it is closed (the site's, else delivery's)
+    tls: str = "none"             # what Outcome.tls says of the copies it carries
     used: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
 
 class Courier:
-    def __init__(self, delivery: Delivery, hostname: str, workers: int = 1):
-        """`workers`: the node's delivery workers, which share a site's per-node limits."""
+    def __init__(self, delivery: Delivery, hostname: str, workers: int = 1,
+                 sessions: Callable[[tls_reports.Session], None] | None = None):
+        """`workers`: the node's delivery workers, which share a site's per-node limits. `sessions`: told of each
+        session opened to an MX host, with its TLS result (TLS-RPT)."""
         self.settings = delivery
+        self._sessions = sessions
         self.hostname = hostname
         self.workers = workers
         self._site_slots: dict[str, asyncio.Semaphore] = {}      # a site's max_connections, this worker's share
@@ -79,6 +91,8 @@ class Courier:
         self._tls.verify_mode = ssl.CERT_NONE
         ca = delivery.smarthost_ca_file
         self._verified_tls = ssl.create_default_context(cafile=str(ca) if ca else None)   # required TLS: verify
+        mx_ca = delivery.tls_ca_file
+        self._mx_tls = ssl.create_default_context(cafile=str(mx_ca) if mx_ca else None)   # MTA-STS: verify the MX name
 
     async def send(self, destinations: list[Destination], mail_from: str, recipient: str, data: bytes,
                    seven_bit: SevenBit | None = None, source: Source = DEFAULT_SOURCE,
@@ -131,41 +145,104 @@ class Courier:
         try:
             await self._connection_turn(site)
             limit = (site.limits.max_messages_per_connection if site else None) or self.settings.messages_per_connection
-            conn = _Connection(await self._connect(dest, source), limit)
+            smtp, tls, result = await self._connect(dest, source)
+            self._session(dest, source, recipient, smtp, result)
+            conn = _Connection(smtp, limit, tls)
             return await self._transaction((dest, source), conn, mail_from, recipient, data, seven_bit)
+        except TlsRefused as e:
+            self._session(dest, source, recipient, None, e.result)
+            return Outcome(False, False, f"451 4.7.5 {dest.host}: {e} ({e.policy.kind} policy of {e.policy.domain})",
+                           local=True, tls=f"refused: {e.result}")
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as e:
             unusable = _not_here(e)
             where = f"egress source {source.name} ({source.address})" if unusable else f"{dest.host}:{dest.port}"
             return Outcome(False, False, f"451 4.4.1 {where}: {_describe(e)}", local=True, source_unusable=unusable)
 
-    async def _connect(self, dest: Destination, source: Source) -> PipeliningSMTP:
-        """A ready session: TLS verified where required; otherwise STARTTLS when offered and, when its
-        handshake fails, a new session in clear (RFC 7435: encrypt when possible, deliver anyway)."""
+    def _session(self, dest: Destination, source: Source, recipient: str, smtp: PipeliningSMTP | None,
+                 result: str) -> None:
+        if self._sessions is None or not dest.mx:
+            return
+        policy = dest.tls_policy
+        peer = smtp.get_transport_info("peername") if smtp is not None else None
+        self._sessions(tls_reports.Session(recipient.rpartition("@")[2].lower(),
+                                           tls_reports.POLICY_TYPES[policy.kind if policy else ""],
+                                           policy.text if policy else (), dest.host,
+                                           dest.address or (peer[0] if peer else ""), result, source.address or ""))
+
+    async def _connect(self, dest: Destination, source: Source) -> tuple[PipeliningSMTP, str, str]:
+        """A ready session, what its TLS is, and its TLS-RPT result: verified where required (the smarthost, a
+        TLS policy); otherwise STARTTLS when offered and, when its handshake fails, a new session in clear
+        (RFC 7435: encrypt when possible, deliver anyway)."""
         s = self.settings
         if dest.tls_required:
             smtp = await self._open(dest, source, start_tls=True, context=self._verified_tls)
+            tls, result = _described(smtp, "verified"), tls_reports.SUCCESS
+        elif dest.tls_policy is not None:
+            smtp, tls, result = await self._secured(dest, source)
         else:
-            smtp = await self._open(dest, source, start_tls=False, context=self._tls)
-            await smtp.ehlo(timeout=s.command_timeout)
-            if smtp.supports_extension("starttls"):
-                try:
-                    await smtp.starttls(tls_context=self._tls, timeout=s.command_timeout)
-                except (aiosmtplib.SMTPException, OSError) as e:
-                    smtp.close()
-                    log.warning("STARTTLS to %s:%s failed (%s); delivering without TLS", dest.host, dest.port,
-                                _describe(e))
-                    smtp = await self._open(dest, source, start_tls=False, context=self._tls)
+            smtp, tls = await self._opportunistic(dest, source)
+            result = tls_reports.SUCCESS if tls != "none" else "starttls-not-supported"
         if dest.auth:
             try:
                 await smtp.login(*dest.auth, timeout=s.command_timeout)
             except BaseException:
                 smtp.close()
                 raise
-        return smtp
+        return smtp, tls, result
+
+    async def _opportunistic(self, dest: Destination, source: Source) -> tuple[PipeliningSMTP, str]:
+        s = self.settings
+        smtp = await self._open(dest, source, start_tls=False, context=self._tls)
+        await smtp.ehlo(timeout=s.command_timeout)
+        if not smtp.supports_extension("starttls"):
+            return smtp, "none"
+        try:
+            await smtp.starttls(tls_context=self._tls, server_hostname=dest.host, timeout=s.command_timeout)
+        except (aiosmtplib.SMTPException, OSError) as e:
+            smtp.close()
+            log.warning("STARTTLS to %s:%s failed (%s); delivering without TLS", dest.host, dest.port, _describe(e))
+            return await self._open(dest, source, start_tls=False, context=self._tls), "none"
+        return smtp, _described(smtp, "not verified")
+
+    async def _secured(self, dest: Destination, source: Source) -> tuple[PipeliningSMTP, str, str]:
+        """STARTTLS with the proof the destination's TLS policy asks for. A failure under an enforced policy
+        raises TlsRefused once the session is closed (nothing was sent after EHLO); under a testing one it is
+        logged and the copy goes as it would without the policy."""
+        policy = dest.tls_policy
+        assert policy is not None
+        s = self.settings
+        smtp = await self._open(dest, source, start_tls=False, context=self._tls)
+        failure: TlsRefused | None = None
+        await smtp.ehlo(timeout=s.command_timeout)
+        if not smtp.supports_extension("starttls"):
+            failure = TlsRefused(policy, "starttls-not-supported", "STARTTLS not offered")
+        else:
+            context = self._mx_tls if policy.kind == "mta-sts" else self._tls     # DANE: matched below instead
+            try:
+                await smtp.starttls(tls_context=context, server_hostname=dest.host, timeout=s.command_timeout)
+                why = dane.matches(policy.tlsa, _chain(smtp), dest.host) if policy.tlsa else ""
+                if why:
+                    failure = TlsRefused(policy, "validation-failure", why)
+            except (aiosmtplib.SMTPException, OSError) as e:
+                failure = TlsRefused(policy, *_verify_failure(e))
+        if failure is None:
+            proven = policy.kind == "mta-sts" or policy.tlsa
+            tls = _described(smtp, f"verified by {policy.kind}" if proven else "not verified (no usable TLSA)")
+            return smtp, tls, tls_reports.SUCCESS
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await smtp.quit(timeout=s.command_timeout)
+        smtp.close()
+        if policy.enforce:
+            log.warning("%s to %s:%s: %s; not delivered there", policy.kind, dest.host, dest.port, failure)
+            raise failure
+        log.warning("%s (testing) to %s:%s: %s; delivered as without the policy", policy.kind, dest.host, dest.port,
+                    failure)
+        smtp, tls = await self._opportunistic(dest, source)
+        return smtp, f"{tls}; {policy.kind} testing failed: {failure.result}", failure.result
 
     async def _open(self, dest: Destination, source: Source, start_tls: bool, context: ssl.SSLContext) -> PipeliningSMTP:
         s = self.settings
-        smtp = PipeliningSMTP(hostname=dest.host, port=dest.port, local_hostname=source.ehlo or self.hostname,
+        smtp = PipeliningSMTP(hostname=dest.address or dest.host, port=dest.port, local_hostname=source.ehlo or self.hostname,
                                timeout=s.command_timeout, start_tls=start_tls, tls_context=context,
                                validate_certs=dest.tls_required,
                                source_address=(source.address, 0) if source.address else None)
@@ -196,7 +273,7 @@ class Courier:
             smtp.close()
             raise
         await self._release(dest, conn, reset=False)
-        return Outcome(True, False, f"{response.code} {_one_line(response.message)}")
+        return Outcome(True, False, f"{response.code} {_one_line(response.message)}", tls=conn.tls)
 
     def _reuse(self, dest: _Key) -> _Connection | None:
         idle = self._idle.get(dest, [])
@@ -231,6 +308,45 @@ class Courier:
                 except (aiosmtplib.SMTPException, OSError):
                     conn.smtp.close()
         self._idle.clear()
+
+
+class TlsRefused(Exception):
+    """The next hop could not prove what its TLS policy asks; `result` is the RFC 8460 result type."""
+
+    def __init__(self, policy: TlsPolicy, result: str, text: str):
+        super().__init__(text)
+        self.policy = policy
+        self.result = result
+
+
+# OpenSSL's verify codes (X509_V_ERR_*) and the RFC 8460 §4.3 result types they are reported as
+_VERIFY_RESULTS = {10: "certificate-expired", 62: "certificate-host-mismatch", 18: "certificate-not-trusted",
+                   19: "certificate-not-trusted", 20: "certificate-not-trusted", 21: "certificate-not-trusted"}
+
+
+def _verify_failure(e: BaseException) -> tuple[str, str]:
+    """(result type, text) of a failed STARTTLS."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return _VERIFY_RESULTS.get(cause.verify_code, "validation-failure"), cause.verify_message
+        cause = cause.__cause__ or cause.__context__
+    return "validation-failure", f"STARTTLS failed: {_describe(e)}"
+
+
+def _chain(smtp: PipeliningSMTP) -> list[bytes]:
+    """The certificates the peer sent, leaf first, in DER (CPython's `_sslobj.get_unverified_chain`, public
+    from 3.13 as SSLObject.get_unverified_chain)."""
+    sslobj = smtp.get_transport_info("ssl_object")
+    chain = sslobj._sslobj.get_unverified_chain() if sslobj is not None else None
+    return [cert.public_bytes(_ssl.ENCODING_DER) for cert in chain or []]
+
+
+def _described(smtp: PipeliningSMTP, proof: str) -> str:
+    sslobj = smtp.get_transport_info("ssl_object")
+    if sslobj is None:
+        return "none"
+    return f"{sslobj.version()} {sslobj.cipher()[0]} {proof}"
 
 
 def _not_here(e: BaseException) -> bool:

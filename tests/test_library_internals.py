@@ -64,3 +64,12 @@ class _Transport(asyncio.Transport):
 
     def close(self) -> None:
         pass
+
+
+def test_cpython_ssl_still_gives_the_peer_chain_that_dane_matches():
+    """relay/smtp_out.py reads the certificates a next hop sent through the private `_sslobj` of an SSLObject
+    (`get_unverified_chain`, public only from Python 3.13) and CPython's `_ssl.ENCODING_DER`."""
+    import _ssl
+    import ssl
+    obj = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="mx.example")
+    assert hasattr(obj._sslobj, "get_unverified_chain") and hasattr(_ssl, "ENCODING_DER")

@@ -142,8 +142,8 @@ def test_mx_sorted_by_preference_with_equal_preferences_shuffled(dns_server):
 
 def test_implicit_mx_uses_the_domain_when_it_has_an_address(dns_server):
     router = make_router(dns_server)
-    assert route(router, "implicit.test") == [Destination("implicit.test", 25)]
-    assert route(router, "implicit6.test") == [Destination("implicit6.test", 25)]
+    assert route(router, "implicit.test") == [Destination("implicit.test", 25, mx=True)]
+    assert route(router, "implicit6.test") == [Destination("implicit6.test", 25, mx=True)]
     assert ("implicit6.test.", "AAAA") in dns_server.queries
 
 
@@ -180,7 +180,7 @@ def test_static_route_beats_mx(dns_server):
     router = make_router(dns_server, Delivery(routes={"example.com": ("127.0.0.1", 2525)}))
     assert route(router, "Example.COM.") == [Destination("127.0.0.1", 2525)]
     assert dns_server.count("example.com") == 0
-    assert route(router, "implicit.test") == [Destination("implicit.test", 25)]  # other domains: MX
+    assert route(router, "implicit.test") == [Destination("implicit.test", 25, mx=True)]  # other domains: MX
 
 
 def test_smarthost_mode_ignores_dns(dns_server):

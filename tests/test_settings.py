@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from policy.settings import _SCHEMA, ENV_CONFIG, ConfigError, Rate, Settings, find_config, load_settings
-from policy.values import parse_duration, parse_listen, parse_rate
+from policy.values import parse_duration, parse_listen, parse_nameservers, parse_rate
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "websofttt.example.toml"
 WEBSOFTTT = str(Path(sys.executable).parent / "websofttt")
@@ -64,6 +64,9 @@ def test_defaults_run_on_a_fresh_machine(tmp_path, monkeypatch):
 # ---- errors: each names the file, the key and what is expected
 
 BAD = {
+    "nameserver by name": ('[dns]\nnameservers = ["ns1.example.net"]\n',
+                           ["[dns] nameservers must be a list of nameserver addresses", "got ['ns1.example.net']"]),
+    "mx port out of range": ("[delivery]\nmx_port = 70000\n", ["[delivery] mx_port must be a port number from 1 to 65535"]),
     "unknown section": ("[smtp]\nlisten = []\n", ["unknown section [smtp]", "expected one of: provider"]),
     "section not a table": ('provider = "websofttt.com"\n', ["[provider] must be a table"]),
     "unknown key": ("[submission]\nmax_recipient = 5\n",
@@ -131,6 +134,12 @@ def test_parse_duration(text, seconds):
                                           (":25", ("0.0.0.0", 25)), ("mx.example.org:2525", ("mx.example.org", 2525))])
 def test_parse_listen(text, listen):
     assert parse_listen(text) == listen
+
+
+@pytest.mark.parametrize("text, servers", [(["127.0.0.1"], (("127.0.0.1", 53),)), (["127.0.0.1:5353"], (("127.0.0.1", 5353),)),
+                                           (["[::1]:53", "::1"], (("::1", 53), ("::1", 53)))])
+def test_parse_nameservers(text, servers):
+    assert parse_nameservers(text) == servers
 
 
 @pytest.mark.parametrize("text, rate", [("10000/1h", Rate(10000, 3600)), ("100/m", Rate(100, 60)),

@@ -1,0 +1,256 @@
+"""Transport security with real parts: MTA-STS policies fetched over HTTPS from a test CA, DANE TLSA records in a
+zone signed with ldns-signzone and served by Knot, Unbound validating it, and real next hops on loopback
+addresses with right, wrong-name, untrusted and no certificates. The relay is pointed at Unbound through
+`[dns] nameservers`, with `dnssec = true`."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import ssl
+import threading
+import time
+
+import pytest
+import trustme
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from policy import events, mta_sts
+from policy.settings import Dns
+from tests.conftest import CountingSMTP, RunningRelay, Sink, SinkController, free_port, make_settings, prepare
+from tests.dns_zone import RealDns, Zone
+from tests.test_delivery import submit, wait_states
+
+HOPS = {  # next hop address -> (MX host name, certificate: "ca" for its name, "other-name", "untrusted", None: no STARTTLS)
+    "127.0.0.2": ("mx.good.sts.test", "ca"),
+    "127.0.0.3": ("mx.plain.sts.test", None),
+    "127.0.0.4": ("mx.wrong.sts.test", "other-name"),
+    "127.0.0.5": ("mx.dane.test", "untrusted"),
+    "127.0.0.6": ("mx.mismatch.dane.test", "untrusted"),
+    "127.0.0.7": ("mx.bogus.dane.test", "untrusted"),
+    "127.0.0.8": ("mx.insecure.sts.test", "untrusted"),
+    "127.0.0.9": ("mx.ta.dane.test", "intermediate"),
+}
+# recipient domain -> its MTA-STS policy (text served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt)
+POLICIES = {
+    "enforce-plain.sts.test": "mode: enforce\nmx: mx.plain.sts.test",
+    "enforce-wrong.sts.test": "mode: enforce\nmx: mx.wrong.sts.test",
+    "enforce-outside.sts.test": "mode: enforce\nmx: mx.good.sts.test",
+    "enforce-good.sts.test": "mode: enforce\nmx: *.good.sts.test\nmx: mx.other.example",
+    "testing.sts.test": "mode: testing\nmx: mx.wrong.sts.test",
+    "cached.sts.test": "mode: none",
+}
+MX = {"enforce-plain": ["mx.plain"], "enforce-wrong": ["mx.wrong"], "enforce-outside": ["mx.plain", "mx.good"],
+      "enforce-good": ["mx.good"], "testing": ["mx.wrong"], "cached": ["mx.plain"], "insecure": ["mx.insecure"]}
+
+
+class Hop(Sink):
+    """A next hop that notes every MAIL command: nothing may be sent after EHLO when TLS is refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mails = 0
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.mails += 1
+        envelope.mail_from, envelope.mail_options = address, mail_options
+        return "250 OK"
+
+
+class HopController(SinkController):
+    def __init__(self, handler, tls: ssl.SSLContext | None, **kw):
+        super().__init__(handler, **kw)
+        self.tls = tls
+
+    def factory(self):
+        return CountingSMTP(self.handler, enable_SMTPUTF8=True, tls_context=self.tls)
+
+
+def spki_sha256(pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(pem)
+    return hashlib.sha256(cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """DNS, the policy server and the next hops, shared by the module's tests (each test has its own domain)."""
+    root = tmp_path_factory.mktemp("transport")
+    ca, untrusted = trustme.CA(), trustme.CA()
+    intermediate = untrusted.create_child_ca()
+    certs = {"ca": lambda name: ca.issue_cert(name), "other-name": lambda name: ca.issue_cert("someone-else.example"),
+             "untrusted": lambda name: untrusted.issue_cert(name), "intermediate": lambda name: intermediate.issue_cert(name)}
+    port = free_port()
+    hops, controllers, leaf = {}, [], {}
+    for address, (name, kind) in HOPS.items():
+        context = None
+        if kind:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            issued = certs[kind](name)
+            issued.configure_cert(context)
+            leaf[name] = issued.cert_chain_pems[0].bytes()
+        hops[name] = Hop()
+        controller = HopController(hops[name], context, hostname=address, port=port)
+        controller.start()
+        controllers.append(controller)
+    sts = ["mx.good IN A 127.0.0.2", "mx.plain IN A 127.0.0.3", "mx.wrong IN A 127.0.0.4", "mx.insecure IN A 127.0.0.8",
+           f"_{port}._tcp.mx.insecure IN TLSA 3 1 1 {'00' * 32}"]
+    for label, hosts in MX.items():
+        sts += [f"{label} IN MX {10 * (i + 1)} {host}" for i, host in enumerate(hosts)]
+        if f"{label}.sts.test" in POLICIES:
+            sts += [f'_mta-sts.{label} IN TXT "v=STSv1; id=2"', f"mta-sts.{label} IN A 127.0.0.1"]
+    signed = ["@ IN MX 10 mx", "mx IN A 127.0.0.5", f"_{port}._tcp.mx IN TLSA 3 1 1 {spki_sha256(leaf['mx.dane.test'])}",
+              "mismatch IN MX 10 mx.mismatch", "mx.mismatch IN A 127.0.0.6",
+              f"_{port}._tcp.mx.mismatch IN TLSA 3 1 1 {'ab' * 32}",
+              "bogus IN MX 10 mx.bogus", "mx.bogus IN A 127.0.0.7",
+              f"_{port}._tcp.mx.bogus IN TLSA 3 1 1 {spki_sha256(leaf['mx.bogus.dane.test'])}",
+              "ta IN MX 10 mx.ta", "mx.ta IN A 127.0.0.9",
+              f"_{port}._tcp.mx.ta IN TLSA 2 1 1 {spki_sha256(intermediate.cert_pem.bytes())}"]
+    dns = RealDns(root / "dns", [Zone("dane.test", signed, signed=True, bogus=[f"_{port}._tcp.mx.bogus"]),
+                                 Zone("sts.test", sts)])
+    policies = PolicyServer(ca, root)
+    yield dataclasses.make_dataclass("World", ["dns", "hops", "port", "policies", "ca_file"])(
+        dns, hops, port, policies, root / "ca.pem")
+    policies.stop()
+    dns.stop()
+    for controller in controllers:
+        controller.stop()
+
+
+class PolicyServer:
+    """https://mta-sts.DOMAIN/.well-known/mta-sts.txt for every domain of POLICIES, on one loopback port; a
+    domain in `down` answers 503."""
+
+    def __init__(self, ca: trustme.CA, root) -> None:
+        ca.cert_pem.write_to_path(str(root / "ca.pem"))
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(*[f"mta-sts.{d}" for d in POLICIES]).configure_cert(self.context)
+        self.port = free_port()
+        self.down: set[str] = set()
+        self.fetches: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+        threading.Thread(target=self._run, args=(started,), daemon=True).start()
+        assert started.wait(10)
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_get("/.well-known/mta-sts.txt", self._policy)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.context).start())
+        started.set()
+        self._loop.run_forever()
+
+    async def _policy(self, request: web.Request) -> web.Response:
+        domain = request.host.split(":")[0].removeprefix("mta-sts.")
+        self.fetches.append(domain)
+        if domain in self.down or domain not in POLICIES:
+            return web.Response(status=503, text="down")
+        return web.Response(text=f"version: STSv1\n{POLICIES[domain]}\nmax_age: 86400\n")
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@pytest.fixture
+def relay(world, tmp_path):
+    settings = make_settings(tmp_path / "var", delivery={
+        "mx_port": world.port, "tls_ca_file": world.ca_file, "mta_sts_https_port": world.policies.port,
+        "mta_sts_private_hosts": True, "retry_schedule": (60.0,), "command_timeout": 5.0})
+    settings = dataclasses.replace(settings, dns=Dns(nameservers=(("127.0.0.1", world.dns.port),), dnssec=True))
+    prepare(settings)
+    running = RunningRelay(settings, ("submission", "delivery"))
+    running.add_tenant()
+    yield running
+    running.stop()
+
+
+def outcome(relay, domain: str, states: set[str]) -> tuple[str, str]:
+    """(state, the event detail: reply and TLS) of one copy to you@DOMAIN, once in one of `states`."""
+    queue_id = submit(relay, (f"you@{domain}",))
+    ((_, state, _),) = wait_states(relay, queue_id, states)
+    deadline = time.monotonic() + 5                  # the event row follows the spool's state with the next commit
+    while not (rows := events.of_message(relay.store, queue_id)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return state, rows[-1]["detail"]
+
+
+def test_enforce_without_starttls_defers_and_sends_nothing_after_ehlo(world, relay):
+    hop = world.hops["mx.plain.sts.test"]
+    before = hop.sessions
+    state, detail = outcome(relay, "enforce-plain.sts.test", {"deferred"})
+    assert state == "deferred" and detail.startswith("451 4.7.5 mx.plain.sts.test: STARTTLS not offered")
+    assert "starttls-not-supported" in detail and "mta-sts policy of enforce-plain.sts.test" in detail
+    assert hop.sessions > before and hop.mails == 0 and not hop.received
+
+
+def test_enforce_with_a_certificate_for_another_name_defers(world, relay):
+    state, detail = outcome(relay, "enforce-wrong.sts.test", {"deferred"})
+    assert detail.startswith("451 4.7.5 mx.wrong.sts.test: ") and "certificate-host-mismatch" in detail
+    assert world.hops["mx.wrong.sts.test"].mails == 0
+
+
+def test_enforce_uses_only_the_mx_hosts_its_patterns_match(world, relay):
+    plain = world.hops["mx.plain.sts.test"]
+    before = plain.sessions
+    state, detail = outcome(relay, "enforce-outside.sts.test", {"delivered"})
+    assert state == "delivered" and "verified by mta-sts" in detail and "TLSv1.3" in detail
+    assert plain.sessions == before                      # the MX host outside the policy is not even connected to
+    assert any(r == ["you@enforce-outside.sts.test"] for _, r, _ in world.hops["mx.good.sts.test"].received)
+
+
+def test_a_wildcard_pattern_matches_one_label(world, relay):
+    assert outcome(relay, "enforce-good.sts.test", {"delivered"})[0] == "delivered"
+
+
+def test_testing_mode_delivers_and_reports_the_failure(world, relay):
+    state, detail = outcome(relay, "testing.sts.test", {"delivered"})
+    assert state == "delivered" and "mta-sts testing failed: certificate-host-mismatch" in detail
+    assert any(r == ["you@testing.sts.test"] for _, r, _ in world.hops["mx.wrong.sts.test"].received)
+
+
+def test_a_cached_policy_applies_when_the_policy_host_is_down(world, relay):
+    """The store holds an enforce policy fetched under an older id; the TXT id changed, the fetch fails: the
+    cached policy, still fresh, is the one in force (RFC 8461 §5.1)."""
+    import time
+    mta_sts.save(relay.store, "cached.sts.test",
+                 mta_sts.Policy("enforce", ("mx.plain.sts.test",), 86400, "1", time.time() - 60))
+    world.policies.down.add("cached.sts.test")
+    state, detail = outcome(relay, "cached.sts.test", {"deferred"})
+    assert "cached.sts.test" in world.policies.fetches
+    assert detail.startswith("451 4.7.5 mx.plain.sts.test: STARTTLS not offered")
+    assert mta_sts.cached(relay.store, "cached.sts.test").policy_id == "1"
+
+
+def test_dane_ee_match_delivers(world, relay):
+    state, detail = outcome(relay, "dane.test", {"delivered"})
+    assert state == "delivered" and "verified by dane" in detail
+
+
+def test_dane_ta_match_delivers(world, relay):
+    state, detail = outcome(relay, "ta.dane.test", {"delivered"})
+    assert state == "delivered" and "verified by dane" in detail
+
+
+def test_tlsa_mismatch_defers_and_sends_nothing(world, relay):
+    state, detail = outcome(relay, "mismatch.dane.test", {"deferred"})
+    assert detail.startswith("451 4.7.5 mx.mismatch.dane.test: no TLSA record matches") and "validation-failure" in detail
+    assert world.hops["mx.mismatch.dane.test"].mails == 0
+
+
+def test_bogus_tlsa_means_the_host_is_not_used(world, relay):
+    hop = world.hops["mx.bogus.dane.test"]
+    before = hop.sessions
+    state, detail = outcome(relay, "bogus.dane.test", {"deferred"})
+    assert detail.startswith("451 4.7.5 TLSA lookup for mx.bogus.dane.test failed")
+    assert hop.sessions == before
+
+
+def test_an_insecure_zone_gets_opportunistic_tls(world, relay):
+    """The TLSA record would not match, but the zone is not signed: no DANE, the copy goes with TLS unverified."""
+    state, detail = outcome(relay, "insecure.sts.test", {"delivered"})
+    assert state == "delivered" and "not verified" in detail
