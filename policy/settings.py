@@ -147,7 +147,7 @@ class Delivery:
     tls_ca_file: Path | None = key(parse_str, None, path=True)        # CAs for MX certificates and MTA-STS hosts; empty: system's
     mta_sts: bool = key(parse_bool, True)                             # apply recipient domains' MTA-STS policies (RFC 8461)
     mta_sts_https_port: int = key(parse_port, 443)                    # where policies are fetched from
-    mta_sts_private_hosts: bool = key(parse_bool, False)              # may policy hosts be private/loopback addresses
+    https_private_hosts: bool = key(parse_bool, False)                # MTA-STS and TLS-RPT hosts may be private/loopback
     dane: bool = key(parse_bool, True)                                # DANE TLSA (RFC 7672), with dns.dnssec only
     tls_report: bool = key(parse_bool, True)                          # TLS-RPT (RFC 8460): count sessions, send daily reports
 

@@ -5,13 +5,12 @@ A domain is looked at again once its TXT record's TTL has passed (at least MIN_R
 between, the policy in force is kept in memory. A fetch that fails leaves the stored policy in force while it
 is fresh (RFC 8461 §5.1); with none, the domain has no policy. Each failure is logged once per domain until it
 changes, not per message. Policy hosts on private or loopback addresses are refused unless
-`[delivery] mta_sts_private_hosts` (tests, internal domains).
+`[delivery] https_private_hosts` (tests, internal domains).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,11 +20,11 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from policy import mta_sts
+from policy import mta_sts, tls_reports
 from policy.mta_sts import Policy, PolicyError
 from policy.settings import Delivery
 from policy.store import Store
-from relay.resolver import HttpResolver
+from relay.resolver import https_connector
 
 log = logging.getLogger("websofttt.delivery")
 MIN_RECHECK, MAX_RECHECK = 60.0, 3600.0       # seconds a domain's answer is kept in memory, whatever its TTL
@@ -46,8 +45,11 @@ class MtaSts:
     """The MTA-STS policies of recipient domains; one per delivery worker."""
 
     def __init__(self, delivery: Delivery, resolver: dns.asyncresolver.Resolver, store: Store,
-                 call: Callable[..., Awaitable[Any]], clock: Callable[[], float] = time.time):
+                 call: Callable[..., Awaitable[Any]], clock: Callable[[], float] = time.time,
+                 sessions: Callable[[tls_reports.Session], None] | None = None):
+        """`sessions`: told of each failed policy fetch, for TLS-RPT (RFC 8460 §4.3.2)."""
         self._delivery = delivery
+        self._sessions = sessions
         self._resolver = resolver
         self._store = store
         self._call = call                                       # runs a store function off the event loop
@@ -90,6 +92,8 @@ class MtaSts:
         try:
             policy = mta_sts.parse_policy(await self._fetch(domain), policy_id, now)
         except (FetchError, PolicyError) as e:
+            if self._sessions is not None:
+                self._sessions(tls_reports.Session(domain, "sts", (), "", "", getattr(e, "result", "sts-policy-invalid")))
             self._failed(domain, f"policy not used: {e}")
             return self._remember(domain, now + FAILED_RECHECK, kept)
         await self._call(mta_sts.save, self._store, domain, policy)
@@ -129,11 +133,8 @@ class MtaSts:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            ca = self._delivery.tls_ca_file
-            context = ssl.create_default_context(cafile=str(ca) if ca else None)
-            connector = aiohttp.TCPConnector(resolver=HttpResolver(self._resolver, self._delivery.mta_sts_private_hosts),
-                                             ssl=context, limit=20)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
+            self._session = aiohttp.ClientSession(connector=https_connector(self._resolver, self._delivery),
+                                                  timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
                                                   headers={"User-Agent": "WebSoftTT-Relay MTA-STS"})
         return self._session
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import aiohttp
 from aiohttp.abc import ResolveResult
 import dns.asyncresolver
@@ -15,7 +16,7 @@ import dns.flags
 import dns.nameserver
 import dns.resolver
 
-from policy.settings import Dns
+from policy.settings import Delivery, Dns
 
 LIFETIME = 10.0        # seconds one lookup may take, all servers and retries together
 EDNS_PAYLOAD = 1232    # the DNS flag day 2020 size: no fragmented UDP answers
@@ -73,3 +74,12 @@ class HttpResolver(aiohttp.abc.AbstractResolver):
 
     async def close(self) -> None:
         pass
+
+
+def https_connector(resolver: dns.asyncresolver.Resolver, delivery: Delivery) -> aiohttp.TCPConnector:
+    """HTTPS as delivery makes it (MTA-STS policies, TLS-RPT reports): hosts found by the relay's resolver,
+    certificates verified against `delivery.tls_ca_file` (else the system's CAs), private addresses only with
+    `delivery.https_private_hosts`."""
+    ca = delivery.tls_ca_file
+    return aiohttp.TCPConnector(resolver=HttpResolver(resolver, delivery.https_private_hosts), limit=20,
+                                ssl=ssl.create_default_context(cafile=str(ca) if ca else None))

@@ -25,6 +25,7 @@ import socket
 import ssl
 import sys
 import time
+from datetime import timedelta
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,7 @@ from relay.intake import Intake
 from relay.egress import Sources
 from relay.shaping import Shaper
 from relay.routing import Router
+from relay import resolver as relay_dns, tls_report
 from relay.transport import Transport
 from relay.signer import Signer
 from relay.smtp_out import Courier
@@ -221,18 +223,20 @@ def tls_sessions(settings: Settings, writes: GroupCommit) -> Callable[[tls_repor
 def delivery_loop(settings: Settings, store: Store, writes: GroupCommit, spool: Spool,
                   resolver: dns.asyncresolver.Resolver | None = None) -> DeliveryLoop:
     router = Router(settings.delivery, resolver, smarthost_auth=smarthost_auth(settings), dns_settings=settings.dns)
+    sessions = tls_sessions(settings, writes)
     return DeliveryLoop(settings, store, writes, spool, Signer(settings, store),
                         TokenKeys.load(store, settings.tokens.secret_file), router,
-                        Transport(settings, router, store, store.call),
-                        Courier(settings.delivery, settings.provider.hostname, settings.node.workers,
-                                sessions=tls_sessions(settings, writes)),
+                        Transport(settings, router, store, store.call, sessions),
+                        Courier(settings.delivery, settings.provider.hostname, settings.node.workers, sessions),
                         Shaper(shaping_rules.load(settings.delivery.shaping_file), store, store.call),
                         Sources(settings.egress, store, store.call))
 
 
 async def housekeeping_loop(settings: Settings, store: Store, spools: list[Spool], stop: asyncio.Event) -> None:
-    """Worker 0 of the delivery role, at start and every RETENTION_EVERY: purges what is past its retention and
-    sends the terms reminders that are due (every node does; each reminder goes once: policy/terms_notices.py)."""
+    """Worker 0 of the delivery role, at start and every RETENTION_EVERY: purges what is past its retention,
+    sends the terms reminders that are due (every node does; each reminder goes once: policy/terms_notices.py)
+    and yesterday's TLS-RPT reports (each domain's by one node: relay/tls_report.py)."""
+    resolver: dns.asyncresolver.Resolver | None = None
     while not stop.is_set():
         try:
             counts: dict[str, Any] = retention.purge(store, settings)   # table names: none is a named field of event
@@ -246,6 +250,14 @@ async def housekeeping_loop(settings: Settings, store: Store, spools: list[Spool
                 logs.event("terms_reminder", **notice)
         except Exception:
             log.exception("terms reminders failed")
+        if settings.delivery.tls_report:
+            try:
+                resolver = resolver or relay_dns.make_resolver(settings.dns)
+                today = terms.utc_today()
+                await tls_report.send_day(settings, store, store.call, resolver, (today - timedelta(days=1)).isoformat())
+                tls_reports.purge(store, today)
+            except Exception:
+                log.exception("TLS-RPT reports failed")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), RETENTION_EVERY)
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from policy import mta_sts
+from policy import mta_sts, tls_reports
 from policy.settings import Settings
 from policy.store import Store
 from relay import dane
@@ -34,9 +34,11 @@ class Refused(Exception):
 class Transport:
     """Applies the recipient domain's policies to its destinations; one per delivery worker."""
 
-    def __init__(self, settings: Settings, router: Router, store: Store, call: Callable[..., Awaitable[Any]]):
+    def __init__(self, settings: Settings, router: Router, store: Store, call: Callable[..., Awaitable[Any]],
+                 sessions: Callable[[tls_reports.Session], None] | None = None):
+        """`sessions`: TLS-RPT's counter, told of failed MTA-STS policy fetches."""
         d = settings.delivery
-        self.mta_sts = MtaSts(d, router.resolver, store, call) if d.mta_sts else None
+        self.mta_sts = MtaSts(d, router.resolver, store, call, sessions=sessions) if d.mta_sts else None
         self.tlsa = dane.Tlsa(router.resolver, settings.dns) if d.dane and settings.dns.dnssec else None
 
     async def secure(self, domain: str, destinations: list[Destination]) -> list[Destination]:

@@ -67,3 +67,26 @@ def test_policies_are_shared_through_the_store(any_store):
     mta_sts.save(any_store, "example.net", newer)
     assert mta_sts.cached(any_store, "example.net") == newer
     assert mta_sts.cached(any_store, "example.org") is None
+
+
+def test_tls_sessions_are_counted_reported_claimed_once_and_purged(any_store):
+    """Both engines: counts add up per kind, the report's summary and failures come from them, one node claims
+    a day's report, and counts older than KEEP_DAYS go."""
+    from datetime import date
+
+    from policy import tls_reports
+    from policy.tls_reports import Session
+    ok = Session("example.net", "tlsa", ("3 1 1 ab",), "mx.example.net", "192.0.2.1", "success")
+    bad = Session("example.net", "tlsa", ("3 1 1 ab",), "mx.example.net", "192.0.2.1", "validation-failure")
+    for session in (ok, ok, bad):
+        tls_reports.count(any_store, "2026-12-05", session)
+    tls_reports.count(any_store, "2026-10-01", ok)
+    assert tls_reports.domains(any_store, "2026-12-05") == ["example.net"]
+    (entry,) = tls_reports.report(any_store, "2026-12-05", "example.net", "relay.example", "mailto:pm@relay.example")["policies"]
+    assert entry["summary"] == {"total-successful-session-count": 2, "total-failure-session-count": 1}
+    assert entry["policy"]["mx-host"] == ["mx.example.net"] and entry["policy"]["policy-string"] == ["3 1 1 ab"]
+    assert tls_reports.claim(any_store, "2026-12-05", "example.net", "n1")
+    assert not tls_reports.claim(any_store, "2026-12-05", "example.net", "n2")
+    assert tls_reports.domains(any_store, "2026-12-05", unsent=True) == []
+    assert tls_reports.purge(any_store, date(2026, 12, 6)) == 1
+    assert tls_reports.domains(any_store, "2026-10-01") == []

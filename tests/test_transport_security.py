@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import email
+import email.policy
+import gzip
 import hashlib
+import json
 import ssl
 import threading
 import time
 
+import dkim
 import pytest
 import trustme
 from aiohttp import web
@@ -18,7 +24,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from policy import events, mta_sts
+from policy.keys import dkim_public_value, load_private_key
 from policy.settings import Dns
+from relay import tls_report
+from relay.resolver import make_resolver
 from tests.conftest import CountingSMTP, RunningRelay, Sink, SinkController, free_port, make_settings, prepare
 from tests.dns_zone import RealDns, Zone
 from tests.test_delivery import submit, wait_states
@@ -41,9 +50,11 @@ POLICIES = {
     "enforce-good.sts.test": "mode: enforce\nmx: *.good.sts.test\nmx: mx.other.example",
     "testing.sts.test": "mode: testing\nmx: mx.wrong.sts.test",
     "cached.sts.test": "mode: none",
+    "rpt.sts.test": "mode: enforce\nmx: mx.wrong.sts.test\nmx: mx.good.sts.test",
 }
 MX = {"enforce-plain": ["mx.plain"], "enforce-wrong": ["mx.wrong"], "enforce-outside": ["mx.plain", "mx.good"],
-      "enforce-good": ["mx.good"], "testing": ["mx.wrong"], "cached": ["mx.plain"], "insecure": ["mx.insecure"]}
+      "enforce-good": ["mx.good"], "testing": ["mx.wrong"], "cached": ["mx.plain"], "insecure": ["mx.insecure"],
+      "rpt": ["mx.wrong", "mx.good"], "reports": ["mx.good"]}
 
 
 class Hop(Sink):
@@ -100,6 +111,9 @@ def world(tmp_path_factory):
         sts += [f"{label} IN MX {10 * (i + 1)} {host}" for i, host in enumerate(hosts)]
         if f"{label}.sts.test" in POLICIES:
             sts += [f'_mta-sts.{label} IN TXT "v=STSv1; id=2"', f"mta-sts.{label} IN A 127.0.0.1"]
+    policies = PolicyServer(ca, root)
+    sts.append(f'_smtp._tls.rpt IN TXT "v=TLSRPTv1; rua=mailto:tls@reports.sts.test,'
+               f'https://mta-sts.rpt.sts.test:{policies.port}/tlsrpt"')
     signed = ["@ IN MX 10 mx", "mx IN A 127.0.0.5", f"_{port}._tcp.mx IN TLSA 3 1 1 {spki_sha256(leaf['mx.dane.test'])}",
               "mismatch IN MX 10 mx.mismatch", "mx.mismatch IN A 127.0.0.6",
               f"_{port}._tcp.mx.mismatch IN TLSA 3 1 1 {'ab' * 32}",
@@ -109,7 +123,6 @@ def world(tmp_path_factory):
               f"_{port}._tcp.mx.ta IN TLSA 2 1 1 {spki_sha256(intermediate.cert_pem.bytes())}"]
     dns = RealDns(root / "dns", [Zone("dane.test", signed, signed=True, bogus=[f"_{port}._tcp.mx.bogus"]),
                                  Zone("sts.test", sts)])
-    policies = PolicyServer(ca, root)
     yield dataclasses.make_dataclass("World", ["dns", "hops", "port", "policies", "ca_file"])(
         dns, hops, port, policies, root / "ca.pem")
     policies.stop()
@@ -129,6 +142,7 @@ class PolicyServer:
         self.port = free_port()
         self.down: set[str] = set()
         self.fetches: list[str] = []
+        self.reports: list[tuple[str, bytes]] = []      # TLS-RPT reports POSTed: (Content-Type, body)
         self._loop = asyncio.new_event_loop()
         started = threading.Event()
         threading.Thread(target=self._run, args=(started,), daemon=True).start()
@@ -138,6 +152,7 @@ class PolicyServer:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_get("/.well-known/mta-sts.txt", self._policy)
+        app.router.add_post("/tlsrpt", self._report)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
         self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.context).start())
@@ -151,6 +166,10 @@ class PolicyServer:
             return web.Response(status=503, text="down")
         return web.Response(text=f"version: STSv1\n{POLICIES[domain]}\nmax_age: 86400\n")
 
+    async def _report(self, request: web.Request) -> web.Response:
+        self.reports.append((request.content_type, await request.read()))
+        return web.Response(status=201)
+
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -160,7 +179,7 @@ class PolicyServer:
 def relay(world, tmp_path):
     settings = make_settings(tmp_path / "var", delivery={
         "mx_port": world.port, "tls_ca_file": world.ca_file, "mta_sts_https_port": world.policies.port,
-        "mta_sts_private_hosts": True, "retry_schedule": (60.0,), "command_timeout": 5.0})
+        "https_private_hosts": True, "retry_schedule": (60.0,), "command_timeout": 5.0})
     settings = dataclasses.replace(settings, dns=Dns(nameservers=(("127.0.0.1", world.dns.port),), dnssec=True))
     prepare(settings)
     running = RunningRelay(settings, ("submission", "delivery"))
@@ -254,3 +273,54 @@ def test_an_insecure_zone_gets_opportunistic_tls(world, relay):
     """The TLSA record would not match, but the zone is not signed: no DANE, the copy goes with TLS unverified."""
     state, detail = outcome(relay, "insecure.sts.test", {"delivered"})
     assert state == "delivered" and "not verified" in detail
+
+
+def test_a_tls_rpt_report_of_a_day_with_both_outcomes(world, relay):
+    """The first MX host's certificate names someone else, the second's is right: one failed and one successful
+    session under one policy. The day's report goes to both of the domain's rua: POSTed gzipped, and mailed
+    through the relay itself, DKIM-signed by the provider (RFC 8460 §3, §4, §5)."""
+    assert outcome(relay, "rpt.sts.test", {"delivered"})[0] == "delivered"
+    day = datetime.datetime.now(datetime.UTC).date().isoformat()
+    deadline = time.monotonic() + 5                  # the counts are written with the next group commit
+    while len(relay.store.all("SELECT * FROM tls_sessions WHERE domain = 'rpt.sts.test'")) < 2:
+        assert time.monotonic() < deadline, "sessions not counted"
+        time.sleep(0.02)
+
+    async def call(function, *args):
+        return function(*args)
+    resolver = make_resolver(relay.settings.dns)
+    done = asyncio.run(tls_report.send_day(relay.settings, relay.store, call, resolver, day))
+    assert done == [{"domain": "rpt.sts.test", "day": day, "sent": [
+        {"to": "mailto:tls@reports.sts.test", "result": "queued"},
+        {"to": f"https://mta-sts.rpt.sts.test:{world.policies.port}/tlsrpt", "result": "HTTP 201"}]}]
+    assert asyncio.run(tls_report.send_day(relay.settings, relay.store, call, resolver, day)) == []   # once a day
+
+    ((content_type, body),) = world.policies.reports
+    assert content_type == "application/tlsrpt+gzip"
+    report = json.loads(gzip.decompress(body))
+    assert report["organization-name"] == "websofttt.com"
+    assert report["date-range"] == {"start-datetime": f"{day}T00:00:00Z", "end-datetime": f"{day}T23:59:59Z"}
+    assert report["contact-info"] == "mailto:postmaster@websofttt.com"
+    assert report["report-id"] == f"{day}.rpt.sts.test@websofttt.com"
+    (entry,) = report["policies"]
+    assert entry["policy"] == {"policy-type": "sts", "policy-domain": "rpt.sts.test",
+                               "policy-string": ["version: STSv1", "mode: enforce", "mx: mx.wrong.sts.test",
+                                                 "mx: mx.good.sts.test", "max_age: 86400"],
+                               "mx-host": ["mx.wrong.sts.test", "mx.good.sts.test"]}
+    assert entry["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 1}
+    assert entry["failure-details"] == [{"result-type": "certificate-host-mismatch", "receiving-mx-hostname":
+                                         "mx.wrong.sts.test", "receiving-ip": "127.0.0.4", "failed-session-count": 1}]
+
+    hop = world.hops["mx.good.sts.test"]
+    deadline = time.monotonic() + 15                 # the outbox is read every second, then delivered
+    while not (mailed := [d for _, r, d in hop.received if r == ["tls@reports.sts.test"]]):
+        assert time.monotonic() < deadline, "the mailed report never arrived"
+        time.sleep(0.1)
+    message = email.message_from_bytes(mailed[0], policy=email.policy.default)
+    assert message.get_content_type() == "multipart/report" and message["Content-Type"].params["report-type"] == "tlsrpt"
+    assert message["TLS-Report-Domain"] == "rpt.sts.test" and message["TLS-Report-Submitter"] == "websofttt.com"
+    (attachment,) = [part for part in message.iter_attachments() if part.get_content_type() == "application/tlsrpt+gzip"]
+    assert json.loads(gzip.decompress(attachment.get_content())) == report
+    assert attachment.get_filename().startswith("websofttt.com!rpt.sts.test!")
+    public = dkim_public_value(load_private_key(relay.settings.dkim_key)).encode()
+    assert dkim.verify(mailed[0], dnsfunc=lambda name, timeout=5: b"v=DKIM1; k=rsa; p=" + public)
