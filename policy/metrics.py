@@ -36,6 +36,8 @@ shaping_throttled = Counter("websofttt_shaping_throttled", "Replies that matched
 shaping_suspensions = Counter("websofttt_shaping_suspensions", "Suspensions of a site by automation.", ["site"])
 shaping_rate = Gauge("websofttt_shaping_rate_per_minute", "A site's message rate in force (after reductions).",
                      ["site"], multiprocess_mode="max")
+tls_sessions = Counter("websofttt_tls_sessions", "Sessions opened to MX hosts, by policy (sts, tlsa, no-policy-found) "
+                       "and TLS result (success or the TLS-RPT result type).", ["policy", "result"])
 dkim_signing = Histogram("websofttt_dkim_signing_seconds", "Time to DKIM-sign one copy (all its signatures).",
                          buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1))
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
-from policy import replies, tls_reports
+from policy import metrics, replies, tls_reports
 from policy.egress import DEFAULT_SOURCE, Source
 from policy.settings import Delivery
 from relay.pipelining import PipeliningSMTP
@@ -160,14 +160,17 @@ class Courier:
 
     def _session(self, dest: Destination, source: Source, recipient: str, smtp: PipeliningSMTP | None,
                  result: str) -> None:
-        if self._sessions is None or not dest.mx:
+        """A session opened (or refused) to an MX host: counted in the metrics, and told to TLS-RPT's counter."""
+        if not dest.mx:
             return
         policy = dest.tls_policy
-        peer = smtp.get_transport_info("peername") if smtp is not None else None
-        self._sessions(tls_reports.Session(recipient.rpartition("@")[2].lower(),
-                                           tls_reports.POLICY_TYPES[policy.kind if policy else ""],
-                                           policy.text if policy else (), dest.host,
-                                           dest.address or (peer[0] if peer else ""), result, source.address or ""))
+        kind = tls_reports.POLICY_TYPES[policy.kind if policy else ""]
+        metrics.tls_sessions.labels(kind, result).inc()
+        if self._sessions is not None:
+            peer = smtp.get_transport_info("peername") if smtp is not None else None
+            self._sessions(tls_reports.Session(recipient.rpartition("@")[2].lower(), kind, policy.text if policy else (),
+                                               dest.host, dest.address or (peer[0] if peer else ""), result,
+                                               source.address or ""))
 
     async def _connect(self, dest: Destination, source: Source) -> tuple[PipeliningSMTP, str, str]:
         """A ready session, what its TLS is, and its TLS-RPT result: verified where required (the smarthost, a

@@ -21,6 +21,7 @@ import pytest
 import trustme
 from aiohttp import web
 from cryptography import x509
+from prometheus_client import REGISTRY
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from policy import events, mta_sts
@@ -201,10 +202,13 @@ def outcome(relay, domain: str, states: set[str]) -> tuple[str, str]:
 def test_enforce_without_starttls_defers_and_sends_nothing_after_ehlo(world, relay):
     hop = world.hops["mx.plain.sts.test"]
     before = hop.sessions
+    counted = {"policy": "sts", "result": "starttls-not-supported"}
+    metric = REGISTRY.get_sample_value("websofttt_tls_sessions_total", counted) or 0
     state, detail = outcome(relay, "enforce-plain.sts.test", {"deferred"})
     assert state == "deferred" and detail.startswith("451 4.7.5 mx.plain.sts.test: STARTTLS not offered")
     assert "starttls-not-supported" in detail and "mta-sts policy of enforce-plain.sts.test" in detail
     assert hop.sessions > before and hop.mails == 0 and not hop.received
+    assert REGISTRY.get_sample_value("websofttt_tls_sessions_total", counted) == metric + 1
 
 
 def test_enforce_with_a_certificate_for_another_name_defers(world, relay):
