@@ -45,18 +45,25 @@ class Transport:
         """The destinations to try, each with the TLS policy it must meet; Refused when none may be tried."""
         if not any(d.mx for d in destinations) or (self.mta_sts is None and self.tlsa is None):
             return destinations
+        assessed = await self.assess(domain, destinations)
+        chosen = [dest for dest, refused in assessed if not refused]
+        if not chosen:
+            raise Refused(next((r for _, r in assessed if r), f"451 4.7.5 No MX host of {domain} is usable"))
+        return chosen
+
+    async def assess(self, domain: str, destinations: list[Destination]) -> list[tuple[Destination, str]]:
+        """Each destination with the TLS policy it must meet, and '' or the reply saying why it is not used
+        (`websofttt dns check` shows them all)."""
         policy = await self.mta_sts.policy(domain) if self.mta_sts is not None else None
-        chosen, refused = [], []
+        assessed = []
         for dest in destinations:
             try:
                 tls = await self._dane(domain, dest) or _sts(policy, domain, dest)
             except Refused as e:
-                refused.append(e.reply)
+                assessed.append((dest, e.reply))
                 continue
-            chosen.append(replace(dest, tls_policy=tls) if tls else dest)
-        if not chosen:
-            raise Refused(refused[0] if refused else f"451 4.7.5 No MX host of {domain} is usable")
-        return chosen
+            assessed.append((replace(dest, tls_policy=tls) if tls else dest, ""))
+        return assessed
 
     async def close(self) -> None:
         if self.mta_sts is not None:

@@ -29,7 +29,7 @@ from policy.keys import dkim_public_value, load_private_key
 from policy.settings import Dns
 from relay import tls_report
 from relay.resolver import make_resolver
-from tests.conftest import CountingSMTP, RunningRelay, Sink, SinkController, free_port, make_settings, prepare
+from tests.conftest import CountingSMTP, RunningRelay, Sink, SinkController, free_port, make_settings, prepare, run_cli
 from tests.dns_zone import RealDns, Zone
 from tests.test_delivery import submit, wait_states
 
@@ -124,8 +124,8 @@ def world(tmp_path_factory):
               f"_{port}._tcp.mx.ta IN TLSA 2 1 1 {spki_sha256(intermediate.cert_pem.bytes())}"]
     dns = RealDns(root / "dns", [Zone("dane.test", signed, signed=True, bogus=[f"_{port}._tcp.mx.bogus"]),
                                  Zone("sts.test", sts)])
-    yield dataclasses.make_dataclass("World", ["dns", "hops", "port", "policies", "ca_file"])(
-        dns, hops, port, policies, root / "ca.pem")
+    yield dataclasses.make_dataclass("World", ["dns", "hops", "port", "policies", "ca_file", "leaf"])(
+        dns, hops, port, policies, root / "ca.pem", leaf)
     policies.stop()
     dns.stop()
     for controller in controllers:
@@ -328,3 +328,35 @@ def test_a_tls_rpt_report_of_a_day_with_both_outcomes(world, relay):
     assert attachment.get_filename().startswith("websofttt.com!rpt.sts.test!")
     public = dkim_public_value(load_private_key(relay.settings.dkim_key)).encode()
     assert dkim.verify(mailed[0], dnsfunc=lambda name, timeout=5: b"v=DKIM1; k=rsa; p=" + public)
+
+
+def test_dns_check_prints_what_delivery_would_do(world, tmp_path):
+    """`websofttt dns check` with a configuration pointing at Unbound: a DANE domain, an enforce policy whose
+    patterns leave one MX host out, and a domain without MX (exit 0 either way, the error said)."""
+    config = tmp_path / "websofttt.toml"
+    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "var"}"\n'
+                      f'[dns]\nnameservers = ["127.0.0.1:{world.dns.port}"]\ndnssec = true\n'
+                      f'[delivery]\nmx_port = {world.port}\ntls_ca_file = "{world.ca_file}"\n'
+                      f'mta_sts_https_port = {world.policies.port}\nhttps_private_hosts = true\n')
+    done = run_cli("dns", "check", "dane.test", "--json", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (host,) = json.loads(done.stdout)["hosts"]
+    assert host == {"host": "mx.dane.test", "port": world.port, "address": "127.0.0.5", "mx_secure": True,
+                    "policy": "dane", "enforce": True, "used": True,
+                    "tlsa": [f"3 1 1 {spki_sha256(world.leaf['mx.dane.test'])}"],
+                    "verdict": "STARTTLS and a chain matching its TLSA records"}
+
+    done = run_cli("dns", "check", "rpt.sts.test", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "MTA-STS: enforce, mx mx.wrong.sts.test, mx.good.sts.test, max_age 86400 (id 2)" in done.stdout
+    assert f"TLS-RPT: mailto:tls@reports.sts.test, https://mta-sts.rpt.sts.test:{world.policies.port}/tlsrpt" in done.stdout
+    assert (f"mx.good.sts.test:{world.port} [127.0.0.2]: used: STARTTLS and a certificate valid for its name "
+            "(MTA-STS enforce)") in done.stdout
+
+    outside = json.loads(run_cli("dns", "check", "enforce-outside.sts.test", "--json", "--config", str(config),
+                                 cwd=tmp_path).stdout)
+    assert [(h["host"], h["used"]) for h in outside["hosts"]] == [("mx.plain.sts.test", False), ("mx.good.sts.test", True)]
+    assert outside["hosts"][0]["verdict"].startswith("451 4.7.5 MX host mx.plain.sts.test is not in the MTA-STS policy")
+
+    done = run_cli("dns", "check", "nowhere.sts.test", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 0 and "no destination: 5.1.2 nowhere.sts.test: domain does not exist" in done.stdout

@@ -23,8 +23,8 @@ from policy.tenants import TenantError
 from policy.terms import TermsError
 from policy.tokens import TokenError
 from relay import eventloop
-from relay.cli import (abuse, apikeys, audit, credentials, dkim, inbound, node, privacy, queue, shaping, suppression,
-                       tenants, terms, tls_report, webhooks)
+from relay.cli import (abuse, apikeys, audit, credentials, dkim, dns, inbound, node, privacy, queue, shaping,
+                       suppression, tenants, terms, tls_report, webhooks)
 from relay.cli.common import config_option
 from relay.cli.node import init, prepare_metrics, serve, starters
 
@@ -48,8 +48,8 @@ def cli(config_path: str | None) -> None:
     """
 
 
-for module in (node, inbound, credentials, apikeys, suppression, queue, shaping, tls_report, audit, tenants, terms, webhooks,
-               abuse, privacy, dkim):
+for module in (node, inbound, credentials, apikeys, suppression, queue, shaping, tls_report, dns, audit, tenants, terms,
+               webhooks, abuse, privacy, dkim):
     for command in module.COMMANDS:
         cli.add_command(command)
 
