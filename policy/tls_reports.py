@@ -121,7 +121,7 @@ def mail(provider: Provider, report: dict[str, Any], domain: str, to: str) -> by
     day = report["date-range"]["start-datetime"][:10]
     begin = calendar.timegm(datetime.date.fromisoformat(day).timetuple())
     msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"] = email.utils.formataddr((f"{provider.domain} TLS reports", f"tlsrpt@{provider.domain}"))
+    msg["From"] = email.utils.formataddr((f"{provider.domain} TLS reports", f"postmaster@{provider.domain}"))
     msg["To"] = to
     msg["Subject"] = f"Report Domain: {domain} Submitter: {provider.domain} Report-ID: <{report['report-id']}>"
     msg["Date"] = email.utils.formatdate(usegmt=True)

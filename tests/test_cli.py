@@ -17,6 +17,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from policy import mta_sts
 from policy.credentials import verify_password
 from policy.settings import load_settings
 from policy.store_sqlite import SqliteStore
@@ -112,6 +113,12 @@ def test_init_creates_store_keys_and_prints_dkim_record(tmp_path, config, ok):
     assert {"websofttt.com. IN MX 10 relay.websofttt.com.", "bounces.websofttt.com. IN MX 10 relay.websofttt.com.",
             'bounces.websofttt.com. IN TXT "v=spf1 a:relay.websofttt.com -all"'} <= set(zone)
     assert any(line.startswith('_dmarc.websofttt.com. IN TXT "v=DMARC1; p=none;') for line in zone)
+    sts = [line for line in zone if line.startswith("_mta-sts.")]
+    assert [line.split()[0] for line in sts] == ["_mta-sts.websofttt.com.", "_mta-sts.bounces.websofttt.com."]
+    policy = "\n".join(line[4:] for line in zone if line.startswith(";   "))
+    assert mta_sts.parse_policy(policy).matches("relay.websofttt.com")
+    assert mta_sts.record_id([sts[0].split(" IN TXT ")[1].strip('"')])
+    assert '_smtp._tls.websofttt.com. IN TXT "v=TLSRPTv1; rua=mailto:postmaster@websofttt.com"' in zone
 
 
 def test_dkim_rotate_publishes_first_then_signs(tmp_path, config, ok, fails):

@@ -1,6 +1,7 @@
 """`websofttt dkim …`: the DNS records to publish, tenants' own keys, and rotating the provider's key."""
 from __future__ import annotations
 
+import hashlib
 import time
 
 import click
@@ -56,7 +57,23 @@ def provider_zone(settings: Settings, store: Store) -> list[str]:
             "; SPF (suggested): copies leave with the bounce domain as envelope sender, from this host",
             f'{p.bounce_domain}. IN TXT "v=spf1 a:{p.hostname} -all"',
             "; DMARC (suggested): start with p=none and reports, then quarantine once aligned",
-            f'_dmarc.{p.domain}. IN TXT "v=DMARC1; p=none; adkim=r; aspf=r; rua=mailto:postmaster@{p.domain}"']
+            f'_dmarc.{p.domain}. IN TXT "v=DMARC1; p=none; adkim=r; aspf=r; rua=mailto:postmaster@{p.domain}"',
+            *inbound_transport_zone(settings)]
+
+
+def inbound_transport_zone(settings: Settings) -> list[str]:
+    """MTA-STS and TLS-RPT for the domains the inbound listener receives (RFC 8461, RFC 8460): senders then use
+    TLS to it and report how that went. The policy starts in testing mode; its id changes with its text."""
+    p = settings.provider
+    policy = ["version: STSv1", "mode: testing", f"mx: {p.hostname}", "max_age: 604800"]
+    policy_id = hashlib.sha256("\n".join(policy).encode()).hexdigest()[:20]
+    return ["; MTA-STS (suggested; enforce once TLS-RPT shows no failures): the TXT records, and the policy to serve",
+            f"; at https://mta-sts.{p.domain}/.well-known/mta-sts.txt and https://mta-sts.{p.bounce_domain}/... as text/plain:",
+            *[f";   {line}" for line in policy],
+            *[f'_mta-sts.{domain}. IN TXT "v=STSv1; id={policy_id}"' for domain in (p.domain, p.bounce_domain)],
+            "; TLS-RPT: where sending servers report on their TLS to the inbound listener",
+            *[f'_smtp._tls.{domain}. IN TXT "v=TLSRPTv1; rua=mailto:postmaster@{p.domain}"'
+              for domain in (p.domain, p.bounce_domain)]]
 
 
 def _iso(seconds: float) -> str:
@@ -72,7 +89,7 @@ def dkim_dns(settings, store, tenant_id) -> None:
 
     The provider's: each DKIM selector in use (the signing key, a rotated key waiting to sign, a
     replaced key still needed), the provider-hosted selectors tenants may CNAME to, MX for the inbound
-    listener, and SPF and DMARC suggestions.
+    listener, SPF and DMARC suggestions, and MTA-STS (with its policy) and TLS-RPT for the inbound domains.
 
     \b
     Example:
