@@ -9,14 +9,12 @@ An 8-bit copy goes with BODY=8BITMIME where the next hop offers it; where it doe
 on that connection, by the 7-bit one that `SevenBit` makes (RFC 6152 §3): the courier learns what the next hop
 offers only once connected, and the conversion must come before signing.
 
-A destination with a TLS policy (relay/transport.py: MTA-STS or DANE) gets STARTTLS and a certificate that
-proves it, or nothing is sent: the session ends after EHLO or the handshake and the outcome is a `451 4.7.5`
-naming the failure (the next MX host is tried). An MTA-STS `testing` policy only reports the failure and
-delivers as before. Every outcome says what TLS the copy had (`Outcome.tls`).
+A session gets its TLS from relay/starttls.py: opportunistic, or the proof a destination's TLS policy asks
+(MTA-STS or DANE); when that fails under an enforced policy nothing is sent and the outcome is a `451 4.7.5`
+naming the failure (the next MX host is tried). Every outcome says what TLS the copy had (`Outcome.tls`).
 """
 from __future__ import annotations
 
-import _ssl
 import asyncio
 import contextlib
 import errno
@@ -27,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 
 import aiosmtplib
 
@@ -34,8 +33,8 @@ from policy import metrics, replies, tls_reports
 from policy.egress import DEFAULT_SOURCE, Source
 from policy.settings import Delivery
 from relay.pipelining import PipeliningSMTP
-from relay import dane
-from relay.routing import Destination, TlsPolicy
+from relay.routing import Destination
+from relay.starttls import Starttls, TlsRefused, described
 from relay.shaping import Site
 
 _Key = tuple[Destination, Source]          # idle connections are kept per next hop and egress source
@@ -86,13 +85,9 @@ class Courier:
         self._all = asyncio.Semaphore(delivery.concurrency)
         self._slots: dict[Destination, asyncio.Semaphore] = {}
         self._idle: dict[_Key, list[_Connection]] = {}     # by next hop and egress source
-        self._tls = ssl.create_default_context()
-        self._tls.check_hostname = False           # opportunistic TLS (RFC 7435): encrypt, do not authenticate
-        self._tls.verify_mode = ssl.CERT_NONE
+        self._starttls = Starttls(delivery)        # opportunistic, or what a TLS policy asks (relay/starttls.py)
         ca = delivery.smarthost_ca_file
-        self._verified_tls = ssl.create_default_context(cafile=str(ca) if ca else None)   # required TLS: verify
-        mx_ca = delivery.tls_ca_file
-        self._mx_tls = ssl.create_default_context(cafile=str(mx_ca) if mx_ca else None)   # MTA-STS: verify the MX name
+        self._verified_tls = ssl.create_default_context(cafile=str(ca) if ca else None)   # the smarthost: verify
 
     async def send(self, destinations: list[Destination], mail_from: str, recipient: str, data: bytes,
                    seven_bit: SevenBit | None = None, source: Source = DEFAULT_SOURCE,
@@ -177,14 +172,14 @@ class Courier:
         TLS policy); otherwise STARTTLS when offered and, when its handshake fails, a new session in clear
         (RFC 7435: encrypt when possible, deliver anyway)."""
         s = self.settings
+        in_clear = partial(self._open, dest, source, False, self._starttls.unverified)
         if dest.tls_required:
             smtp = await self._open(dest, source, start_tls=True, context=self._verified_tls)
-            tls, result = _described(smtp, "verified"), tls_reports.SUCCESS
+            tls, result = described(smtp, "verified"), tls_reports.SUCCESS
         elif dest.tls_policy is not None:
-            smtp, tls, result = await self._secured(dest, source)
+            smtp, tls, result = await self._starttls.proven(in_clear, dest)
         else:
-            smtp, tls = await self._opportunistic(dest, source)
-            result = tls_reports.SUCCESS if tls != "none" else "starttls-not-supported"
+            smtp, tls, result = await self._starttls.opportunistic(in_clear, dest)
         if dest.auth:
             try:
                 await smtp.login(*dest.auth, timeout=s.command_timeout)
@@ -192,56 +187,6 @@ class Courier:
                 smtp.close()
                 raise
         return smtp, tls, result
-
-    async def _opportunistic(self, dest: Destination, source: Source) -> tuple[PipeliningSMTP, str]:
-        s = self.settings
-        smtp = await self._open(dest, source, start_tls=False, context=self._tls)
-        await smtp.ehlo(timeout=s.command_timeout)
-        if not smtp.supports_extension("starttls"):
-            return smtp, "none"
-        try:
-            await smtp.starttls(tls_context=self._tls, server_hostname=dest.host, timeout=s.command_timeout)
-        except (aiosmtplib.SMTPException, OSError) as e:
-            smtp.close()
-            log.warning("STARTTLS to %s:%s failed (%s); delivering without TLS", dest.host, dest.port, _describe(e))
-            return await self._open(dest, source, start_tls=False, context=self._tls), "none"
-        return smtp, _described(smtp, "not verified")
-
-    async def _secured(self, dest: Destination, source: Source) -> tuple[PipeliningSMTP, str, str]:
-        """STARTTLS with the proof the destination's TLS policy asks for. A failure under an enforced policy
-        raises TlsRefused once the session is closed (nothing was sent after EHLO); under a testing one it is
-        logged and the copy goes as it would without the policy."""
-        policy = dest.tls_policy
-        assert policy is not None
-        s = self.settings
-        smtp = await self._open(dest, source, start_tls=False, context=self._tls)
-        failure: TlsRefused | None = None
-        await smtp.ehlo(timeout=s.command_timeout)
-        if not smtp.supports_extension("starttls"):
-            failure = TlsRefused(policy, "starttls-not-supported", "STARTTLS not offered")
-        else:
-            context = self._mx_tls if policy.kind == "mta-sts" else self._tls     # DANE: matched below instead
-            try:
-                await smtp.starttls(tls_context=context, server_hostname=dest.host, timeout=s.command_timeout)
-                why = dane.matches(policy.tlsa, _chain(smtp), dest.host) if policy.tlsa else ""
-                if why:
-                    failure = TlsRefused(policy, "validation-failure", why)
-            except (aiosmtplib.SMTPException, OSError) as e:
-                failure = TlsRefused(policy, *_verify_failure(e))
-        if failure is None:
-            proven = policy.kind == "mta-sts" or policy.tlsa
-            tls = _described(smtp, f"verified by {policy.kind}" if proven else "not verified (no usable TLSA)")
-            return smtp, tls, tls_reports.SUCCESS
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-            await smtp.quit(timeout=s.command_timeout)
-        smtp.close()
-        if policy.enforce:
-            log.warning("%s to %s:%s: %s; not delivered there", policy.kind, dest.host, dest.port, failure)
-            raise failure
-        log.warning("%s (testing) to %s:%s: %s; delivered as without the policy", policy.kind, dest.host, dest.port,
-                    failure)
-        smtp, tls = await self._opportunistic(dest, source)
-        return smtp, f"{tls}; {policy.kind} testing failed: {failure.result}", failure.result
 
     async def _open(self, dest: Destination, source: Source, start_tls: bool, context: ssl.SSLContext) -> PipeliningSMTP:
         s = self.settings
@@ -311,45 +256,6 @@ class Courier:
                 except (aiosmtplib.SMTPException, OSError):
                     conn.smtp.close()
         self._idle.clear()
-
-
-class TlsRefused(Exception):
-    """The next hop could not prove what its TLS policy asks; `result` is the RFC 8460 result type."""
-
-    def __init__(self, policy: TlsPolicy, result: str, text: str):
-        super().__init__(text)
-        self.policy = policy
-        self.result = result
-
-
-# OpenSSL's verify codes (X509_V_ERR_*) and the RFC 8460 §4.3 result types they are reported as
-_VERIFY_RESULTS = {10: "certificate-expired", 62: "certificate-host-mismatch", 18: "certificate-not-trusted",
-                   19: "certificate-not-trusted", 20: "certificate-not-trusted", 21: "certificate-not-trusted"}
-
-
-def _verify_failure(e: BaseException) -> tuple[str, str]:
-    """(result type, text) of a failed STARTTLS."""
-    cause: BaseException | None = e
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return _VERIFY_RESULTS.get(cause.verify_code, "validation-failure"), cause.verify_message
-        cause = cause.__cause__ or cause.__context__
-    return "validation-failure", f"STARTTLS failed: {_describe(e)}"
-
-
-def _chain(smtp: PipeliningSMTP) -> list[bytes]:
-    """The certificates the peer sent, leaf first, in DER (CPython's `_sslobj.get_unverified_chain`, public
-    from 3.13 as SSLObject.get_unverified_chain)."""
-    sslobj = smtp.get_transport_info("ssl_object")
-    chain = sslobj._sslobj.get_unverified_chain() if sslobj is not None else None
-    return [cert.public_bytes(_ssl.ENCODING_DER) for cert in chain or []]
-
-
-def _described(smtp: PipeliningSMTP, proof: str) -> str:
-    sslobj = smtp.get_transport_info("ssl_object")
-    if sslobj is None:
-        return "none"
-    return f"{sslobj.version()} {sslobj.cipher()[0]} {proof}"
 
 
 def _not_here(e: BaseException) -> bool:

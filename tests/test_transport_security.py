@@ -1,6 +1,6 @@
 """Transport security with real parts: MTA-STS policies fetched over HTTPS from a test CA, DANE TLSA records in a
 zone signed with ldns-signzone and served by Knot, Unbound validating it, and real next hops on loopback
-addresses with right, wrong-name, untrusted and no certificates. The relay is pointed at Unbound through
+addresses with right, wrong-name, expired, untrusted and no certificates. The relay is pointed at Unbound through
 `[dns] nameservers`, with `dnssec = true`."""
 from __future__ import annotations
 
@@ -42,20 +42,26 @@ HOPS = {  # next hop address -> (MX host name, certificate: "ca" for its name, "
     "127.0.0.7": ("mx.bogus.dane.test", "untrusted"),
     "127.0.0.8": ("mx.insecure.sts.test", "untrusted"),
     "127.0.0.9": ("mx.ta.dane.test", "intermediate"),
+    "127.0.0.10": ("mx.expired.sts.test", "expired"),
 }
 # recipient domain -> its MTA-STS policy (text served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt)
 POLICIES = {
     "enforce-plain.sts.test": "mode: enforce\nmx: mx.plain.sts.test",
     "enforce-wrong.sts.test": "mode: enforce\nmx: mx.wrong.sts.test",
+    "enforce-expired.sts.test": "mode: enforce\nmx: mx.expired.sts.test",
     "enforce-outside.sts.test": "mode: enforce\nmx: mx.good.sts.test",
     "enforce-good.sts.test": "mode: enforce\nmx: *.good.sts.test\nmx: mx.other.example",
     "testing.sts.test": "mode: testing\nmx: mx.wrong.sts.test",
     "cached.sts.test": "mode: none",
     "rpt.sts.test": "mode: enforce\nmx: mx.wrong.sts.test\nmx: mx.good.sts.test",
 }
-MX = {"enforce-plain": ["mx.plain"], "enforce-wrong": ["mx.wrong"], "enforce-outside": ["mx.plain", "mx.good"],
+MX = {"enforce-plain": ["mx.plain"], "enforce-wrong": ["mx.wrong"], "enforce-expired": ["mx.expired"],
+      "enforce-outside": ["mx.plain", "mx.good"],
       "enforce-good": ["mx.good"], "testing": ["mx.wrong"], "cached": ["mx.plain"], "insecure": ["mx.insecure"],
       "rpt": ["mx.wrong", "mx.good"], "reports": ["mx.good"]}
+
+
+YEAR_AGO = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=365)
 
 
 class Hop(Sink):
@@ -92,7 +98,8 @@ def world(tmp_path_factory):
     ca, untrusted = trustme.CA(), trustme.CA()
     intermediate = untrusted.create_child_ca()
     certs = {"ca": lambda name: ca.issue_cert(name), "other-name": lambda name: ca.issue_cert("someone-else.example"),
-             "untrusted": lambda name: untrusted.issue_cert(name), "intermediate": lambda name: intermediate.issue_cert(name)}
+             "untrusted": lambda name: untrusted.issue_cert(name), "intermediate": lambda name: intermediate.issue_cert(name),
+             "expired": lambda name: ca.issue_cert(name, not_before=YEAR_AGO, not_after=YEAR_AGO + datetime.timedelta(days=30))}
     port = free_port()
     hops, controllers, leaf = {}, [], {}
     for address, (name, kind) in HOPS.items():
@@ -107,6 +114,7 @@ def world(tmp_path_factory):
         controller.start()
         controllers.append(controller)
     sts = ["mx.good IN A 127.0.0.2", "mx.plain IN A 127.0.0.3", "mx.wrong IN A 127.0.0.4", "mx.insecure IN A 127.0.0.8",
+           "mx.expired IN A 127.0.0.10",
            f"_{port}._tcp.mx.insecure IN TLSA 3 1 1 {'00' * 32}"]
     for label, hosts in MX.items():
         sts += [f"{label} IN MX {10 * (i + 1)} {host}" for i, host in enumerate(hosts)]
@@ -172,8 +180,16 @@ class PolicyServer:
         return web.Response(status=201)
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _shutdown(self) -> None:
+        """The site, then the handlers of connections the relays kept open."""
+        await self._runner.cleanup()
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
 
 @pytest.fixture
@@ -224,6 +240,12 @@ def test_enforce_uses_only_the_mx_hosts_its_patterns_match(world, relay):
     assert state == "delivered" and "verified by mta-sts" in detail and "TLSv1.3" in detail
     assert plain.sessions == before                      # the MX host outside the policy is not even connected to
     assert any(r == ["you@enforce-outside.sts.test"] for _, r, _ in world.hops["mx.good.sts.test"].received)
+
+
+def test_enforce_with_an_expired_certificate_defers(world, relay):
+    state, detail = outcome(relay, "enforce-expired.sts.test", {"deferred"})
+    assert detail.startswith("451 4.7.5 mx.expired.sts.test: certificate has expired") and "certificate-expired" in detail
+    assert world.hops["mx.expired.sts.test"].mails == 0
 
 
 def test_a_wildcard_pattern_matches_one_label(world, relay):
