@@ -15,6 +15,7 @@ from collections.abc import Callable
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
+from cachetools import TLRUCache
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
@@ -27,6 +28,7 @@ SPKI = 1
 _HASHES: dict[int, Callable[[bytes], bytes]] = {0: lambda b: b, 1: lambda b: hashlib.sha256(b).digest(),
                                                 2: lambda b: hashlib.sha512(b).digest()}
 CACHE_SECONDS = (60.0, 3600.0)      # a TLSA answer is kept in memory for its TTL, within these bounds
+CACHE_SIZE = 100_000                # MX hosts whose answer a worker keeps, at most
 
 Record = tuple[int, int, int, bytes]  # usage, selector, matching type, data
 
@@ -42,13 +44,15 @@ class Tlsa:
         self._resolver = resolver
         self._settings = settings
         self._clock = clock
-        self._cache: dict[tuple[str, int], tuple[float, tuple[Record, ...] | None]] = {}
+        # (host, port) -> (expiry, records), dropped at its expiry, bounded
+        self._cache: TLRUCache[tuple[str, int], tuple[float, tuple[Record, ...] | None]] = TLRUCache(
+            CACHE_SIZE, lambda _k, v, _n: v[0], timer=clock)
 
     async def records(self, host: str, port: int) -> tuple[Record, ...] | None:
         """The host's secure TLSA records, usable or not; None when DANE does not apply; Bogus when the lookup
         failed."""
         cached = self._cache.get((host, port))
-        if cached is not None and cached[0] > self._clock():
+        if cached is not None:
             return cached[1]
         try:
             answer = await self._resolver.resolve(f"_{port}._tcp.{host}", "TLSA")

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from cachetools import LRUCache, TLRUCache
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
@@ -30,6 +31,7 @@ log = logging.getLogger("websofttt.delivery")
 MIN_RECHECK, MAX_RECHECK = 60.0, 3600.0       # seconds a domain's answer is kept in memory, whatever its TTL
 FAILED_RECHECK = 60.0                         # ... after a lookup or fetch failed
 FETCH_TIMEOUT = 20.0                          # RFC 8461 §3.3 asks for "a reasonable timeout"
+MEMO_SIZE = 100_000                           # domains whose answer a worker keeps in memory, at most
 PATH = "/.well-known/mta-sts.txt"
 
 
@@ -54,15 +56,18 @@ class MtaSts:
         self._store = store
         self._call = call                                       # runs a store function off the event loop
         self._clock = clock
-        self._memo: dict[str, tuple[float, Policy | None]] = {}     # domain -> (look again at, policy in force)
+        # domain -> (look again at, policy in force), each entry dropped at its time; bounded, as a worker may
+        # meet millions of domains
+        self._memo: TLRUCache[str, tuple[float, Policy | None]] = TLRUCache(MEMO_SIZE, lambda _k, v, _n: v[0],
+                                                                            timer=clock)
         self._inflight: dict[str, asyncio.Task[Policy | None]] = {}
-        self._failures: dict[str, str] = {}                     # domain -> the failure last logged
+        self._failures: LRUCache[str, str] = LRUCache(MEMO_SIZE)     # domain -> the failure last logged
         self._session: aiohttp.ClientSession | None = None
 
     async def policy(self, domain: str) -> Policy | None:
         """The policy in force for `domain` (None: it has none, or only a stale one it no longer publishes)."""
         memo = self._memo.get(domain)
-        if memo is not None and memo[0] > self._clock():
+        if memo is not None:
             return memo[1]
         task = self._inflight.get(domain)
         if task is None:
