@@ -1,5 +1,6 @@
-"""The services of one benchmark run (sink, three Postfix instances, OpenDKIM, Dovecot, the relay, and for
-the d-pg paths a PostgreSQL server with a relay node per path) and the runs against them.
+"""The services of one benchmark run (sink, three Postfix instances, OpenDKIM, Dovecot, the relay, for
+the d-pg paths a PostgreSQL server with a relay node per path, and for d-mx and d-secure the DNS, policy server
+and Postfix MX of tls_mx.py with a relay node per path) and the runs against them.
 
 `Bench.run` is one measured run: start the injector, stop the clock when the sink has counted all N,
 and take the servers' CPU, memory and the load from outside around it; on request, the heartbeat
@@ -32,6 +33,8 @@ from measure import Daemon, ForeignLoad, RssSampler, cpu_seconds, free_port, per
 from postfix import OpenDKIM, Postfix
 from relay_node import DKIM_RECORD, GENERATED_USERNAME, PASSWORD, USERNAME, RelayNode
 from sink import Sink
+from tls_mx import RECIPIENT as TLS_RECIPIENT
+from tls_mx import TlsMx, missing_programs
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -51,6 +54,8 @@ PATHS = {
     "d-pg": "smtp-source -> relay (PostgreSQL store) -> sink",
     "d-pg1ms": "smtp-source -> relay (PostgreSQL +1 ms) -> sink",
     "d-shaped": "smtp-source -> relay (the sink a shaped site) -> sink",
+    "d-mx": "smtp-source -> relay -> MX (STARTTLS) -> sink",
+    "d-secure": "smtp-source -> relay MTA-STS+DANE -> MX -> sink",
 }
 # d-shaped: a relay node of its own whose shaping rules are the shipped ones plus a site for the sink, with a
 # rate above what the relay reaches (it is claimed through the store every SHAPED_CLAIM_SECONDS, not a limit).
@@ -59,6 +64,9 @@ RELAY_PATHS = ("d", "e", "g")   # the paths whose server is the relay node with 
 # The paths whose relay node keeps its store in PostgreSQL (a node and a database each): the milliseconds
 # the latency proxy adds to each of the store's round trips, or None for a direct connection.
 PG_DELAY_MS: dict[str, float | None] = {"d-pg": None, "d-pg1ms": 1.0}
+# d-mx and d-secure: a relay node each that looks the recipient domain's MX up through Unbound and delivers to a
+# Postfix MX offering STARTTLS (tls_mx.py), both the same; d-secure with MTA-STS, DANE and DNSSEC on (True).
+TLS_PATHS: dict[str, bool] = {"d-mx": False, "d-secure": True}
 HEARTBEAT_PATHS = ("d", "d-pg", "d-pg1ms")     # the paths whose measured runs carry the heartbeat probe
 AUTH_PATHS = ("e", "f", "g")    # the paths the load generator drives over STARTTLS + AUTH PLAIN
 SLOW_AUTH = ("f",)              # every AUTH pays a ~0.1 s password check (Dovecot checks the Argon2id hash even on
@@ -105,7 +113,8 @@ class Bench:
         self.relay: RelayNode | None = None
         self.postgres: PostgresServer | None = None
         self.proxy: Daemon | None = None          # DelayProxy between d-pg1ms's node and PostgreSQL
-        self.pg_nodes: dict[str, RelayNode] = {}
+        self.pg_nodes: dict[str, RelayNode] = {}       # the relay nodes of one path each (d-pg, d-shaped, d-mx, ...)
+        self.tls_mx: TlsMx | None = None          # d-mx and d-secure: DNS, MTA-STS policy server, Postfix MX
         self.store_rtt: dict | None = None        # `SELECT 1` round trip, direct and through the proxy
         self.injector: Daemon | None = None
         self.heartbeat: Daemon | None = None
@@ -151,6 +160,34 @@ class Bench:
             self.pg_nodes["d-shaped"] = node = RelayNode(self.root, self.sink_port, self.args.workers,
                                                          name="relay-shaped", extra_config=f'shaping_file = "{rules}"\n')
             log(f"relay with a shaped site on 127.0.0.1:{node.port} (rules {rules})")
+        if any(p in TLS_PATHS for p in paths):
+            self._start_tls_mx(limit)
+
+    def _start_tls_mx(self, limit: int) -> None:
+        """d-mx and d-secure: the recipient domain's DNS, policy server and MX (tls_mx.py), then a relay node for
+        each path with no route for that domain; a path whose part does not start fails alone."""
+        paths = [p for p in TLS_PATHS if p in self.args.paths]
+        missing = missing_programs()
+        if missing:
+            for path in paths:
+                self.fail(path, f"not installed: {', '.join(missing)} (Debian: knot, unbound, ldnsutils, postfix)")
+            return
+        try:
+            self.tls_mx = TlsMx(self.root, self.sink_port, limit)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            for path in paths:
+                self.fail(path, f"DNS, policy server or MX did not start: {e}")
+            return
+        log(f"transport security: {self.tls_mx.describe()}")
+        for path in paths:
+            try:
+                self.pg_nodes[path] = node = RelayNode(self.root, self.sink_port, self.args.workers, name=f"relay-{path}",
+                                                       extra_config=self.tls_mx.relay_config(TLS_PATHS[path]))
+            except (RuntimeError, OSError) as e:
+                self.fail(path, f"relay node did not start: {e}")
+                continue
+            log(f"relay for {path} on 127.0.0.1:{node.port} (MTA-STS and DANE "
+                f"{'on, DNSSEC trusted' if TLS_PATHS[path] else 'off'})")
 
     def _start_postgres(self) -> None:
         """The d-pg paths: a private PostgreSQL server, a database and a relay node for each path, d-pg1ms's
@@ -223,8 +260,8 @@ class Bench:
 
     def stop(self) -> None:
         for service in (self.injector, self.heartbeat, *self.others, self.relay, *self.pg_nodes.values(), self.proxy,
-                        self.postgres, self.postfix_sasl, self.postfix_dkim, self.dovecot, self.opendkim, self.postfix,
-                        self.sink):
+                        self.tls_mx, self.postgres, self.postfix_sasl, self.postfix_dkim, self.dovecot, self.opendkim,
+                        self.postfix, self.sink):
             if service is None:
                 continue
             try:
@@ -247,7 +284,7 @@ class Bench:
         for the d-pg paths; none for a."""
         if path in PG_DELAY_MS:
             return {"relay": [self.pg_nodes[path].daemon.pid], "postgres": [self.postgres.process.pid]}
-        if path == "d-shaped":
+        if path == "d-shaped" or path in TLS_PATHS:
             return {"relay": [self.pg_nodes[path].daemon.pid]}
         relay = {"relay": [self.relay.daemon.pid]} if self.relay else {}
         return {"a": {}, "b": {"postfix": [self.postfix.daemon.pid]} if self.postfix else {},
@@ -271,13 +308,19 @@ class Bench:
         return GENERATED_USERNAME, self.relay.generated_file
 
     # injection
+    @staticmethod
+    def recipient(path: str) -> str:
+        """The envelope recipient: tls_mx.RECIPIENT (its domain found through DNS) for d-mx and d-secure, else
+        message.RECIPIENT (routed to the sink)."""
+        return TLS_RECIPIENT if path in TLS_PATHS else message.RECIPIENT
+
     def inject(self, path: str, n: int, concurrency: int, reuse: bool, rate: float | None = None) -> Daemon:
         out = self.root / "injector.out"
         out.write_bytes(b"")
         if path in AUTH_PATHS or rate is not None:      # the load generator (the latency probe too: it times DATA)
             argv = [sys.executable, str(HERE / "loadgen.py"), "--port", str(self.port(path)), "--messages", str(n),
                     "--concurrency", str(concurrency), "--message-file", str(self.msg_crlf),
-                    "--sender", message.SENDER, "--recipient", message.RECIPIENT]
+                    "--sender", message.SENDER, "--recipient", self.recipient(path)]
             if reuse:
                 argv.append("--reuse")
             if path in AUTH_PATHS:
@@ -290,7 +333,7 @@ class Bench:
             # message but send the next one over the same connection (so "reuse" = -d, and each of
             # the -s sessions keeps its connection for ~N/s messages); without -d, one per message.
             argv = ["smtp-source", "-s", str(concurrency), "-m", str(n), *(["-d"] if reuse else []),
-                    "-F", str(self.msg_lf), "-f", message.SENDER, "-t", message.RECIPIENT,
+                    "-F", str(self.msg_lf), "-f", message.SENDER, "-t", self.recipient(path),
                     "-M", "source.example.com", f"127.0.0.1:{self.port(path)}"]
         self.injector = Daemon(f"injector {path}", argv, self.root / "injector.log", stdout=out)
         return self.injector
@@ -375,6 +418,8 @@ class Bench:
         if heartbeat:
             self._start_heartbeat(path)
         proxy_before = cpu_seconds([self.proxy.pid]) if path == "d-pg1ms" else 0.0
+        next_hop = self.tls_mx.cpu_parts() if path in TLS_PATHS else {}     # the MX, DNS, policy server: not the relay
+        next_hop_before = {name: cpu_seconds(pids) for name, pids in next_hop.items()}
         cpu_before = cpu_seconds(roots)
         parts_before = {name: cpu_seconds(pids) for name, pids in parts.items()}
         timeout = 120 + n * 1.0
@@ -409,6 +454,7 @@ class Bench:
             cpu = cpu_seconds(roots) - cpu_before if roots else None
             parts_cpu = {name: cpu_seconds(pids) - parts_before[name] for name, pids in parts.items()}
             proxy_cpu = cpu_seconds([self.proxy.pid]) - proxy_before if path == "d-pg1ms" else None
+            next_hop_cpu = {name: cpu_seconds(pids) - next_hop_before[name] for name, pids in next_hop.items()}
         seconds = finished - started
         result = {"path": path, "concurrency": concurrency, "reuse": reuse, "messages": n,
                   "seconds": round(seconds, 3), "rate": round(n / seconds, 2),
@@ -423,6 +469,8 @@ class Bench:
                   "foreign_cpu_share": round(foreign.share, 3)} | beats
         if proxy_cpu is not None:
             result["proxy_cpu_ms_per_message"] = round(proxy_cpu * 1000 / n, 3)
+        if next_hop_cpu:
+            result["next_hop_cpu_ms_per_message"] = {k: round(v * 1000 / n, 3) for k, v in next_hop_cpu.items()}
         if retried:
             result["client_errors"] = retried
             log(f"{path} {config_name(concurrency, reuse)}: all {n} sent, after errors the client retried: "
@@ -455,8 +503,10 @@ class Bench:
             node = self.node(path)           # each relay node has a provider key of its own
             keys = records | ({DKIM_RECORD: node.dns_txt()} if node is not None else {})
             results = [check.check_message(path, p.read_bytes(), keys) for p in dumps]
+            if path in TLS_PATHS and dumps:       # and the TLS each copy went over to the MX, from the node's log
+                results.append(check.check_tls(path, node.log.read_text(errors="replace"), 2))
             bad = [r for r in results if not r.startswith("ok")]
-            verdicts[path] = (bad[0] if bad else results[0] if results else "FAIL: nothing dumped") + \
+            verdicts[path] = (bad[0] if bad else "; ".join(dict.fromkeys(results)) if results else "FAIL: nothing dumped") + \
                 f" ({len(dumps)} messages)"
             log(f"check {path}: {verdicts[path]}")
         return verdicts

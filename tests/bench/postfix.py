@@ -112,14 +112,18 @@ class Postfix:
     """One private Postfix instance: smtpd on a free loopback port, relaying everything to the sink."""
 
     def __init__(self, root: Path, name: str, sink_port: int, destination_concurrency: int,
-                 milter_socket: Path | None = None, sasl_socket: Path | None = None):
+                 milter_socket: Path | None = None, sasl_socket: Path | None = None,
+                 settings: dict[str, str] | None = None, queue: Path | None = None):
         """sasl_socket: Dovecot's auth socket; the instance then offers STARTTLS (a throwaway certificate),
-        AUTH only after it, and relays only for authenticated clients (path f)."""
+        AUTH only after it, and relays only for authenticated clients (path f). settings: main.cf values
+        added or replaced; queue: the queue directory (default: in the instance's directory)."""
         self.name = name
         self.dir = root / name
-        self.conf, self.queue, self.data = self.dir / "conf", self.dir / "queue", self.dir / "data"
+        self.conf, self.data = self.dir / "conf", self.dir / "data"
+        self.queue = queue or self.dir / "queue"
         for d in (self.conf, self.queue, self.data):
-            d.mkdir(parents=True)
+            d.mkdir(parents=True, exist_ok=True)
+        self.queue.chmod(0o755)
         _chown(self.data, "postfix")
         self.port = free_port()
         main = {
@@ -160,6 +164,7 @@ class Postfix:
                      "smtpd_sasl_path": str(sasl_socket), "smtpd_sasl_security_options": "noanonymous",
                      # the trusted network must not stand in for AUTH: only authenticated clients relay
                      "smtpd_relay_restrictions": "permit_sasl_authenticated, reject"}
+        main |= settings or {}
         (self.conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
         (self.conf / "master.cf").write_text(MASTER_CF.format(port=self.port))
         self.daemon = Daemon(f"postfix {name}", ["postfix", "-c", str(self.conf), "start-fg"],

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from measure import percentile, summary
 
 RATIOS = (("d", "b"), ("d", "c"), ("e", "d"), ("e", "f"), ("g", "d"), ("d-pg", "d"), ("d-pg1ms", "d"),
-          ("d-shaped", "d"))
+          ("d-shaped", "d"), ("d-secure", "d-mx"))
 PROBE = {"a": "loadgen -> smtp-sink (the probe's floor, at d's rate)", "b": "loadgen -> Postfix -> sink",
          "c": "loadgen -> Postfix+OpenDKIM -> sink", "d": "loadgen -> relay (trusted net) -> sink",
          "e": "loadgen TLS+AUTH password -> relay -> sink",
@@ -25,7 +25,8 @@ PROBE = {"a": "loadgen -> smtp-sink (the probe's floor, at d's rate)", "b": "loa
 SERVER = {"b": "Postfix", "c": "Postfix+OpenDKIM", "d": "relay (trusted net)", "e": "relay (TLS+AUTH password)",
           "f": "Postfix+Dovecot+OpenDKIM (TLS+AUTH)", "g": "relay (TLS+AUTH generated)",
           "d-pg": "relay + PostgreSQL (trusted net)", "d-pg1ms": "relay + PostgreSQL 1 ms away",
-          "d-shaped": "relay, the sink a shaped site"}
+          "d-shaped": "relay, the sink a shaped site", "d-mx": "relay, opportunistic TLS to the MX",
+          "d-secure": "relay, MTA-STS + DANE to the MX"}
 HEARTBEAT_TARGET_MS = 20        # the heartbeat's p99 a relay whose store never blocks its event loop stays under
 WIDTH = 56
 
@@ -65,11 +66,17 @@ def summarise(runs: list[dict], paths: Sequence[str], configs: Sequence[tuple[in
                     parts.setdefault(k, []).append(v)
             beats = [ms for r in chosen for ms in r.get("heartbeat_ms", ())]
             proxy = [r["proxy_cpu_ms_per_message"] for r in chosen if "proxy_cpu_ms_per_message" in r]
+            hops: dict[str, list[float]] = {}
+            for r in chosen:
+                for k, v in (r.get("next_hop_cpu_ms_per_message") or {}).items():
+                    hops.setdefault(k, []).append(v)
             out.setdefault(path, {})[_name(concurrency, reuse)] = {
                 "messages": chosen[0]["messages"],
                 **({"heartbeat": {"count": len(beats), "p50_ms": round(percentile(beats, 50), 2),
                                   "p99_ms": round(percentile(beats, 99), 2), "max_ms": max(beats)}} if beats else {}),
                 **({"proxy_cpu_ms_per_message": round(statistics.median(proxy), 3)} if proxy else {}),
+                **({"next_hop_cpu_ms_per_message": {k: round(statistics.median(v), 3) for k, v in hops.items()}}
+                   if hops else {}),
                 "cpu_ms_parts": {k: round(statistics.median(v), 3) for k, v in parts.items()} or None,
                 "rate": {k: round(v, 1) for k, v in summary([r["rate"] for r in chosen]).items()},
                 "cpu_ms_per_message": round(statistics.median(cpu), 3) if cpu else None,
@@ -156,12 +163,16 @@ def render(results: dict, paths: Sequence[str], configs: Sequence[tuple[int, boo
                      "e and g are driven by loadgen.py (Python), d by smtp-source (C): on a small machine the injectors "
                      "take different shares of the CPU, so for e/d and g/d the CPU ratios below are the cleaner "
                      "figure; d-pg/d: the relay with its store on PostgreSQL vs on SQLite; d-pg1ms/d: the same with "
-                     "the store 1 ms away, a round trip the relay should overlap rather than wait for)")
+                     "the store 1 ms away, a round trip the relay should overlap rather than wait for; d-shaped/d: what "
+                     "shaping costs; d-secure/d-mx: the relay delivering through DNS (Unbound) to a STARTTLS MX with the "
+                     "domain's MTA-STS enforce policy and the MX host's DANE-EE TLSA record checked (policies cached in "
+                     "memory, DNSSEC trusted) vs the same MX with both off, opportunistic STARTTLS; both pass the same "
+                     "Postfix MX, whose CPU is not in the relay's)")
     cpu = results.get("cpu_per_message") or {}
     if cpu:
         lines.append("\nCPU ms per message (median over concurrencies and rounds), one connection per message / reuse:")
         for path, modes in cpu.items():
-            lines.append(f"  {path:<7} {SERVER[path]:<37} " + "  ".join(f"{m} {v:7.2f}" for m, v in modes.items()))
+            lines.append(f"  {path:<8} {SERVER[path]:<37} " + "  ".join(f"{m} {v:7.2f}" for m, v in modes.items()))
         for top, bottom in RATIOS:
             both = [m for m in ("new", "reuse") if m in cpu.get(top, {}) and m in cpu.get(bottom, {})]
             if both:
@@ -172,6 +183,12 @@ def render(results: dict, paths: Sequence[str], configs: Sequence[tuple[int, boo
         if parts:
             lines.append("  by process tree: " + "; ".join(
                 f"{path} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in ps.items()) for path, name, ps in parts))
+    hops = [(path, name, s["next_hop_cpu_ms_per_message"]) for path in paths
+            for name, s in results["summary"].get(path, {}).items() if s.get("next_hop_cpu_ms_per_message")]
+    if hops:
+        lines.append("  the next hop's own CPU (tls_mx.py: the Postfix MX, Knot + Unbound, the MTA-STS policy server; "
+                     "not in the relay's figures), ms per message: " + "; ".join(
+                         f"{path} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in hs.items()) for path, name, hs in hops))
     lines += _render_store(results, paths)
     costs = results.get("password_check")
     if costs:

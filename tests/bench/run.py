@@ -14,14 +14,21 @@ messages per connection ("reuse"):
   d-pg1ms  as d-pg, the store reached through tests/latency_proxy.py, 1 ms added to each round trip
   d-shaped as d, a node whose shaping rules (the shipped ones) have a site for the sink with a rate it does not
            reach: what shaping costs on the hot path (a site's lookup, its actions, its rate claimed in the store)
+  d-mx     smtp-source -> relay -> the recipient domain's MX found through a real Unbound (Knot serving a signed
+           zone) -> a private Postfix MX offering STARTTLS -> smtp-sink; `mta_sts = false`, `dane = false`:
+           opportunistic STARTTLS, what the relay does for a domain without policies (tls_mx.py)
+  d-secure as d-mx, same DNS, MX and sink, with `mta_sts = true`, `dane = true`, `[dns] dnssec = true`: the domain
+           publishes an MTA-STS enforce policy and the MX host a DANE-EE TLSA record (3 1 1, its certificate's
+           SPKI), so each copy has its policy looked up (in memory after the first fetch) and each new connection
+           to the MX its certificate matched against the TLSA record (DANE takes precedence over MTA-STS)
 Each run sends N messages (--messages), except f with one connection per message, where every message
 pays a ~0.1 s password check (Dovecot checks the Argon2id hash at every login, see dovecot.py): it
 sends --auth-messages (default N/10, at least 100); the report says which count each run had. (The
 relay checks a person's password with scrypt once per worker and then remembers the verified login,
 submission.auth_cache_ttl, so e runs the full N.) Rounds interleave the paths (a b c d e f g d-pg d-pg1ms
-d-shaped, a b c ..., ...) so that drift of the machine hits all alike, and the ratios (d/b, d/c, e/d, e/f,
-g/d, d-pg/d, d-pg1ms/d, d-shaped/d) are taken within each round. A run's clock starts when the injector starts and stops
-when the sink has counted all of its messages. During the runs of d, d-pg and d-pg1ms the heartbeat
+d-shaped d-mx d-secure, a b c ..., ...) so that drift of the machine hits all alike, and the ratios (d/b, d/c, e/d,
+e/f, g/d, d-pg/d, d-pg1ms/d, d-shaped/d, d-secure/d-mx) are taken within each round. A run's clock starts when the
+injector starts and stops when the sink has counted all of its messages. During the runs of d, d-pg and d-pg1ms the heartbeat
 probe (heartbeat.py) times a NOOP every 50 ms on a connection of its own: a store that blocks the
 relay's event loop shows there. After the rounds: the latency probe, the EHLO reply time (relay after STARTTLS,
 relay implicit TLS, Postfix's smtpd), the floor of the relay's stack on its own event loop (floor.py),
@@ -30,11 +37,12 @@ Everything runs on 127.0.0.1 (and 127.0.0.2-51 for the flood) only.
 
 Usage (as root; `make bench BENCH_ARGS="..."` runs the same):
   .venv/bin/python tests/bench/run.py [--quick] [--messages N] [--auth-messages N] [--workers W] [--rounds R]
-        [--paths a,b,c,d,e,f,g,d-pg,d-pg1ms,d-shaped] [--concurrency 10,50] [--modes new,reuse] [--skip PATH:MODE,...]
-        [--latency-seconds S] [--floor-messages N] [--flood-seconds S] [--flood-only] [--keep] [--output FILE]
+        [--paths a,b,c,d,e,f,g,d-pg,d-pg1ms,d-shaped,d-mx,d-secure] [--concurrency 10,50] [--modes new,reuse]
+        [--skip PATH:MODE,...] [--latency-seconds S] [--floor-messages N] [--flood-seconds S] [--flood-only] [--keep]
+        [--output FILE]
 The modules: harness.py (the runs), postfix.py, dovecot.py, relay_node.py, sink.py, loadgen.py, flood.py,
-floor.py, heartbeat.py, measure.py, check.py, message.py, report.py; tests/postgres.py (the PostgreSQL
-server) and tests/latency_proxy.py (the delay) from the test suite.
+floor.py, heartbeat.py, measure.py, check.py, message.py, report.py, tls_mx.py; tests/postgres.py (the PostgreSQL
+server), tests/latency_proxy.py (the delay) and tests/dns_zone.py (Knot and Unbound) from the test suite.
 """
 from __future__ import annotations
 
