@@ -13,14 +13,11 @@ HOLD_RECHECK). Mail of a removed tenant is dropped, its body erased, at its turn
 own mail (acknowledgements, taken from the store's outbox into the spool) goes the same way without tenant
 headers or token, from the null sender (RFC 3834 §3.3).
 
-Fresh mail does not go through SQLite on its way out. This worker's submission sessions hand each message
-over in memory (`reserve` before the spool's commit, `take` right after its fsync): the loop issues the
-recipients' tokens at `reserve` and their sent rows are committed with that turn's store writes while the
-spool syncs, so a copy can leave as soon as both commits are done, its body shared by all its recipients
-and never read back. The spool's scan (`due`, at least every second) finds the rest: retries, the leases
-left by a previous run, adopted shards, and mail that arrived while the hand-off held FRESH_RECIPIENTS or
-FRESH_BYTES (it simply waits in the spool). A recipient is claimed by one attempt at a time (`_inflight`,
-held until its outcome is committed) and `delivery.concurrency` copies are on their way at most.
+Fresh mail does not go through SQLite on its way out: this worker's submission sessions hand each message over
+in memory (relay/fresh.py), its body shared by all its recipients and never read back. The spool's scan
+(`due`, at least every second) finds the rest: retries, the leases left by a previous run, adopted shards, and
+mail that did not fit in the hand-off. A recipient is claimed by one attempt at a time (`_inflight`, held until
+its outcome is committed) and `delivery.concurrency` copies are on their way at most.
 """
 from __future__ import annotations
 
@@ -29,7 +26,6 @@ import logging
 import random
 import re
 import time
-from collections import deque
 from dataclasses import dataclass
 from functools import partial
 
@@ -40,6 +36,7 @@ from policy.settings import Settings
 from policy.store import Store, StoreError, epoch
 from policy.tokens import TokenKeys
 from relay.eightbit import ConversionError, to_7bit
+from relay.fresh import FreshMail, message_id
 from relay.routing import RouteError, Router
 from relay.egress import Sources
 from relay.shaping import Shaper, Wait, waiting
@@ -47,16 +44,13 @@ from relay.signer import Signer
 from relay.signing import SigningError
 from relay.smtp_out import Courier, Outcome
 from relay.transport import Refused, Transport
-from relay.spool import LEASE, Due, Message, Queued, Spool, SpoolError, State
+from relay.spool import LEASE, Due, Message, Spool, SpoolError, State
 
 log = logging.getLogger("websofttt.delivery")
 
-_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.I | re.M)
 _CAMPAIGN = re.compile(r"[^A-Za-z0-9._-]")
 HOUSEKEEPING_INTERVAL = 1.0   # seconds between looks at the outbox, the DKIM keys and the WAL
 HOLD_RECHECK = 60.0           # seconds between looks at a suspended tenant's held mail
-FRESH_RECIPIENTS = 4096       # recipients handed over in memory and not yet started, at most
-FRESH_BYTES = 32 * 1024 * 1024    # bodies of those, at most (one copy per message, whatever its recipients)
 SHAPED_IN_MEMORY = 1.0        # a copy whose site's rate allows it within this many seconds waits for it here
 
 
@@ -87,24 +81,6 @@ class Verdict:
         return replies.status(self.reply)
 
 
-class Fresh:
-    """A message handed over in memory: its recipients not yet started, and their tokens."""
-    __slots__ = ("message", "queued", "recipients", "tokens", "recorded", "lease_ends")
-
-    def __init__(self, message: Message, tokens: dict[str, str]):
-        self.message = message
-        self.queued: Queued | None = None                 # set once the spool has committed it
-        self.recipients = deque(dict.fromkeys(message.recipients))
-        self.tokens = tokens
-        self.recorded: asyncio.Future | None = None       # the tokens' sent rows, committed (or the error)
-        self.lease_ends = time.time() + LEASE             # the scan sees its rows from then on
-
-    def next_due(self) -> Due:
-        recipient = self.recipients.popleft()
-        assert self.queued is not None       # only a committed Fresh is queued for its recipients (_queue_fresh)
-        return self.queued.due(recipient, self.tokens[recipient] if _committed(self.recorded) else None)
-
-
 class DeliveryLoop:
     def __init__(self, settings: Settings, store: Store, writes: GroupCommit, spool: Spool, signer: Signer,
                  tokens: TokenKeys, router: Router, transport: Transport, courier: Courier, shaper: Shaper,
@@ -115,10 +91,8 @@ class DeliveryLoop:
         self.router, self.transport, self.courier, self.shaper, self.sources = router, transport, courier, shaper, sources
         self.wake = asyncio.Event()
         self._inflight: set[tuple[str, str]] = set()     # claimed: an attempt runs, or its outcome is not committed
-        self._fresh: deque[Fresh] = deque()               # handed over, in order, recipients not yet started
-        self._reserved: dict[str, Fresh] = {}             # handed over, the spool's commit not yet known
-        self._fresh_keys: set[tuple[str, str]] = set()    # their recipients: the scan leaves them alone
-        self._fresh_recipients = self._fresh_bytes = 0    # of both, against FRESH_RECIPIENTS and FRESH_BYTES
+        # the hand-off from this worker's sessions (the spool's Handoff)
+        self.fresh = FreshMail(writes, tokens, settings.delivery.sent_retention, self._pump, self._scan_now)
         self._scan_at = 0.0           # time.time() of the next look at the spool (0: as soon as a copy may start)
         self._scan_waiting = False    # a look is due and waits for a free place (fresh mail does not take it)
         self._started = time.time()   # rows leased before started + LEASE are a previous run's: due now
@@ -145,7 +119,7 @@ class DeliveryLoop:
             pause = 1.0 if self._scan_waiting else min(1.0, max(0.0, self._scan_at - time.time()))
             await _first(self.wake, stop, timeout=pause)
         await chores
-        self._stopping = True         # what is still in memory is leased in the spool: the next run takes it
+        self._stopping = self.fresh.closed = True     # what is in memory is leased in the spool: the next run takes it
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.delivery.data_timeout)
         await self.courier.close()
@@ -173,14 +147,13 @@ class DeliveryLoop:
     def _scan(self, limit: int) -> None:
         """Start what is due in the spool and not claimed, oldest first, in the free places."""
         now = time.time()
-        while self._fresh and self._fresh[0].lease_ends <= now:    # waited too long: the scan takes it over
-            self._drop_fresh(self._fresh.popleft())
+        self.fresh.expire(now)        # what waited in memory too long: the scan takes it over
         free = limit - len(self._tasks)
         leased_before = self._started + LEASE
         started = 0
         for due in self.spool.due(now, free + len(self._inflight), leased_before):
             key = (due.queue_id, due.recipient)
-            if started < free and key not in self._inflight and key not in self._fresh_keys:
+            if started < free and key not in self._inflight and not self.fresh.holds(key):
                 self._start(due)
                 started += 1
         self._scan_waiting = False
@@ -190,80 +163,21 @@ class DeliveryLoop:
             next_due = self.spool.next_due()
             self._scan_at = now + (1.0 if next_due is None else min(1.0, max(0.05, next_due - now)))
 
-    def reserve(self, message: Message) -> bool:
-        """The hand-off, before the spool's commit: room for `message`? Then its recipients' tokens are issued
-        and their sent rows join the store's pending writes (committed by `take`, if not before)."""
-        recipients = dict.fromkeys(message.recipients)
-        size, count = len(message.data), len(recipients)
-        if (self._stopping or message.tenant == outbox.PROVIDER
-                or self._fresh_recipients + count > FRESH_RECIPIENTS or self._fresh_bytes + size > FRESH_BYTES):
-            return False
-        fresh = self._reserved[message.id] = Fresh(message, {r: self.tokens.issue() for r in recipients})
-        message_id = _message_id(message.data)
-        fresh.recorded = self.writes.submit(_record_sent, [(t, message.tenant, r, message_id, message.id,
-                                                            self.settings.delivery.sent_retention)
-                                                           for r, t in fresh.tokens.items()], soon=False)
-        self._fresh_keys.update((message.id, r) for r in recipients)
-        self._fresh_recipients += count
-        self._fresh_bytes += size
-        return True
-
-    def take(self, queued: Queued) -> None:
-        """The hand-off, after the spool's fsync: deliver `queued` from memory, or look for it in the spool.
-
-        A copy leaves only once its token's sent row is committed (a reply or bounce names the token): if that
-        row still waits in the store's group commit, it is committed now, in one transaction with the rows of
-        every message accepted meanwhile and the bookkeeping waiting with them."""
-        fresh = self._reserved.pop(queued.message.id, None) if queued.leased else None
-        if fresh is None:             # no room was reserved for it: the scan finds it
-            self._scan_at = 0.0
-            self.wake.set()
-            return
-        recorded = fresh.recorded
-        assert recorded is not None     # set by `reserve` with the Fresh
-        if recorded.done():
-            return self._queue_fresh(fresh, queued)
-        self.writes.hurry()
-        recorded.add_done_callback(lambda _: self._queue_fresh(fresh, queued))
-
-    def _queue_fresh(self, fresh: Fresh, queued: Queued) -> None:
-        if not _committed(fresh.recorded):     # each copy records a token of its own (or is deferred)
-            log.warning("cannot record the tokens of %s, each copy records its own", queued.message.id)
-        fresh.queued = queued
-        self._fresh.append(fresh)
-        self._pump()
-
-    def release(self, message: Message) -> None:
-        """The hand-off, when the spool's commit failed: the client is told to try again; forget the tokens."""
-        fresh = self._reserved.pop(message.id, None)
-        if fresh is not None:
-            self._drop_fresh(fresh)
-            self.writes.later(_forget_sent, list(fresh.tokens.values()))
-
-    def _drop_fresh(self, fresh: Fresh) -> None:
-        """Forget what is left of a message in memory (its rows are in the spool for the scan)."""
-        self._fresh_recipients -= len(fresh.recipients)
-        self._fresh_bytes -= len(fresh.message.data)
-        self._fresh_keys.difference_update((fresh.message.id, r) for r in fresh.recipients)
-        fresh.recipients.clear()
+    def _scan_now(self) -> None:
+        """Mail the hand-off had no room for is in the spool: look there now."""
+        self._scan_at = 0.0
+        self.wake.set()
 
     def _pump(self) -> None:
         """Start handed-over recipients, in order, in the free places (unless the spool's scan waits for one)."""
         limit = self.settings.delivery.concurrency
-        while self._fresh and len(self._tasks) < limit and not self._scan_waiting and not self._stopping:
-            fresh = self._fresh[0]
-            if not fresh.recipients:
-                self._fresh.popleft()
-                continue
-            due = fresh.next_due()
-            key = (due.queue_id, due.recipient)
-            self._fresh_recipients -= 1
-            self._fresh_keys.discard(key)
-            if not fresh.recipients:
-                self._fresh.popleft()
-                self._fresh_bytes -= len(fresh.message.data)
-            if key not in self._inflight:
-                self._start(due, fresh.message.data)
+        while len(self._tasks) < limit and not self._scan_waiting and not self._stopping:
+            handed = self.fresh.next()
+            if handed is None:
+                return
+            due, body = handed
+            if (due.queue_id, due.recipient) not in self._inflight:
+                self._start(due, body)
 
     def _start(self, due: Due, body: bytes | None = None) -> None:
         self._inflight.add((due.queue_id, due.recipient))
@@ -387,7 +301,7 @@ class DeliveryLoop:
     async def _new_token(self, due: Due, body: bytes) -> str:
         """A token for this copy, committed with its sent row before the copy leaves (a reply names it)."""
         token = self.tokens.issue()
-        await self.writes.now(sent.record, token, due.tenant, due.recipient, _message_id(body), due.queue_id,
+        await self.writes.now(sent.record, token, due.tenant, due.recipient, message_id(body), due.queue_id,
                               self.settings.delivery.sent_retention)
         return token
 
@@ -461,23 +375,3 @@ async def _first(*events: asyncio.Event, timeout: float) -> None:
     await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
         w.cancel()
-
-
-def _message_id(body: bytes) -> str | None:
-    m = _MESSAGE_ID.search(body.split(b"\r\n\r\n", 1)[0])
-    return m.group(1).decode("utf-8", "replace").strip() if m else None
-
-
-def _record_sent(store: Store, rows: list[tuple]) -> None:
-    """The sent rows of one handed-over message, one write of the group commit."""
-    for row in rows:
-        sent.record(store, *row)
-
-
-def _committed(write: asyncio.Future | None) -> bool:
-    return write is not None and write.done() and not write.cancelled() and write.exception() is None
-
-
-def _forget_sent(store: Store, tokens: list[str]) -> None:
-    """Sent rows of a message the spool did not take: no copy will ever carry these tokens."""
-    store.executemany("DELETE FROM sent WHERE token = ?", [(t,) for t in tokens])

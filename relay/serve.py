@@ -306,7 +306,7 @@ async def worker_main(settings: Settings, index: int, roles: tuple[str, ...],
                                                                resolver))
         stack.callback(stop.set)          # whatever ends the worker (SIGTERM, a listener that fails) ends the loops
         tls = server_ssl_context(settings.tls_cert, settings.tls_key)
-        intake = Intake(settings, store, writes, spools[0], handoff=deliveries[0] if deliveries else None)
+        intake = Intake(settings, store, writes, spools[0], handoff=deliveries[0].fresh if deliveries else None)
         ports = {"submission": await stack.enter_async_context(_submission(settings, intake, roles, tls, bind))}
         services = {}
         for role, start in (starters or {}).items():

@@ -125,7 +125,7 @@ class Queued:
 
 
 class Handoff(Protocol):
-    """The delivery loop of this process, taking fresh mail in memory (relay/delivery.py)."""
+    """The delivery loop of this process, taking fresh mail in memory (relay/fresh.py)."""
 
     def reserve(self, message: Message) -> bool:
         """Room for `message`? Then its rows are written leased. Once the commit is known, `take` follows if it

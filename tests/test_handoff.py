@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from relay import delivery, spool
+from relay import delivery, fresh, spool
 from relay.delivery import DeliveryLoop
 from relay.smtp_out import Courier
 from relay.spool import Spool
@@ -103,7 +103,7 @@ def test_a_copy_leaves_only_once_its_token_is_in_the_store(relay_factory, paced_
     if batch == "failed":
         def locked(*args):
             raise sqlite3.OperationalError("database is locked")
-        monkeypatch.setattr(delivery, "_record_sent", locked)
+        monkeypatch.setattr(fresh, "_record_sent", locked)
     relay = start(relay_factory, paced_sink)
 
     def check(envelope) -> tuple | None:
@@ -159,7 +159,7 @@ def test_without_delivery_on_this_node_nothing_is_handed_over(relay_factory, sin
 
 
 def test_a_full_hand_off_leaves_mail_in_the_spool_without_blocking(relay_factory, paced_sink, monkeypatch, reads):
-    monkeypatch.setattr(delivery, "FRESH_RECIPIENTS", 2)
+    monkeypatch.setattr(fresh, "FRESH_RECIPIENTS", 2)
     paced_sink.gate.clear()                                                # the first copy waits at the next hop
     relay = start(relay_factory, paced_sink, concurrency=1, data_timeout=20.0)
     ids = [submit(relay, (f"r{i}@example.net",)) for i in range(5)]       # each answered 250 at once
@@ -177,7 +177,8 @@ def test_no_recipient_is_attempted_twice_under_load(relay_factory, paced_sink, m
     """Many sessions at once, two copies on their way at most. Squeezed: a hand-off of 3 recipients and leases of
     0.3 s, so that mail overflows to the spool and the scan takes over mail that waited in memory too long."""
     if squeeze:
-        monkeypatch.setattr(delivery, "FRESH_RECIPIENTS", 3)
+        monkeypatch.setattr(fresh, "FRESH_RECIPIENTS", 3)
+        monkeypatch.setattr(fresh, "LEASE", 0.3)
         monkeypatch.setattr(delivery, "LEASE", 0.3)
         monkeypatch.setattr(spool, "LEASE", 0.3)
     sending = Counter()
