@@ -38,7 +38,8 @@ test: $(STAMP) lint
 	WEBSOFTTT_LOOP=asyncio $(BIN)/python -m pytest $(PARALLEL)
 	WEBSOFTTT_LOOP=asyncio $(BIN)/python -m pytest -m serial
 
-# Relay vs Postfix on this machine (root: installs postfix, opendkim, dovecot-core if missing); BENCH_ARGS=--quick for a short run.
+# Relay vs Postfix on this machine (root: installs postfix, opendkim, dovecot-core, knot, unbound, ldnsutils if missing);
+# BENCH_ARGS=--quick for a short run.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
 	$(BIN)/python tests/bench/api_bench.py

@@ -108,6 +108,10 @@ class MtaSts:
         return self._remember(domain, recheck, policy)
 
     def _remember(self, domain: str, until: float, policy: Policy | None) -> Policy | None:
+        """Keep the answer until `until`, or until the policy's max_age runs out if that comes first (but at
+        least MIN_RECHECK: a tiny max_age must not mean a lookup per copy)."""
+        if policy is not None:
+            until = min(until, max(policy.fetched + policy.max_age, self._clock() + MIN_RECHECK))
         self._memo[domain] = (until, policy)
         return policy
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from measure import Daemon, free_port, wait_port
 
-PACKAGES = ("postfix", "opendkim", "opendkim-tools", "dovecot-core")
-TOOLS = ("postfix", "smtp-source", "smtp-sink", "opendkim", "opendkim-genkey", "dovecot", "doveadm")
+PACKAGES = ("postfix", "opendkim", "opendkim-tools", "dovecot-core", "knot", "unbound", "ldnsutils")
+TOOLS = ("postfix", "smtp-source", "smtp-sink", "opendkim", "opendkim-genkey", "dovecot", "doveadm",
+         "knotd", "unbound", "ldns-signzone")      # the last three: the DNSSEC zone of paths d-mx and d-secure
 SBIN = ("/usr/sbin", "/usr/lib/postfix/sbin", "/sbin")
 MASTER_CF = """\
 # service type  private unpriv  chroot  wakeup  maxproc command
@@ -57,12 +58,14 @@ def _which(tool: str) -> str | None:
 
 
 def ensure_packages(log) -> None:
-    """Install Postfix, OpenDKIM and Dovecot from Debian when a tool is missing, starting no system service.
+    """Install Postfix, OpenDKIM, Dovecot, Knot, Unbound and ldns from Debian when a tool is missing, starting no
+    system service.
 
     Postfix is preseeded with "No configuration" (no /etc/postfix/main.cf is written and nothing is
     started); a policy-rc.d that denies every start is put in place for the install when the
-    machine has none, so that the opendkim and dovecot-core packages do not start the system's
-    opendkim or dovecot either (path f runs a private `dovecot -c FILE`, see dovecot.py).
+    machine has none, so that the other packages do not start the system's opendkim, dovecot, knot or
+    unbound either (path f runs a private `dovecot -c FILE`, see dovecot.py; d-mx and d-secure their own
+    Knot and Unbound, tests/dns_zone.py).
     """
     os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), *SBIN])
     missing = [t for t in TOOLS if _which(t) is None]
