@@ -24,10 +24,11 @@ from cryptography import x509
 from prometheus_client import REGISTRY
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from policy import events, mta_sts
+from policy import events, mta_sts, tls_reports
 from policy.keys import dkim_public_value, load_private_key
-from policy.settings import Dns
+from policy.settings import Dns, load_settings
 from relay import tls_report
+from relay.cli.common import migrated_store
 from relay.resolver import make_resolver
 from tests.conftest import CountingSMTP, RunningRelay, Sink, SinkController, free_port, make_settings, prepare, run_cli
 from tests.dns_zone import RealDns, Zone
@@ -345,14 +346,41 @@ def test_a_tls_rpt_report_of_a_day_with_both_outcomes(world, relay):
     assert dkim.verify(mailed[0], dnsfunc=lambda name, timeout=5: b"v=DKIM1; k=rsa; p=" + public)
 
 
-def test_dns_check_prints_what_delivery_would_do(world, tmp_path):
+@pytest.fixture
+def config(world, tmp_path):
+    """A configuration file for the command line, pointing at Unbound, the next hops and the policy server."""
+    path = tmp_path / "websofttt.toml"
+    path.write_text(f'[paths]\ndata_dir = "{tmp_path / "var"}"\n'
+                    f'[dns]\nnameservers = ["127.0.0.1:{world.dns.port}"]\ndnssec = true\n'
+                    f'[delivery]\nmx_port = {world.port}\ntls_ca_file = "{world.ca_file}"\n'
+                    f'mta_sts_https_port = {world.policies.port}\nhttps_private_hosts = true\n')
+    return path
+
+
+def test_tls_report_show_and_send_by_hand(world, config, tmp_path):
+    """`tls-report show` prints a day's report and where it goes; `tls-report send` sends it once."""
+    store = migrated_store(load_settings(config))
+    failed = tls_reports.Session("rpt.sts.test", "sts", ("version: STSv1",), "mx.wrong.sts.test", "127.0.0.4",
+                                 "certificate-host-mismatch")
+    tls_reports.count(store, "2026-12-01", failed)
+    store.close()
+    done = run_cli("tls-report", "show", "--day", "2026-12-01", "--json", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    ((shown),) = json.loads(done.stdout)
+    assert shown["domain"] == "rpt.sts.test" and shown["rua"][0] == "mailto:tls@reports.sts.test"
+    assert shown["report"]["policies"][0]["summary"] == {"total-successful-session-count": 0,
+                                                         "total-failure-session-count": 1}
+    sent = run_cli("tls-report", "send", "--day", "2026-12-01", "--config", str(config), cwd=tmp_path)
+    assert sent.returncode == 0 and sent.stdout.startswith("rpt.sts.test 2026-12-01: mailto:tls@reports.sts.test queued")
+    assert run_cli("tls-report", "send", "--day", "2026-12-01", "--config", str(config), cwd=tmp_path).stdout == \
+        "nothing to send\n"
+    bad = run_cli("tls-report", "show", "--day", "yesterday", "--config", str(config), cwd=tmp_path)
+    assert bad.returncode == 2 and "--day" in bad.stderr and "'yesterday' is not a date" in bad.stderr
+
+
+def test_dns_check_prints_what_delivery_would_do(world, config, tmp_path):
     """`websofttt dns check` with a configuration pointing at Unbound: a DANE domain, an enforce policy whose
     patterns leave one MX host out, and a domain without MX (exit 0 either way, the error said)."""
-    config = tmp_path / "websofttt.toml"
-    config.write_text(f'[paths]\ndata_dir = "{tmp_path / "var"}"\n'
-                      f'[dns]\nnameservers = ["127.0.0.1:{world.dns.port}"]\ndnssec = true\n'
-                      f'[delivery]\nmx_port = {world.port}\ntls_ca_file = "{world.ca_file}"\n'
-                      f'mta_sts_https_port = {world.policies.port}\nhttps_private_hosts = true\n')
     done = run_cli("dns", "check", "dane.test", "--json", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (host,) = json.loads(done.stdout)["hosts"]
