@@ -27,7 +27,7 @@ from policy.store import Store
 from policy.store_sqlite import SqliteStore
 from policy.tokens import ensure_secret
 from relay import eventloop
-from relay.cli import starters
+from relay.cli.node import starters
 from relay.serve import worker_main
 from tests.postgres import start_or_skip
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import importlib
 import io
 import json
 import re
@@ -389,7 +390,9 @@ def test_queue_show_requires_reason_and_audits_first(fails, ok_json, rows):
 
 def _command_paths(group: click.Group = cli_mod.cli, prefix: tuple[str, ...] = ()):
     yield prefix
-    for name, command in sorted(group.commands.items()):
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
         if isinstance(command, click.Group):
             yield from _command_paths(command, prefix + (name,))
         else:
@@ -397,6 +400,24 @@ def _command_paths(group: click.Group = cli_mod.cli, prefix: tuple[str, ...] = (
 
 
 COMMAND_PATHS = list(_command_paths())
+
+
+def test_each_command_is_loaded_from_the_module_that_defines_it():
+    """COMMAND_MODULES names, for each command, the module whose COMMANDS define it, and every module of
+    relay/cli/ with commands is in it: a new command group cannot be left out of the lazy group."""
+    modules = {p.stem for p in Path(cli_mod.__file__).parent.glob("*.py")} - {"__init__", "common"}
+    assert set(cli_mod.COMMAND_MODULES.values()) == modules
+    for module in modules:
+        defined = {c.name for c in importlib.import_module(f"relay.cli.{module}").COMMANDS}
+        assert defined == {n for n, m in cli_mod.COMMAND_MODULES.items() if m == module}, module
+
+
+def test_a_short_command_does_not_load_the_serving_roles():
+    """`websofttt audit …` imports its own module, not the delivery path, the serving roles or aiohttp."""
+    code = ("import sys, click; from relay.cli import cli; cli.get_command(click.Context(cli), 'audit'); "
+            "print(*sorted(m for m in ('aiohttp', 'relay.serve', 'relay.delivery', 'relay.cli.audit') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == ["relay.cli.audit"]
 
 
 def test_help_walk_covers_the_documented_commands():
