@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import dns.asyncresolver
 import dns.exception
+import dns.resolver
 
 from policy import outbox, tls_reports
 from policy.settings import Settings
@@ -25,22 +26,37 @@ POST_TIMEOUT = 30.0
 
 
 async def rua(resolver: dns.asyncresolver.Resolver, domain: str) -> list[str]:
-    """Where `domain` wants its reports; [] when it publishes no (valid) TLS-RPT record."""
+    """Where `domain` wants its reports; [] when it publishes no (valid) TLS-RPT record. A lookup that fails
+    for now raises dns.exception.DNSException: the report waits for the next try."""
     try:
         answer = await resolver.resolve(f"_smtp._tls.{domain}", "TXT")
-    except dns.exception.DNSException:
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     return tls_reports.destinations([b"".join(r.strings).decode("ascii", "replace") for r in answer])
 
 
+async def rua_or_why(resolver: dns.asyncresolver.Resolver, domain: str) -> tuple[list[str], str]:
+    """For the command line: (the rua, '') or ([], why the lookup failed)."""
+    try:
+        return await rua(resolver, domain), ""
+    except dns.exception.DNSException as e:
+        return [], f"lookup failed: {e}"
+
+
 async def send_day(settings: Settings, store: Store, call: Callable[..., Awaitable[Any]],
                    resolver: dns.asyncresolver.Resolver, day: str) -> list[dict[str, Any]]:
-    """Send the reports of `day` not yet sent by any node; what was done, one entry per domain."""
+    """Send the reports of `day` not yet sent by any node; what was done, one entry per domain sent to. A domain
+    without a TLS-RPT record is claimed too (nothing to send, nothing to look up again); one whose lookup
+    failed is left for the next run."""
     p = settings.provider
     done = []
     for domain in await call(tls_reports.domains, store, day, True):
-        uris = await rua(resolver, domain)
-        if not uris or not await call(tls_reports.claim, store, day, domain, settings.node.name):
+        try:
+            uris = await rua(resolver, domain)
+        except dns.exception.DNSException as e:
+            log.warning("TLS-RPT report of %s for %s waits: %s", domain, day, e)
+            continue
+        if not await call(tls_reports.claim, store, day, domain, settings.node.name) or not uris:
             continue
         report = await call(tls_reports.report, store, day, domain, p.domain, f"mailto:postmaster@{p.domain}")
         sent = []

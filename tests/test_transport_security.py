@@ -363,10 +363,12 @@ def test_tls_report_show_and_send_by_hand(world, config, tmp_path):
     failed = tls_reports.Session("rpt.sts.test", "sts", ("version: STSv1",), "mx.wrong.sts.test", "127.0.0.4",
                                  "certificate-host-mismatch")
     tls_reports.count(store, "2026-12-01", failed)
+    tls_reports.count(store, "2026-12-01", dataclasses.replace(failed, domain="enforce-good.sts.test"))  # no TLS-RPT
     store.close()
     done = run_cli("tls-report", "show", "--day", "2026-12-01", "--json", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    ((shown),) = json.loads(done.stdout)
+    no_record, shown = json.loads(done.stdout)
+    assert (no_record["domain"], no_record["rua"], no_record["rua_error"]) == ("enforce-good.sts.test", [], None)
     assert shown["domain"] == "rpt.sts.test" and shown["rua"][0] == "mailto:tls@reports.sts.test"
     assert shown["report"]["policies"][0]["summary"] == {"total-successful-session-count": 0,
                                                          "total-failure-session-count": 1}
@@ -374,6 +376,10 @@ def test_tls_report_show_and_send_by_hand(world, config, tmp_path):
     assert sent.returncode == 0 and sent.stdout.startswith("rpt.sts.test 2026-12-01: mailto:tls@reports.sts.test queued")
     assert run_cli("tls-report", "send", "--day", "2026-12-01", "--config", str(config), cwd=tmp_path).stdout == \
         "nothing to send\n"
+    store = migrated_store(load_settings(config))        # the domain without a record is settled too: not looked up again
+    assert tls_reports.domains(store, "2026-12-01") == ["enforce-good.sts.test", "rpt.sts.test"]
+    assert tls_reports.domains(store, "2026-12-01", unsent=True) == []
+    store.close()
     bad = run_cli("tls-report", "show", "--day", "yesterday", "--config", str(config), cwd=tmp_path)
     assert bad.returncode == 2 and "--day" in bad.stderr and "'yesterday' is not a date" in bad.stderr
 

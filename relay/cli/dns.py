@@ -47,8 +47,9 @@ async def _check(settings: Settings, store: Store, domain: str) -> dict[str, Any
         return function(*args)
     router = Router(settings.delivery, dns_settings=settings.dns)
     transport = Transport(settings, router, store, call)
+    rpt, rpt_failed = await tls_report.rua_or_why(router.resolver, domain)
     result: dict[str, Any] = {"domain": domain, "routed": router.routed(domain), "mta_sts": None, "hosts": [],
-                              "tls_rpt": await tls_report.rua(router.resolver, domain)}
+                              "tls_rpt": rpt, "tls_rpt_error": rpt_failed or None}
     try:
         destinations = await router.route(domain)
     except RouteError as e:
@@ -90,7 +91,7 @@ def _lines(r: dict[str, Any]) -> list[str]:
     sts = r["mta_sts"]
     lines.append(f"  MTA-STS: {sts['mode']}, mx {', '.join(sts['mx']) or '-'}, max_age {sts['max_age']} (id {sts['id']})"
                  if sts else "  MTA-STS: no policy")
-    lines.append(f"  TLS-RPT: {', '.join(r['tls_rpt']) or 'no record'}")
+    lines.append(f"  TLS-RPT: {', '.join(r['tls_rpt']) or r['tls_rpt_error'] or 'no record'}")
     for h in r["hosts"]:
         where = f"{h['host']}:{h['port']}" + (f" [{h['address']}]" if h["address"] else "")
         secure = " (MX DNSSEC-secure)" if h["mx_secure"] else ""

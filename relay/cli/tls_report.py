@@ -53,10 +53,13 @@ def tls_report_show(settings, store, day, as_json) -> None:
     resolver = relay_dns.make_resolver(settings.dns)
 
     async def gather() -> list[dict[str, Any]]:
-        return [{"domain": domain, "rua": await tls_report.rua(resolver, domain),
-                 "report": tls_reports.report(store, day, domain, settings.provider.domain,
-                                              f"mailto:postmaster@{settings.provider.domain}")}
-                for domain in tls_reports.domains(store, day)]
+        rows = []
+        for domain in tls_reports.domains(store, day):
+            rua, failed = await tls_report.rua_or_why(resolver, domain)
+            rows.append({"domain": domain, "rua": rua, "rua_error": failed or None,
+                         "report": tls_reports.report(store, day, domain, settings.provider.domain,
+                                                      f"mailto:postmaster@{settings.provider.domain}")})
+        return rows
     emit(asyncio.run(gather()), as_json, _lines)
 
 
@@ -83,7 +86,8 @@ def tls_report_send(settings, store, day, as_json) -> None:
 def _lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for row in rows:
-        lines.append(f"{row['domain']}  rua: {', '.join(row['rua']) or '(no _smtp._tls record: not sent)'}")
+        where = ", ".join(row["rua"]) or row["rua_error"] or "(no _smtp._tls record: not sent)"
+        lines.append(f"{row['domain']}  rua: {where}")
         for entry in row["report"]["policies"]:
             policy, summary = entry["policy"], entry["summary"]
             lines.append(f"  {policy['policy-type']:<16} {', '.join(policy['mx-host'])}: "
