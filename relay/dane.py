@@ -17,6 +17,7 @@ import dns.exception
 import dns.resolver
 from cachetools import TLRUCache
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
@@ -84,14 +85,17 @@ def matches(records: tuple[Record, ...], chain: list[bytes], host: str) -> str:
     trust anchor, and the leaf must chain to it, valid now, for the MX host's name (§3.1.2, §3.2)."""
     if not chain:
         return "the peer sent no certificate"
-    certs = [x509.load_der_x509_certificate(der) for der in chain]
-    for usage, selector, mtype, data in usable(records):
-        if usage == DANE_EE and _digest(certs[0], selector, mtype) == data:
-            return ""
-        if usage == DANE_TA:
-            for anchor in certs[1:] if len(certs) > 1 else certs:
-                if _digest(anchor, selector, mtype) == data and _chains(certs, anchor, host):
-                    return ""
+    try:
+        certs = [x509.load_der_x509_certificate(der) for der in chain]
+        for usage, selector, mtype, data in usable(records):
+            if usage == DANE_EE and _digest(certs[0], selector, mtype) == data:
+                return ""
+            if usage == DANE_TA:
+                for anchor in certs[1:] if len(certs) > 1 else certs:
+                    if _digest(anchor, selector, mtype) == data and _chains(certs, anchor, host):
+                        return ""
+    except (ValueError, UnsupportedAlgorithm) as e:      # a certificate or key cryptography cannot read
+        return f"the peer's certificate chain cannot be read ({e})"
     return "no TLSA record matches the certificate chain"
 
 
