@@ -9,7 +9,7 @@ import ipaddress
 import socket
 import ssl
 import aiohttp
-from aiohttp.abc import ResolveResult
+from aiohttp.abc import AbstractResolver, ResolveResult
 import dns.asyncresolver
 import dns.exception
 import dns.flags
@@ -53,27 +53,45 @@ async def addresses(resolver: dns.asyncresolver.Resolver, host: str) -> list[str
     return found
 
 
-class HttpResolver(aiohttp.abc.AbstractResolver):
+class DnsResolver(AbstractResolver):
     """aiohttp's name lookups through the relay's resolver, so that an MTA-STS policy host is found where the
-    domain's MX hosts are. `private`: whether private, loopback and link-local addresses may be used."""
+    domain's MX hosts are."""
 
-    def __init__(self, resolver: dns.asyncresolver.Resolver, private: bool):
+    def __init__(self, resolver: dns.asyncresolver.Resolver):
         self._resolver = resolver
-        self._private = private
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
         try:
             found = await addresses(self._resolver, host)
         except dns.exception.DNSException as e:
             raise OSError(f"{host}: DNS lookup failed: {e}") from None
-        usable = [a for a in found if self._private or ipaddress.ip_address(a).is_global]
-        if not usable:
-            raise OSError(f"{host}: no {'' if self._private else 'public '}address")
+        if not found:
+            raise OSError(f"{host}: no address")
         return [{"hostname": host, "host": a, "port": port, "proto": 0, "flags": socket.AI_NUMERICHOST,
-                 "family": socket.AF_INET6 if ":" in a else socket.AF_INET} for a in usable]
+                 "family": socket.AF_INET6 if ":" in a else socket.AF_INET} for a in found]
 
     async def close(self) -> None:
         pass
+
+
+class PublicOnly(AbstractResolver):
+    """Another resolver's answers, keeping only globally routable addresses: a name someone else chose (a
+    webhook URL, a domain's MTA-STS or TLS-RPT host) never leads a request to a private, loopback or
+    link-local address unless `setting`, the key that allows it, is on."""
+
+    def __init__(self, inner: AbstractResolver, setting: str):
+        self._inner = inner
+        self._setting = setting
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        found = [r for r in await self._inner.resolve(host, port, family) if ipaddress.ip_address(r["host"]).is_global]
+        if not found:
+            raise OSError(f"{host} resolves to no public address ({self._setting} is off)")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 def https_connector(resolver: dns.asyncresolver.Resolver, delivery: Delivery) -> aiohttp.TCPConnector:
@@ -81,5 +99,7 @@ def https_connector(resolver: dns.asyncresolver.Resolver, delivery: Delivery) ->
     certificates verified against `delivery.tls_ca_file` (else the system's CAs), private addresses only with
     `delivery.https_private_hosts`."""
     ca = delivery.tls_ca_file
-    return aiohttp.TCPConnector(resolver=HttpResolver(resolver, delivery.https_private_hosts), limit=20,
-                                ssl=ssl.create_default_context(cafile=str(ca) if ca else None))
+    names: AbstractResolver = DnsResolver(resolver)
+    if not delivery.https_private_hosts:
+        names = PublicOnly(names, "delivery.https_private_hosts")
+    return aiohttp.TCPConnector(resolver=names, limit=20, ssl=ssl.create_default_context(cafile=str(ca) if ca else None))

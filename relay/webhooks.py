@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
-import socket
 import time
 from dataclasses import replace
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from policy import logs, webhooks
 from policy.settings import Settings
 from policy.store import Store
+from relay.resolver import PublicOnly
 
 log = logging.getLogger("websofttt.webhooks")
 
@@ -32,25 +30,9 @@ BATCH = 100             # events read from the store at a time for one endpoint
 EVERY = 1.0             # seconds between rounds
 
 
-class PublicOnly(AbstractResolver):
-    """The system's resolver, keeping only globally routable addresses."""
-
-    def __init__(self) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-                      ) -> list[ResolveResult]:
-        found = [r for r in await self._inner.resolve(host, port, family) if ipaddress.ip_address(r["host"]).is_global]
-        if not found:
-            raise OSError(f"{host} resolves to no public address (webhooks.allow_private_targets is off)")
-        return found
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 def session(settings: Settings) -> aiohttp.ClientSession:
-    resolver = None if settings.webhooks.allow_private_targets else PublicOnly()
+    resolver = None if settings.webhooks.allow_private_targets else PublicOnly(aiohttp.ThreadedResolver(),
+                                                                                "webhooks.allow_private_targets")
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver, limit=50),
                                  timeout=aiohttp.ClientTimeout(total=settings.webhooks.timeout))
 

@@ -9,12 +9,13 @@ import signal
 import threading
 import time
 
+import aiohttp
 import pytest
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from policy import tenants, webhooks
-from relay.webhooks import PublicOnly
+from relay.resolver import PublicOnly
 from tests.conftest import PASSWORD, free_port, run_cli
 from tests.test_abuse import wait_for
 from tests.test_serve import client, node  # noqa: F401  (node: the fixture)
@@ -147,7 +148,8 @@ def test_private_targets_are_refused_unless_allowed(relay, receiver):
         webhooks.add(relay.store, "acme", receiver.url, ["delivered"], allow_private=False)
 
     async def resolve():
-        return await PublicOnly().resolve("localhost", receiver.port)
+        return await PublicOnly(aiohttp.ThreadedResolver(), "webhooks.allow_private_targets").resolve("localhost",
+                                                                                                      receiver.port)
     with pytest.raises(OSError, match="no public address"):
         asyncio.run(resolve())
 
