@@ -15,7 +15,7 @@ import ipaddress
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dns.asyncresolver
 import dns.exception
@@ -41,12 +41,15 @@ class MxAnswer:
 @dataclass(frozen=True)
 class TlsPolicy:
     """What a next hop's TLS must prove, from the recipient domain's MTA-STS policy or the MX host's TLSA
-    records (relay/transport.py)."""
+    records (relay/transport.py). Two policies that ask the same proof are equal whatever domain they come
+    from, so a connection that gave it is reused for every domain sharing the MX host (as Workspace domains
+    share Google's)."""
     kind: str                        # "mta-sts" | "dane"
-    domain: str                      # the policy domain: the recipient domain
+    domain: str = field(compare=False)    # the policy domain: the recipient domain (for reports)
     enforce: bool = True             # False (MTA-STS "testing"): deliver anyway, report the failure
     tlsa: tuple[tuple[int, int, int, bytes], ...] = ()     # DANE: the usable (usage, selector, matching type, data)
-    text: tuple[str, ...] = ()       # the policy as TLS-RPT reports it: the MTA-STS policy's lines or TLSA records
+    # the policy as TLS-RPT reports it: the MTA-STS policy's lines or TLSA records
+    text: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)

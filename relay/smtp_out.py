@@ -83,7 +83,7 @@ class Courier:
         self._site_slots: dict[str, asyncio.Semaphore] = {}      # a site's max_connections, this worker's share
         self._site_connects: dict[str, deque[float]] = {}       # a site's recent new connections (monotonic)
         self._all = asyncio.Semaphore(delivery.concurrency)
-        self._slots: dict[Destination, asyncio.Semaphore] = {}
+        self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}     # per_destination: by host and port
         self._idle: dict[_Key, list[_Connection]] = {}     # by next hop and egress source
         self._starttls = Starttls(delivery)        # opportunistic, or what a TLS policy asks (relay/starttls.py)
         ca = delivery.smarthost_ca_file
@@ -99,7 +99,7 @@ class Courier:
         outcome = Outcome(False, False, "451 4.4.1 No destination to try", local=True)
         async with self._all, self._site_slot(site):
             for dest in destinations:
-                slot = self._slots.setdefault(dest, asyncio.Semaphore(self.settings.per_destination))
+                slot = self._slots.setdefault((dest.host, dest.port), asyncio.Semaphore(self.settings.per_destination))
                 async with slot:
                     outcome = await self._send_to(dest, source, mail_from, recipient, data, seven_bit, site)
                 if not outcome.local or outcome.source_unusable:

@@ -271,6 +271,17 @@ def test_a_wildcard_pattern_matches_one_label(world, relay):
     assert outcome(relay, "enforce-good.sts.test", {"delivered"})[0] == "delivered"
 
 
+def test_a_verified_connection_serves_every_domain_whose_policy_asks_the_same(world, relay):
+    """Two domains with enforce policies that both allow mx.good: the second copy goes over the first's
+    connection, already proven (as Workspace domains share Google's MX hosts)."""
+    hop = world.hops["mx.good.sts.test"]
+    assert outcome(relay, "enforce-good.sts.test", {"delivered"})[0] == "delivered"
+    sessions = hop.sessions
+    state, detail = outcome(relay, "enforce-outside.sts.test", {"delivered"})
+    assert state == "delivered" and "verified by mta-sts" in detail
+    assert hop.sessions == sessions
+
+
 def test_testing_mode_delivers_and_reports_the_failure(world, relay):
     state, detail = outcome(relay, "testing.sts.test", {"delivered"})
     assert state == "delivered" and "mta-sts testing failed: certificate-host-mismatch" in detail
