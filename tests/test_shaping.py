@@ -358,6 +358,23 @@ def test_two_nodes_of_two_workers_share_a_sites_rate(tmp_path, pg_url, timing):
             node.stop()
 
 
+def send_to_shaped_sink(relay_factory, sink, tmp_path, limits: str, n: int) -> float:
+    """A relay whose rules make the sink a site with `limits`; one message to `n` recipients, waited for (up to
+    20 s) at the sink. Returns when the relay was handed it (time.monotonic)."""
+    relay = relay_factory(roles=("submission", "delivery"), delivery={
+        "routes": {"example.net": ("127.0.0.1", sink.port)}, "retry_schedule": (0.5,),
+        "shaping_file": rules_file(tmp_path, f'[sites.sink]\nmatch = ["127.0.0.1:{sink.port}"]\n{limits}\n')})
+    relay.add_tenant()
+    started = time.monotonic()
+    client = relay.connect()
+    client.sendmail("app@example.com", [f"r{i}@example.net" for i in range(n)], message())
+    client.quit()
+    deadline = time.monotonic() + 20
+    while len(sink.received) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return started
+
+
 @pytest.mark.parametrize("limits, check", [
     ('max_connections = 1', lambda sink, n: sink.peak == 1),
     ('max_connections = 1\nmax_messages_per_connection = 2', lambda sink, n: sink.peak == 1 and sink.sessions == n / 2),
@@ -366,33 +383,14 @@ def test_two_nodes_of_two_workers_share_a_sites_rate(tmp_path, pg_url, timing):
 def test_a_sites_connection_limits(relay_factory, sink, tmp_path, limits, check):
     """Per site: connections in use at once (per node) and copies per connection, against delivery's own
     per_destination (10) and messages_per_connection (100)."""
-    relay = relay_factory(roles=("submission", "delivery"), delivery={
-        "routes": {"example.net": ("127.0.0.1", sink.port)}, "retry_schedule": (0.5,),
-        "shaping_file": rules_file(tmp_path, f'[sites.sink]\nmatch = ["127.0.0.1:{sink.port}"]\n{limits}\n')})
-    relay.add_tenant()
-    client = relay.connect()
-    client.sendmail("app@example.com", [f"r{i}@example.net" for i in range(20)], message())
-    client.quit()
-    deadline = time.monotonic() + 20
-    while len(sink.received) < 20 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    send_to_shaped_sink(relay_factory, sink, tmp_path, limits, 20)
     assert len(sink.received) == 20
     assert check(sink, 20), (sink.peak, sink.sessions)
 
 
 def test_a_sites_connection_rate(relay_factory, sink, tmp_path):
-    relay = relay_factory(roles=("submission", "delivery"), delivery={
-        "routes": {"example.net": ("127.0.0.1", sink.port)}, "retry_schedule": (0.5,),
-        "shaping_file": rules_file(tmp_path, f'[sites.sink]\nmatch = ["127.0.0.1:{sink.port}"]\n'
-                                             'max_connection_rate = "2/1s"\nmax_messages_per_connection = 1\n')})
-    relay.add_tenant()
-    started = time.monotonic()
-    client = relay.connect()
-    client.sendmail("app@example.com", [f"r{i}@example.net" for i in range(6)], message())
-    client.quit()
-    deadline = time.monotonic() + 20
-    while len(sink.received) < 6 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    started = send_to_shaped_sink(relay_factory, sink, tmp_path,
+                                  'max_connection_rate = "2/1s"\nmax_messages_per_connection = 1', 6)
     assert len(sink.received) == 6 and sink.sessions == 6
     assert time.monotonic() - started >= 2.0               # 6 connections at 2 a second: the last after 2 s
 
