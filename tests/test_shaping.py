@@ -155,11 +155,9 @@ action = "suspend"
 for = "5m"
 """))
 
-    async def call(fn, *args):
-        return fn(*args)
 
     async def scenario():
-        shaper = Shaper(rules, any_store, call)
+        shaper = Shaper(rules, any_store, any_store.call)
         site = shaper.site("corp.example", GMAIL_MX, routed=False)
         assert site.name == "gmail" and shaper.rate(site) == Rate(100, 3600)
         assert await shaper.admit(site) is None
@@ -290,11 +288,9 @@ action = "suspend_source"
 for = "1h"
 """))
 
-    async def call(fn, *args):
-        return fn(*args)
 
     async def scenario():
-        shaper = Shaper(rules, any_store, call)
+        shaper = Shaper(rules, any_store, any_store.call)
         site = shaper.site("contoso.example", [Destination("contoso.mail.protection.outlook.com", 25)], routed=False)
         assert await shaper.observe(site, "550 5.7.1 Service unavailable; blocked using Spamhaus", "mta2") is True
         assert await shaper.admit(site) is None                     # the site is not suspended as a whole

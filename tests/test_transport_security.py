@@ -336,14 +336,12 @@ def test_a_tls_rpt_report_of_a_day_with_both_outcomes(world, relay):
         assert time.monotonic() < deadline, "sessions not counted"
         time.sleep(0.02)
 
-    async def call(function, *args):
-        return function(*args)
     resolver = make_resolver(relay.settings.dns)
-    done = asyncio.run(tls_report.send_day(relay.settings, relay.store, call, resolver, day))
+    done = asyncio.run(tls_report.send_day(relay.settings, relay.store, relay.store.call, resolver, day))
     assert done == [{"domain": "rpt.sts.test", "day": day, "sent": [
         {"to": "mailto:tls@reports.sts.test", "result": "queued"},
         {"to": f"https://mta-sts.rpt.sts.test:{world.policies.port}/tlsrpt", "result": "HTTP 201"}]}]
-    assert asyncio.run(tls_report.send_day(relay.settings, relay.store, call, resolver, day)) == []   # once a day
+    assert asyncio.run(tls_report.send_day(relay.settings, relay.store, relay.store.call, resolver, day)) == []   # once a day
 
     ((content_type, body),) = world.policies.reports
     assert content_type == "application/tlsrpt+gzip"

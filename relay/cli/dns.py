@@ -43,10 +43,8 @@ def dns_check(settings, store, domain, as_json) -> None:
 
 
 async def _check(settings: Settings, store: Store, domain: str) -> dict[str, Any]:
-    async def call(function, *args):
-        return function(*args)
     router = Router(settings.delivery, dns_settings=settings.dns)
-    transport = Transport(settings, router, store, call)
+    transport = Transport(settings, router, store, store.call)
     rpt, rpt_failed = await tls_report.rua_or_why(router.resolver, domain)
     result: dict[str, Any] = {"domain": domain, "routed": router.routed(domain), "mta_sts": None, "hosts": [],
                               "tls_rpt": rpt, "tls_rpt_error": rpt_failed or None}

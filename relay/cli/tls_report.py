@@ -76,9 +76,7 @@ def tls_report_send(settings, store, day, as_json) -> None:
     Example:
         websofttt tls-report send --day 2026-12-05
     """
-    async def call(function, *args):
-        return function(*args)
-    done = asyncio.run(tls_report.send_day(settings, store, call, relay_dns.make_resolver(settings.dns), _day(day)))
+    done = asyncio.run(tls_report.send_day(settings, store, store.call, relay_dns.make_resolver(settings.dns), _day(day)))
     emit(done, as_json, lambda rows: [f"{r['domain']} {r['day']}: " + ", ".join(f"{s['to']} {s['result']}" for s in r["sent"])
                                       for r in rows] or ["nothing to send"])
 
